@@ -1,0 +1,97 @@
+"""Turning job objects into stored v1 documents: dispatch, dispatch_many, dispatch_sync."""
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from typing import Any, Iterable
+
+from . import app, payload
+from .drivers.base import Outgoing
+from .errors import FarmError, SerializationError
+from .jobs import Job, job_name, option
+
+
+def dispatch(job: Job, *, queue: str | None = None, delay: Any = None, connection: str | None = None,
+             tries: int | None = None, backoff: Any = None, timeout: float | None = None) -> str | None:
+    """Store the job on its queue; return its id. Raises DriverUnavailable if it was not stored."""
+    out, conn = _outgoing(job, queue, delay, connection, tries, backoff, timeout)
+    app.queue(conn).push([out])
+    return out.id
+
+
+def dispatch_many(jobs: Iterable[Job], *, queue: str | None = None, delay: Any = None,
+                  connection: str | None = None) -> list[str]:
+    """Store many jobs with one round trip per chunk; all are checked before any is written."""
+    by_conn: dict[str | None, list[Outgoing]] = {}
+    for job in jobs:
+        out, conn = _outgoing(job, queue, delay, connection, None, None, None)
+        by_conn.setdefault(conn, []).append(out)
+    ids: list[str] = []
+    for conn, items in by_conn.items():
+        app.queue(conn).push(items)
+        ids.extend(o.id for o in items)
+    return ids
+
+
+def dispatch_sync(job: Job) -> Any:
+    """Run the job now, in this process; its exception (after `failed()`) propagates."""
+    from .worker.runner import run_inline
+
+    return run_inline(job)
+
+
+def _outgoing(job: Job, queue: str | None, delay: Any, connection: str | None, tries: int | None,
+              backoff: Any, timeout: float | None) -> tuple[Outgoing, str | None]:
+    if not isinstance(job, Job):
+        raise SerializationError(f"dispatch() takes a farm.Job, got {type(job).__name__}")
+    doc = build(job, queue=queue, tries=tries, backoff=backoff, timeout=timeout)
+    delay = delay if delay is not None else option(job, "delay")
+    conn = connection or option(job, "connection")
+    out = Outgoing(id=doc["id"], queue=doc["queue"], body=payload.dumps(doc),
+                   available_at=time.time() + delay_seconds(delay))
+    return out, conn
+
+
+def build(job: Job, *, queue: str | None = None, tries: int | None = None, backoff: Any = None,
+          timeout: float | None = None, job_id: str | None = None) -> dict[str, Any]:
+    """The v1 document for `job`; dispatch-time options beat the job's own."""
+    name = job_name(job)
+    data = payload.encode_data(job.payload(), name.partition(":")[2] or name)
+    until = job.retry_until()
+    if until is not None:
+        if not isinstance(until, dt.datetime) or until.tzinfo is None:
+            raise SerializationError(f"{name}.retry_until() must return an aware datetime, got {until!r}")
+        until = until.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    backoff = backoff if backoff is not None else option(job, "backoff")
+    if isinstance(backoff, (int, float)):
+        backoff = [backoff]
+    return {
+        "v": payload.VERSION,
+        "id": job_id or str(uuid.uuid4()),
+        "job": name,
+        "data": data,
+        "queue": queue or option(job, "queue") or "default",
+        "attempts": 0,
+        "tries": tries if tries is not None else option(job, "tries"),
+        "backoff": list(backoff) if backoff is not None else None,
+        "timeout": timeout if timeout is not None else option(job, "timeout"),
+        "max_exceptions": option(job, "max_exceptions"),
+        "retry_until": until,
+        "dispatched_at": payload.utcnow_iso(),
+    }
+
+
+def delay_seconds(delay: Any) -> float:
+    """Seconds from now for a delay given as seconds, a timedelta or an aware datetime."""
+    if delay is None:
+        return 0.0
+    if isinstance(delay, dt.timedelta):
+        return max(0.0, delay.total_seconds())
+    if isinstance(delay, dt.datetime):
+        if delay.tzinfo is None:
+            raise FarmError("delay: a datetime must be timezone-aware (e.g. datetime.now(timezone.utc))")
+        return max(0.0, (delay - dt.datetime.now(dt.timezone.utc)).total_seconds())
+    if isinstance(delay, (int, float)) and not isinstance(delay, bool):
+        return max(0.0, float(delay))
+    raise FarmError(f"delay: expected seconds, a timedelta or an aware datetime, got {delay!r}")

@@ -1,0 +1,1 @@
+"""Queue drivers: database (SQLAlchemy), amqp (pika), sync (inline)."""

@@ -1,0 +1,67 @@
+"""The driver interface: a Queue holds ready/delayed/reserved jobs, a Store holds the rest.
+
+Drivers store the v1 document as given and never import job code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    id: str
+    queue: str
+    body: str             # the v1 JSON document
+    available_at: float   # epoch seconds
+    attempts: int = 0     # starts already made (a retried or re-pushed job may carry some)
+
+
+@dataclass
+class Reserved:
+    id: str               # the job's uuid (the id dispatch returned)
+    queue: str
+    body: str
+    attempts: int         # starts so far, this one included
+    handle: Any = field(default=None, repr=False)   # the driver's own (row id, delivery tag)
+
+
+@dataclass(frozen=True)
+class FailedJob:
+    id: str
+    connection: str
+    queue: str
+    body: str
+    exception: str
+    failed_at: float
+
+
+class Queue(Protocol):
+    name: str                  # the connection's name in the manifest
+    supports_notify: bool      # reserve(wait=...) wakes as soon as a job is pushed
+
+    def push(self, items: Sequence[Outgoing]) -> None: ...
+    def reserve(self, queues: Sequence[str], limit: int, wait: float) -> list[Reserved]: ...
+    def renew(self, jobs: Sequence[Reserved]) -> None: ...          # heartbeat of held jobs
+    def ack(self, job: Reserved) -> None: ...                      # done: delete
+    def release(self, job: Reserved, delay: float, body: str) -> None: ...   # try again later
+    def give_back(self, jobs: Sequence[Reserved]) -> None: ...     # unstarted: no attempt used
+    def fail(self, job: Reserved, body: str, error: str) -> None: ...        # to the failed table
+    def counts(self) -> dict[str, dict[str, int]]: ...             # queue -> ready/delayed/reserved
+    def clear(self, queue: str) -> int: ...                        # drop ready jobs
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    """Failed jobs, stamps and worker heartbeats; the database driver is one."""
+
+    def add_failed(self, entry: FailedJob) -> None: ...
+    def failed(self, ids: Sequence[str] | None = None, queue: str | None = None,
+               limit: int | None = None) -> list[FailedJob]: ...
+    def forget(self, ids: Sequence[str]) -> int: ...
+    def prune_failed(self, before: float) -> int: ...
+    def set_stamp(self, name: str, value: float) -> None: ...
+    def stamp(self, name: str) -> float | None: ...
+    def beat(self, worker: dict[str, Any]) -> None: ...
+    def workers(self) -> list[dict[str, Any]]: ...
+    def forget_worker(self, worker_id: str) -> None: ...

@@ -1,0 +1,398 @@
+"""The `database` driver: SQLite, PostgreSQL (psycopg 3) and MariaDB/MySQL (PyMySQL).
+
+SQLAlchemy gives the engine, the pool and the DDL; the per-job statements run on the
+DBAPI connection underneath, in autocommit, one round trip each.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from .. import waker
+from ..errors import DriverUnavailable, FarmError
+from ..manifest import Connection
+from . import sql
+from .base import FailedJob, Outgoing, Reserved
+
+_CHUNK = 500          # rows per multi-row INSERT
+
+
+class DatabaseQueue:
+    supports_notify = False
+
+    def __init__(self, conn: Connection) -> None:
+        self.name = conn.name
+        self.config = conn
+        self.retry_after = float(conn.retry_after)
+        self.url = sa.engine.make_url(conn.url or "sqlite:///var/farm.db")
+        self.dialect = "mysql" if self.url.get_backend_name() in ("mysql", "mariadb") else self.url.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql", "mysql"):
+            raise FarmError(f"connection {conn.name!r}: unsupported database {self.dialect!r} "
+                            "(use sqlite, postgresql+psycopg or mysql+pymysql)")
+        self.supports_notify = self.dialect == "postgresql"
+        self.sql = sql.Queries(self.dialect, conn.table, conn.failed_table)
+        self.token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._poll = 0.01
+        self._engine = self._make_engine()
+        self._ensure_schema()
+
+    # -- connections -------------------------------------------------------------------
+    def _make_engine(self) -> sa.Engine:
+        url = self.url
+        args: dict[str, Any] = {}
+        if self.dialect == "sqlite":
+            if url.database and url.database != ":memory:":
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            args = {"connect_args": {"timeout": 60, "isolation_level": None, "check_same_thread": False},
+                    "poolclass": sa.pool.NullPool}
+        elif self.dialect == "postgresql" and url.drivername == "postgresql":
+            url = url.set(drivername="postgresql+psycopg")
+        elif self.dialect == "mysql" and "+" not in url.drivername:
+            url = url.set(drivername="mysql+pymysql")
+        try:
+            return sa.create_engine(url, pool_pre_ping=False, **args)
+        except ImportError as e:
+            extra = {"postgresql": "postgres", "mysql": "mysql"}.get(self.dialect, "")
+            raise FarmError(f"connection {self.name!r}: the driver is not installed "
+                            f"(pip install 'jobfarm[{extra}]'): {e}") from None
+
+    def _raw(self, role: str = "durable") -> Any:
+        """This thread's DBAPI connection for `role` (durable writes, or the worker's fast path)."""
+        if os.getpid() != self._pid:        # forked: never share a socket with the parent
+            self._pid = os.getpid()
+            self._local = threading.local()
+            self._engine.dispose(close=False)
+        conn = getattr(self._local, role, None)
+        if conn is None:
+            try:
+                proxy = self._engine.raw_connection()
+            except Exception as e:
+                raise DriverUnavailable(f"connection {self.name!r}: cannot connect: {_first_line(e)}") from e
+            conn = proxy.driver_connection
+            self._setup(conn, role)
+            setattr(self._local, role, conn)
+            self._local.proxies = getattr(self._local, "proxies", []) + [proxy]
+        return conn
+
+    def _setup(self, conn: Any, role: str) -> None:
+        if self.dialect == "sqlite":
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL survives any process crash; only an OS crash may lose the last commits.
+            conn.execute("PRAGMA synchronous=NORMAL" if role == "fast" else "PRAGMA synchronous=FULL")
+        elif self.dialect == "postgresql":
+            conn.autocommit = True
+            if role == "fast":   # claims and acks: a server crash may rerun a job, a worker crash never
+                conn.execute("SET synchronous_commit = off")
+        else:
+            conn.autocommit(True)
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+
+    def _drop(self) -> None:
+        for proxy in getattr(self._local, "proxies", []):
+            try:
+                proxy.invalidate()
+            except Exception:
+                pass
+        self._local = threading.local()
+
+    @contextmanager
+    def _cursor(self, role: str = "durable", tx: bool = False) -> Iterator[Any]:
+        conn = self._raw(role)
+        try:
+            cur = conn.cursor()
+            if tx:
+                cur.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+            try:
+                yield cur
+                if tx:
+                    cur.execute("COMMIT")
+            except BaseException:
+                if tx:
+                    try:
+                        cur.execute("ROLLBACK")
+                    except Exception:
+                        pass
+                raise
+            finally:
+                cur.close()
+        except self._dbapi_errors() as e:
+            if _is_disconnect(e, self.dialect):
+                self._drop()
+                raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)}") from e
+            raise
+
+    def _dbapi_errors(self) -> tuple[type[BaseException], ...]:
+        mod = self._engine.dialect.dbapi
+        return (mod.OperationalError, mod.InterfaceError)
+
+    def _ensure_schema(self) -> None:
+        md, *_ = sql.tables(self.config.table, self.config.failed_table)
+        for attempt in range(5):
+            try:
+                with self._engine.begin() as c:
+                    md.create_all(c, checkfirst=True)
+                    if self.dialect == "postgresql":
+                        c.exec_driver_sql(sql.PG_NOTIFY.format(t=self.config.table))
+                return
+            except sa.exc.OperationalError as e:
+                if _is_disconnect(e.orig, self.dialect) and attempt == 4:
+                    raise DriverUnavailable(f"connection {self.name!r}: cannot connect: {_first_line(e.orig)}") from e
+                if attempt == 4:
+                    raise
+            except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
+                if attempt == 4:            # two processes raced to create the tables
+                    raise
+            time.sleep(0.05 * (attempt + 1))
+
+    def ddl(self) -> str:
+        """The CREATE statements, for users who manage migrations themselves."""
+        md, *_ = sql.tables(self.config.table, self.config.failed_table)
+        out = []
+        for table in md.sorted_tables:
+            out.append(str(CreateTable(table).compile(self._engine)).strip() + ";")
+            out.extend(str(CreateIndex(ix).compile(self._engine)).strip() + ";" for ix in table.indexes)
+        if self.dialect == "postgresql":
+            out.append(sql.PG_NOTIFY.format(t=self.config.table).strip())
+        return "\n\n".join(out) + "\n"
+
+    # -- the queue ---------------------------------------------------------------------
+    def push(self, items: Sequence[Outgoing]) -> None:
+        now = time.time()
+        rows = [(o.id, o.queue, o.body, o.attempts, o.available_at, now) for o in items]
+        with self._cursor(tx=len(rows) > _CHUNK) as cur:
+            for i in range(0, len(rows), _CHUNK):
+                chunk = rows[i:i + _CHUNK]
+                if len(chunk) == 1:
+                    cur.execute(self.sql.insert, chunk[0])
+                else:
+                    head, _, values = self.sql.insert.partition(" VALUES ")
+                    cur.execute(f"{head} VALUES {', '.join([values] * len(chunk))}",
+                                [v for row in chunk for v in row])
+
+    def reserve(self, queues: Sequence[str], limit: int, wait: float) -> list[Reserved]:
+        deadline = time.monotonic() + wait
+        while True:
+            jobs = self._claim(queues, limit)
+            if jobs:
+                self._poll = 0.01
+                return jobs
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            self._idle(queues, remaining)
+
+    def _claim(self, queues: Sequence[str], limit: int) -> list[Reserved]:
+        out: list[Reserved] = []
+        now = time.time()
+        until = now + self.retry_after
+        for queue in queues:
+            want = limit - len(out)
+            if want <= 0:
+                break
+            if self.dialect == "mysql":
+                with self._cursor("fast", tx=True) as cur:
+                    cur.execute(self.sql.claim_select, (queue, now, want))
+                    rows = cur.fetchall()
+                    if rows:
+                        ids = ", ".join(str(int(r[0])) for r in rows)
+                        cur.execute(self.sql.claim_update.format(ids=ids), (until, self.token))
+                rows = [(r[0], r[1], r[2], r[3] + 1) for r in rows]
+            else:
+                with self._cursor("fast") as cur:
+                    cur.execute(self.sql.claim_returning, (until, self.token, queue, now, want))
+                    rows = sorted(cur.fetchall())
+            out.extend(Reserved(id=r[1], queue=queue, body=r[2], attempts=r[3], handle=r[0]) for r in rows)
+        return out
+
+    def _idle(self, queues: Sequence[str], remaining: float) -> None:
+        """Wait for a push, the next delayed job, or `remaining` seconds, whichever is first."""
+        with self._cursor("fast") as cur:
+            soonest = None
+            for queue in queues:
+                cur.execute(self.sql.next_available, (queue,))
+                (at,) = cur.fetchone()
+                if at is not None and (soonest is None or at < soonest):
+                    soonest = at
+        if soonest is not None:
+            remaining = min(remaining, max(0.0, soonest - time.time()) + 0.001)
+        if self.dialect == "postgresql":
+            self._listen(remaining)
+        else:   # poll: quickly after a burst, backing off towards the worker's --sleep when idle
+            waker.wait(min(remaining, self._poll))
+            self._poll = min(self._poll * 1.5, max(remaining, 0.01), 1.0)
+
+    def _listen(self, timeout: float) -> None:
+        conn = getattr(self._local, "listener", None)
+        try:
+            if conn is None:
+                import psycopg
+
+                dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                conn = psycopg.connect(dsn, autocommit=True)
+                conn.execute(f'LISTEN "{self.config.table}"')
+                self._local.listener = conn
+                return      # a push may have come before LISTEN: let the caller claim again
+            if waker.wait(timeout, [conn.fileno()]):
+                for _ in conn.notifies(timeout=0.001):   # drain the burst
+                    pass
+        except Exception as e:
+            self._local.listener = None
+            if conn is not None:
+                conn.close()
+            raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)}") from e
+
+    def renew(self, jobs: Sequence[Reserved]) -> None:
+        with self._cursor("renew") as cur:
+            cur.execute(self.sql.renew, (time.time() + self.retry_after, self.token))
+
+    def ack(self, job: Reserved) -> None:
+        with self._cursor("fast") as cur:
+            cur.execute(self.sql.ack, (job.handle,))
+
+    def release(self, job: Reserved, delay: float, body: str) -> None:
+        with self._cursor() as cur:
+            cur.execute(self.sql.release, (time.time() + delay, body, job.handle))
+
+    def give_back(self, jobs: Sequence[Reserved]) -> None:
+        if not jobs:
+            return
+        now = time.time()
+        with self._cursor(tx=len(jobs) > 1) as cur:
+            for job in jobs:
+                cur.execute(self.sql.give_back, (now, job.handle, self.token))
+
+    def fail(self, job: Reserved, body: str, error: str) -> None:
+        with self._cursor(tx=True) as cur:
+            cur.execute(self.sql.delete_failed, (job.id,))
+            cur.execute(self.sql.insert_failed, (job.id, self.name, job.queue, body, error, time.time()))
+            cur.execute(self.sql.ack, (job.handle,))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        now = time.time()
+        out: dict[str, dict[str, int]] = {}
+        with self._cursor() as cur:
+            cur.execute(self.sql.counts, (now, now, now))
+            for queue, ready, delayed, reserved in cur.fetchall():
+                out[queue] = {"ready": int(ready or 0), "delayed": int(delayed or 0),
+                              "reserved": int(reserved or 0), "failed": 0}
+            cur.execute(self.sql.failed_counts)
+            for queue, n in cur.fetchall():
+                out.setdefault(queue, {"ready": 0, "delayed": 0, "reserved": 0, "failed": 0})["failed"] = int(n)
+        return out
+
+    def clear(self, queue: str) -> int:
+        with self._cursor() as cur:
+            cur.execute(self.sql.clear, (queue, time.time()))
+            return int(cur.rowcount)
+
+    def close(self) -> None:
+        listener = getattr(self._local, "listener", None)
+        if listener is not None:
+            listener.close()
+        for proxy in getattr(self._local, "proxies", []):
+            try:
+                proxy.close()
+            except Exception:
+                pass
+        self._local = threading.local()
+        self._engine.dispose()
+
+    # -- the store ---------------------------------------------------------------------
+    def add_failed(self, entry: FailedJob) -> None:
+        with self._cursor(tx=True) as cur:
+            cur.execute(self.sql.delete_failed, (entry.id,))
+            cur.execute(self.sql.insert_failed, (entry.id, entry.connection, entry.queue, entry.body,
+                                                 entry.exception, entry.failed_at))
+
+    def failed(self, ids: Sequence[str] | None = None, queue: str | None = None,
+               limit: int | None = None) -> list[FailedJob]:
+        ids = list(ids or [])
+        params: list[Any] = ids + ([queue] if queue else [])
+        with self._cursor() as cur:
+            cur.execute(self.sql.failed_select(len(ids), bool(queue), limit), params)
+            return [FailedJob(*row) for row in cur.fetchall()]
+
+    def forget(self, ids: Sequence[str]) -> int:
+        n = 0
+        with self._cursor(tx=True) as cur:
+            for fid in ids:
+                cur.execute(self.sql.delete_failed, (fid,))
+                n += max(cur.rowcount, 0)
+        return n
+
+    def retry_failed(self, entries: Sequence[FailedJob], queue: str | None = None) -> int:
+        """Move failed entries back onto their queue, attempts reset, in one transaction."""
+        now = time.time()
+        with self._cursor(tx=True) as cur:
+            for e in entries:
+                doc = json.loads(e.body)
+                doc["attempts"], doc["queue"] = 0, queue or e.queue
+                doc.pop("exceptions", None)
+                cur.execute(self.sql.delete_failed, (e.id,))
+                if cur.rowcount == 1:
+                    cur.execute(self.sql.insert, (e.id, doc["queue"], json.dumps(doc), 0, now, now))
+        return len(entries)
+
+    def prune_failed(self, before: float) -> int:
+        with self._cursor() as cur:
+            cur.execute(self.sql.prune_failed, (before,))
+            return int(cur.rowcount)
+
+    def set_stamp(self, name: str, value: float) -> None:
+        with self._cursor(tx=True) as cur:
+            cur.execute(self.sql.set_stamp_update, (value, name))
+            if cur.rowcount == 0:
+                cur.execute(self.sql.set_stamp_insert, (name, value))
+
+    def stamp(self, name: str) -> float | None:
+        with self._cursor("renew") as cur:
+            cur.execute(self.sql.stamp, (name,))
+            row = cur.fetchone()
+        return float(row[0]) if row else None
+
+    def beat(self, worker: dict[str, Any]) -> None:
+        doc, now = json.dumps(worker), time.time()
+        with self._cursor("renew") as cur:
+            cur.execute(self.sql.beat_update, (doc, now, worker["id"]))
+            if cur.rowcount == 0:
+                cur.execute(self.sql.beat_insert, (worker["id"], doc, now))
+
+    def workers(self) -> list[dict[str, Any]]:
+        with self._cursor() as cur:
+            cur.execute(self.sql.workers)
+            return [dict(json.loads(doc), heartbeat=hb) for _, doc, hb in cur.fetchall()]
+
+    def forget_worker(self, worker_id: str) -> None:
+        with self._cursor("renew") as cur:
+            cur.execute(self.sql.forget_worker, (worker_id,))
+
+    def prune_workers(self, before: float) -> int:
+        with self._cursor() as cur:
+            cur.execute(self.sql.prune_workers, (before,))
+            return int(cur.rowcount)
+
+
+def _is_disconnect(e: BaseException, dialect: str) -> bool:
+    text = str(e).lower()
+    if dialect == "sqlite":   # busy past the timeout, or the file is gone: retry later
+        return any(w in text for w in ("locked", "busy", "unable to open", "disk i/o"))
+    if dialect == "mysql":
+        code = e.args[0] if e.args and isinstance(e.args[0], int) else 0
+        return code in (2003, 2006, 2013, 2055, 1927, 1053) or "connect" in text
+    return True   # psycopg OperationalError/InterfaceError: the connection is gone or unusable
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -1,0 +1,126 @@
+"""The database driver's schema and SQL, one function per query, dialect leaks commented.
+
+A reservation lives in `available_at`: claiming a job sets it to now + retry_after and the
+worker's token in `reserved_by`; renewing pushes it on. So one index range
+`queue = ? AND available_at <= now` finds both ready jobs and expired reservations (a dead
+worker's jobs), with no OR and no sort beyond the index order.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text)
+from sqlalchemy.dialects import mysql
+
+LONGTEXT = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+ID = BigInteger().with_variant(Integer(), "sqlite")   # sqlite: INTEGER PRIMARY KEY is the rowid
+
+
+def tables(jobs: str, failed: str) -> tuple[MetaData, Table, Table, Table, Table]:
+    md = MetaData()
+    jobs_t = Table(
+        jobs, md,
+        Column("id", ID, primary_key=True, autoincrement=True),
+        Column("uuid", String(36), nullable=False),
+        Column("queue", String(191), nullable=False),
+        Column("payload", LONGTEXT, nullable=False),
+        Column("attempts", Integer, nullable=False, default=0),
+        Column("available_at", Float(53), nullable=False),
+        Column("reserved_by", String(64), nullable=True),
+        Column("created_at", Float(53), nullable=False),
+        Index(f"{jobs}_queue_available", "queue", "available_at"),
+    )
+    failed_t = Table(
+        failed, md,
+        Column("id", String(36), primary_key=True),
+        Column("connection", String(191), nullable=False),
+        Column("queue", String(191), nullable=False),
+        Column("payload", LONGTEXT, nullable=False),
+        Column("exception", LONGTEXT, nullable=False),
+        Column("failed_at", Float(53), nullable=False),
+        Index(f"{failed}_failed_at", "failed_at"),
+    )
+    stamps_t = Table(
+        f"{jobs}_stamps", md,
+        Column("name", String(191), primary_key=True),
+        Column("value", Float(53), nullable=False),
+    )
+    workers_t = Table(
+        f"{jobs}_workers", md,
+        Column("id", String(191), primary_key=True),
+        Column("doc", Text, nullable=False),
+        Column("heartbeat", Float(53), nullable=False),
+    )
+    return md, jobs_t, failed_t, stamps_t, workers_t
+
+
+# PostgreSQL: a statement trigger wakes LISTENing workers on any INSERT, ours or another
+# program's (`psql`, PHP), at no extra round trip for the producer.
+PG_NOTIFY = """
+CREATE OR REPLACE FUNCTION {t}_notify() RETURNS trigger AS $$
+BEGIN PERFORM pg_notify('{t}', ''); RETURN NULL; END; $$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS {t}_notify ON {t};
+CREATE TRIGGER {t}_notify AFTER INSERT ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {t}_notify();
+"""
+
+
+class Queries:
+    """SQL text for one dialect, written with %s and rewritten to ? for sqlite3."""
+
+    def __init__(self, dialect: str, jobs: str, failed: str) -> None:
+        self.dialect = dialect
+        self.jobs, self.failed = jobs, failed
+        self._q = (lambda s: s.replace("%s", "?")) if dialect == "sqlite" else (lambda s: s)
+        j, f = jobs, failed
+        q = self._q
+        self.insert = q(f"INSERT INTO {j} (uuid, queue, payload, attempts, available_at, created_at) "
+                        "VALUES (%s, %s, %s, %s, %s, %s)")
+        # sqlite (3.35+) and postgres claim in one atomic statement; RETURNING order is unspecified
+        self.claim_returning = q(
+            f"UPDATE {j} SET available_at = %s, reserved_by = %s, attempts = attempts + 1 "
+            f"WHERE id IN (SELECT id FROM {j} WHERE queue = %s AND available_at <= %s "
+            f"ORDER BY available_at, id LIMIT %s{' FOR UPDATE SKIP LOCKED' if dialect == 'postgresql' else ''}) "
+            "RETURNING id, uuid, payload, attempts")
+        # mariadb has no UPDATE ... RETURNING: select with SKIP LOCKED, then update, in one transaction
+        self.claim_select = (f"SELECT id, uuid, payload, attempts FROM {j} WHERE queue = %s AND available_at <= %s "
+                             "ORDER BY available_at, id LIMIT %s FOR UPDATE SKIP LOCKED")
+        self.claim_update = (f"UPDATE {j} SET available_at = %s, reserved_by = %s, attempts = attempts + 1 "
+                             "WHERE id IN ({ids})")
+        self.renew = q(f"UPDATE {j} SET available_at = %s WHERE reserved_by = %s")
+        self.ack = q(f"DELETE FROM {j} WHERE id = %s")
+        self.release = q(f"UPDATE {j} SET available_at = %s, reserved_by = NULL, payload = %s WHERE id = %s")
+        self.give_back = q(f"UPDATE {j} SET available_at = %s, reserved_by = NULL, attempts = attempts - 1 "
+                           "WHERE id = %s AND reserved_by = %s")
+        self.insert_failed = q(f"INSERT INTO {f} (id, connection, queue, payload, exception, failed_at) "
+                               "VALUES (%s, %s, %s, %s, %s, %s)")
+        self.delete_failed = q(f"DELETE FROM {f} WHERE id = %s")
+        self.next_available = q(f"SELECT MIN(available_at) FROM {j} WHERE queue = %s AND reserved_by IS NULL")
+        self.counts = q(
+            f"SELECT queue, "
+            "SUM(CASE WHEN available_at <= %s THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN reserved_by IS NULL AND available_at > %s THEN 1 ELSE 0 END), "
+            "SUM(CASE WHEN reserved_by IS NOT NULL AND available_at > %s THEN 1 ELSE 0 END) "
+            f"FROM {j} GROUP BY queue")
+        self.failed_counts = f"SELECT queue, COUNT(*) FROM {f} GROUP BY queue"
+        self.clear = q(f"DELETE FROM {j} WHERE queue = %s AND reserved_by IS NULL AND available_at <= %s")
+        self.prune_failed = q(f"DELETE FROM {f} WHERE failed_at < %s")
+        self.set_stamp_update = q(f"UPDATE {j}_stamps SET value = %s WHERE name = %s")
+        self.set_stamp_insert = q(f"INSERT INTO {j}_stamps (name, value) VALUES (%s, %s)")
+        self.stamp = q(f"SELECT value FROM {j}_stamps WHERE name = %s")
+        self.beat_update = q(f"UPDATE {j}_workers SET doc = %s, heartbeat = %s WHERE id = %s")
+        self.beat_insert = q(f"INSERT INTO {j}_workers (id, doc, heartbeat) VALUES (%s, %s, %s)")
+        self.workers = f"SELECT id, doc, heartbeat FROM {j}_workers ORDER BY id"
+        self.forget_worker = q(f"DELETE FROM {j}_workers WHERE id = %s")
+        self.prune_workers = q(f"DELETE FROM {j}_workers WHERE heartbeat < %s")
+
+    def failed_select(self, n_ids: int, by_queue: bool, limit: int | None) -> str:
+        sql = f"SELECT id, connection, queue, payload, exception, failed_at FROM {self.failed}"
+        where = []
+        if n_ids:
+            where.append(f"id IN ({', '.join(['%s'] * n_ids)})")
+        if by_queue:
+            where.append("queue = %s")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY failed_at, id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return self._q(sql)

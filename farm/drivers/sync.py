@@ -1,0 +1,45 @@
+"""The `sync` driver: a push runs the job at once, in the dispatching process (tests, debugging)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from .. import app, payload
+from ..jobs import instantiate
+from ..manifest import Connection
+from ..worker.runner import run_inline
+from .base import Outgoing, Reserved
+
+
+class SyncQueue:
+    supports_notify = False
+
+    def __init__(self, conn: Connection) -> None:
+        self.name = conn.name
+        self.registry: payload.Registry | None = None
+
+    def push(self, items: Sequence[Outgoing]) -> None:
+        """Run each job now (delays are ignored); its exception reaches the dispatcher."""
+        if self.registry is None:
+            self.registry = payload.Registry(app.manifest().imports)
+        for item in items:
+            doc = payload.parse(item.body)
+            job = instantiate(self.registry.resolve(doc["job"]), payload.decode_data(doc["data"]))
+            job._farm_id, job._farm_attempts = item.id, 1
+            run_inline(job)
+
+    def reserve(self, queues: Sequence[str], limit: int, wait: float) -> list[Reserved]:
+        return []
+
+    def renew(self, jobs: Sequence[Reserved]) -> None: ...
+    def ack(self, job: Reserved) -> None: ...
+    def release(self, job: Reserved, delay: float, body: str) -> None: ...
+    def give_back(self, jobs: Sequence[Reserved]) -> None: ...
+    def fail(self, job: Reserved, body: str, error: str) -> None: ...
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {}
+
+    def clear(self, queue: str) -> int:
+        return 0
+
+    def close(self) -> None: ...

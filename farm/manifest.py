@@ -1,0 +1,369 @@
+"""Read `conf/farm.yaml` into frozen dataclasses, reporting every problem with its line."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ManifestError
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+DRIVERS = ("database", "amqp", "sync")
+
+
+@dataclass(frozen=True)
+class Connection:
+    name: str
+    driver: str
+    url: str | None = None
+    table: str = "jobs"
+    failed_table: str = "failed_jobs"
+    retry_after: float = 90.0
+    store: str | None = None          # amqp: the database connection holding failed jobs etc.
+    prefetch: int | None = None       # amqp: unacked messages per worker
+    heartbeat: int = 60               # amqp: broker heartbeat seconds
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    connection: str
+    queues: tuple[str, ...] = ("default",)
+    numprocs: int = 1
+    max_jobs: int = 0
+    max_time: float = 0
+    memory: int = 128
+    sleep: float = 3.0
+    timeout: float | None = None
+    tries: int | None = None
+    backoff: tuple[float, ...] | None = None
+    rest: float = 0.0
+    prefetch: int | None = None
+    drain: str | None = None
+    environment: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    root: Path
+    imports: tuple[str, ...]
+    default: str
+    connections: dict[str, Connection]
+    pipelines: dict[str, Pipeline]
+    supervisor_dir: Path
+    logs_dir: Path
+    systemd_dir: Path
+    schedule: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def connection(self, name: str | None = None) -> Connection:
+        name = name or self.default
+        try:
+            return self.connections[name]
+        except KeyError:
+            known = ", ".join(sorted(self.connections))
+            raise ManifestError(f"unknown connection {name!r} (known: {known})") from None
+
+    def pipeline(self, name: str) -> Pipeline:
+        try:
+            return self.pipelines[name]
+        except KeyError:
+            known = ", ".join(sorted(self.pipelines)) or "none"
+            raise ManifestError(f"unknown pipeline {name!r} (known: {known})") from None
+
+
+def find_manifest(path: str | os.PathLike[str] | None = None) -> Path:
+    """The manifest named, else $FARM_CONFIG, else ./conf/farm.yaml."""
+    chosen = path or os.environ.get("FARM_CONFIG") or "conf/farm.yaml"
+    return Path(chosen).absolute()
+
+
+def project_root(manifest_path: Path) -> Path:
+    """The directory above conf/ when the manifest sits in conf/, else its own directory."""
+    parent = manifest_path.parent
+    return parent.parent if parent.name == "conf" else parent
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Manifest:
+    """Load and validate the manifest; raise one ManifestError listing every problem."""
+    manifest_path = find_manifest(path)
+    display = _display_name(manifest_path)
+    try:
+        text = manifest_path.read_text()
+    except OSError as e:
+        raise ManifestError(f"{display}: cannot read the manifest: {e.strerror or e}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise ManifestError(f"{display}:{line}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    reader = _Reader(display)
+    doc = reader.value(node, "") if node is not None else {}
+    manifest = _Builder(reader, manifest_path).build(doc, node)
+    if reader.problems:
+        raise ManifestError(reader.problems)
+    return manifest
+
+
+def _display_name(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+class _Reader:
+    """Turns YAML nodes into plain values, remembering each key's line and the problems."""
+
+    def __init__(self, display: str) -> None:
+        self.display = display
+        self.lines: dict[str, int] = {}
+        self.problems: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        line = self.lines.get(key)
+        while line is None and "." in key:
+            key = key.rsplit(".", 1)[0]
+            line = self.lines.get(key)
+        where = f"{self.display}:{line or 1}"
+        self.problems.append(f"{where}: {key + ': ' if key else ''}{message}")
+
+    def value(self, node: yaml.Node, key: str) -> Any:
+        self.lines.setdefault(key, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for knode, vnode in node.value:
+                name = str(knode.value)
+                child = f"{key}.{name}" if key else name
+                self.lines[child] = knode.start_mark.line + 1
+                out[name] = self.value(vnode, child)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.value(v, f"{key}[{i}]") for i, v in enumerate(node.value)]
+        return self._scalar(node, key)
+
+    def _scalar(self, node: yaml.ScalarNode, key: str) -> Any:
+        if "${" not in node.value:
+            return yaml.constructor.SafeConstructor().construct_object(node)
+        missing: list[str] = []
+
+        def sub(m: re.Match[str]) -> str:
+            val = os.environ.get(m.group(1))
+            if val is None or (val == "" and m.group(2) is not None):
+                if m.group(2) is None:
+                    missing.append(m.group(1))
+                    return ""
+                return m.group(2)
+            return val
+
+        raw = _VAR.sub(sub, node.value)
+        for name in missing:
+            self.problem(key, f"environment variable {name} is not set (use ${{{name}:-default}})")
+        if node.style is None:      # a plain scalar is typed after substitution: `numprocs: ${N:-2}`
+            return yaml.safe_load(raw) if raw.strip() else None
+        return raw
+
+
+_CONNECTION_KEYS = {"driver", "url", "table", "failed_table", "retry_after", "store", "prefetch",
+                    "heartbeat"}
+_PIPELINE_KEYS = {"connection", "queues", "numprocs", "max_jobs", "max_time", "memory", "sleep",
+                  "timeout", "tries", "backoff", "rest", "prefetch", "drain", "environment"}
+_TOP_KEYS = {"imports", "default", "connections", "pipelines", "supervisor", "systemd", "schedule"}
+
+
+class _Builder:
+    def __init__(self, reader: _Reader, path: Path) -> None:
+        self.r = reader
+        self.path = path
+        self.root = project_root(path)
+
+    def build(self, doc: Any, node: Any) -> Manifest:
+        if not isinstance(doc, dict):
+            self.r.problem("", "expected a mapping at the top level")
+            doc = {}
+        self._unknown(doc, _TOP_KEYS, "")
+        imports = self._str_list(doc.get("imports", []), "imports")
+        connections = self._connections(doc.get("connections"))
+        default = doc.get("default", next(iter(connections), "database"))
+        if not isinstance(default, str) or default not in connections:
+            self.r.problem("default", f"unknown connection {default!r} ({self._known(connections)})")
+        pipelines = self._pipelines(doc.get("pipelines") or {}, connections, str(default))
+        sup = self._section(doc.get("supervisor") or {}, "supervisor", {"dir", "logs"})
+        sysd = self._section(doc.get("systemd") or {}, "systemd", {"dir"})
+        schedule = doc.get("schedule") or {}
+        if not isinstance(schedule, dict):
+            self.r.problem("schedule", "expected a mapping of schedule entries")
+            schedule = {}
+        return Manifest(
+            path=self.path, root=self.root, imports=tuple(imports), default=str(default),
+            connections=connections, pipelines=pipelines,
+            supervisor_dir=self._path(sup.get("dir", "supervisor")),
+            logs_dir=self._path(sup.get("logs", "var/log")),
+            systemd_dir=self._path(sysd.get("dir", "systemd")),
+            schedule=schedule,
+        )
+
+    def _path(self, value: Any) -> Path:
+        p = Path(str(value))
+        return p if p.is_absolute() else self.root / p
+
+    @staticmethod
+    def _known(names: Any) -> str:
+        return "known: " + (", ".join(sorted(names)) or "none")
+
+    def _unknown(self, d: dict[str, Any], allowed: set[str], key: str) -> None:
+        for name in d:
+            if name not in allowed:
+                where = f"{key}.{name}" if key else name
+                self.r.problem(where, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+    def _section(self, value: Any, key: str, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.r.problem(key, "expected a mapping")
+            return {}
+        self._unknown(value, allowed, key)
+        return value
+
+    def _str_list(self, value: Any, key: str) -> list[str]:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.r.problem(key, f"expected a list of names, got {value!r}")
+            return []
+        return value
+
+    def _number(self, d: dict[str, Any], key: str, name: str, default: Any, *,
+                integer: bool = False, minimum: float = 0, optional: bool = False) -> Any:
+        value = d.get(name, default)
+        if value is None and optional:
+            return None
+        kind = "integer" if integer else "number"
+        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if not ok or isinstance(value, bool) or value < minimum:
+            adjective = "positive" if minimum > 0 else "non-negative"
+            self.r.problem(f"{key}.{name}", f"expected a {adjective} {kind}, got {value!r}")
+            return default
+        return value
+
+    def _connections(self, value: Any) -> dict[str, Connection]:
+        if value is None:
+            value = {"database": {"driver": "database", "url": "sqlite:///var/farm.db"}}
+        if not isinstance(value, dict) or not value:
+            self.r.problem("connections", "expected a mapping of connection names")
+            return {}
+        out: dict[str, Connection] = {}
+        for name, spec in value.items():
+            key = f"connections.{name}"
+            if not isinstance(spec, dict):
+                self.r.problem(key, "expected a mapping with a driver")
+                continue
+            self._unknown(spec, _CONNECTION_KEYS, key)
+            driver = spec.get("driver")
+            if driver not in DRIVERS:
+                self.r.problem(f"{key}.driver", f"unknown driver {driver!r} (known: {', '.join(DRIVERS)})")
+                continue
+            url = spec.get("url")
+            if driver == "database":
+                url = self._database_url(url or "sqlite:///var/farm.db", f"{key}.url")
+            elif driver == "amqp" and not isinstance(url, str):
+                self.r.problem(f"{key}.url", "an amqp connection needs a url (amqp://user:pass@host:port/vhost)")
+            for tname in ("table", "failed_table"):
+                t = spec.get(tname)
+                if t is not None and not (isinstance(t, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,50}", t)):
+                    self.r.problem(f"{key}.{tname}", f"expected a table name of letters, digits and _, got {t!r}")
+            out[name] = Connection(
+                name=name, driver=driver, url=url,
+                table=spec.get("table") or "jobs",
+                failed_table=spec.get("failed_table") or "failed_jobs",
+                retry_after=self._number(spec, key, "retry_after", 90, minimum=1),
+                store=spec.get("store"),
+                prefetch=self._number(spec, key, "prefetch", None, integer=True, minimum=1, optional=True),
+                heartbeat=self._number(spec, key, "heartbeat", 60, integer=True, minimum=0),
+            )
+        for name, conn in out.items():
+            if conn.store is not None and (conn.store not in out or out[conn.store].driver != "database"):
+                self.r.problem(f"connections.{name}.store",
+                               f"{conn.store!r} is not a database connection ({self._known(out)})")
+        return out
+
+    def _database_url(self, url: Any, key: str) -> str | None:
+        if not isinstance(url, str) or "://" not in url:
+            self.r.problem(key, f"expected an SQLAlchemy URL such as sqlite:///var/farm.db, got {url!r}")
+            return None
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            url = prefix + str(self.root / url[len(prefix):])
+        return url
+
+    def _pipelines(self, value: Any, connections: dict[str, Connection], default: str) -> dict[str, Pipeline]:
+        if not isinstance(value, dict):
+            self.r.problem("pipelines", "expected a mapping of pipeline names")
+            return {}
+        out: dict[str, Pipeline] = {}
+        for name, spec in value.items():
+            key = f"pipelines.{name}"
+            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", str(name)):
+                self.r.problem(key, "a pipeline name may hold letters, digits, _, . and - only")
+            if not isinstance(spec, dict):
+                self.r.problem(key, "expected a mapping")
+                continue
+            self._unknown(spec, _PIPELINE_KEYS, key)
+            conn = spec.get("connection", default)
+            if conn not in connections:
+                self.r.problem(f"{key}.connection", f"unknown connection {conn!r} ({self._known(connections)})")
+            drain = spec.get("drain")
+            if drain is not None and not _valid_cron(drain):
+                self.r.problem(f"{key}.drain", f"not a five-field cron expression: {drain!r}")
+            env = spec.get("environment") or {}
+            if not isinstance(env, dict):
+                self.r.problem(f"{key}.environment", "expected a mapping of NAME: value")
+                env = {}
+            out[name] = Pipeline(
+                name=name, connection=str(conn),
+                queues=tuple(self._str_list(spec.get("queues", ["default"]), f"{key}.queues")) or ("default",),
+                numprocs=self._number(spec, key, "numprocs", 1, integer=True, minimum=1),
+                max_jobs=self._number(spec, key, "max_jobs", 0, integer=True),
+                max_time=self._number(spec, key, "max_time", 0),
+                memory=self._number(spec, key, "memory", 128, integer=True),
+                sleep=self._number(spec, key, "sleep", 3),
+                timeout=self._number(spec, key, "timeout", None, minimum=1, optional=True),
+                tries=self._number(spec, key, "tries", None, integer=True, minimum=1, optional=True),
+                backoff=self._backoff(spec.get("backoff"), f"{key}.backoff"),
+                rest=self._number(spec, key, "rest", 0),
+                prefetch=self._number(spec, key, "prefetch", None, integer=True, minimum=1, optional=True),
+                drain=drain,
+                environment=tuple(sorted((str(k), str(v)) for k, v in env.items())),
+            )
+        return out
+
+    def _backoff(self, value: Any, key: str) -> tuple[float, ...] | None:
+        if value is None:
+            return None
+        try:
+            return parse_backoff(value)
+        except ValueError as e:
+            self.r.problem(key, str(e))
+            return None
+
+
+def parse_backoff(value: Any) -> tuple[float, ...]:
+    """`5`, `"1,5,10"` or `[1, 5, 10]` -> (1.0, 5.0, 10.0)."""
+    items = value.split(",") if isinstance(value, str) else value if isinstance(value, list) else [value]
+    try:
+        out = tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected seconds or a list of seconds, got {value!r}") from None
+    if not out or any(v < 0 for v in out) or any(isinstance(v, bool) for v in items):
+        raise ValueError(f"expected seconds or a list of seconds, got {value!r}")
+    return out
+
+
+def _valid_cron(expr: Any) -> bool:
+    from croniter import croniter
+
+    return isinstance(expr, str) and len(expr.split()) == 5 and croniter.is_valid(expr)

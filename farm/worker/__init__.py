@@ -1,0 +1,1 @@
+"""The worker: `farmctl work` and `farmctl listen`."""

@@ -1,0 +1,113 @@
+"""The worker's background thread: renew reservations, beat, read stamps, watch the clock.
+
+It never runs job code. Its watchdog ends a worker whose job is stuck where SIGALRM or a
+second stop signal cannot reach it, after settling that job so nothing is lost.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from ..errors import DriverUnavailable, JobTimeout
+
+if TYPE_CHECKING:
+    from .loop import Worker
+
+GRACE = 1.0          # seconds past a job's timeout before the watchdog steps in
+BEAT_EVERY = 5.0
+STAMP_EVERY = 1.0
+RSS_EVERY = 1.0
+
+
+def rss_mb(proc: psutil.Process) -> float:
+    """RSS of the worker and its children, in MB."""
+    total = proc.memory_info().rss
+    for child in proc.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / (1024 * 1024)
+
+
+class Heart(threading.Thread):
+    def __init__(self, worker: "Worker") -> None:
+        super().__init__(name="farm-heart", daemon=True)
+        self.worker = worker
+        self.halt = threading.Event()
+        self.proc = psutil.Process()
+        self.renew_every = max(0.2, worker.options.retry_after / 3)
+        self.tick = min(0.25, self.renew_every)
+        self.host = socket.gethostname()
+        self.last = {"renew": 0.0, "beat": 0.0, "stamp": 0.0, "rss": 0.0}
+        self.rss_mb = rss_mb(self.proc)
+
+    def run(self) -> None:
+        while not self.halt.wait(self.tick):
+            try:
+                self.beat_once(time.monotonic())
+            except DriverUnavailable as e:
+                self.worker.log.warning("worker.heart", error=str(e))
+            except Exception as e:      # the heart must keep beating whatever one tick hit
+                self.worker.log.error("worker.heart", error=f"{type(e).__name__}: {e}")
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=5)
+
+    def due(self, what: str, every: float, now: float) -> bool:
+        if now - self.last[what] >= every:
+            self.last[what] = now
+            return True
+        return False
+
+    def beat_once(self, now: float) -> None:
+        w = self.worker
+        self.watchdog(now)
+        held = w.holding()
+        if held and self.due("renew", self.renew_every, now):
+            w.queue.renew(held)
+        if self.due("rss", RSS_EVERY, now):
+            self.rss_mb = rss_mb(self.proc)
+        if w.store is not None and self.due("stamp", STAMP_EVERY, now):
+            stamp = w.store.stamp("restart")
+            if stamp is not None and stamp > w.started_wall:
+                w.lifecycle.restart_requested = True
+        if w.store is not None and self.due("beat", BEAT_EVERY, now):
+            w.store.beat(self.info())
+
+    def info(self) -> dict[str, Any]:
+        w = self.worker
+        attempt = w.runner.current
+        state = "paused" if w.lifecycle.paused else "busy" if attempt else "idle"
+        return {"id": w.worker_id, "host": self.host, "pid": os.getpid(), "pipeline": w.options.pipeline,
+                "connection": w.options.connection, "queues": list(w.options.queues), "state": state,
+                "job": attempt.doc.get("job") if attempt and attempt.doc else None,
+                "job_id": attempt.reserved.id if attempt else None,
+                "job_seconds": round(time.monotonic() - attempt.started, 1) if attempt else None,
+                "done": w.done, "rss_mb": round(self.rss_mb, 1), "started": w.started_wall}
+
+    def watchdog(self, now: float) -> None:
+        w = self.worker
+        attempt = w.runner.current
+        if attempt is None:
+            return
+        overdue = now - attempt.started > attempt.timeout + GRACE
+        abandoned = w.lifecycle.abandon and now - (w.lifecycle.abandoned_at or now) > 2 * GRACE
+        if not (overdue or abandoned) or attempt is not w.runner.current:
+            return
+        w.runner.current = None
+        if abandoned:
+            w.queue.give_back([attempt.reserved] + w.held)
+            w.log.error("worker.stop", reason="abandon", detail="the job did not stop; given back")
+        else:
+            w.log.error("worker.stuck", id=attempt.reserved.id, timeout=attempt.timeout,
+                        detail="the job did not stop at its timeout; settling it and exiting")
+            w.runner.settle(attempt, JobTimeout(f"the job ran past its timeout of {attempt.timeout:g}s"))
+            w.queue.give_back(w.held)
+        os._exit(1)

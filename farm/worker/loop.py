@@ -1,0 +1,151 @@
+"""The worker loop: claim a batch, run its jobs one by one, stop when the Lifecycle says so."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from .. import payload, waker
+from ..errors import Abandon, DriverUnavailable
+from ..log import Log
+from . import signals
+from .heart import Heart
+from .lifecycle import Lifecycle, StopReason
+from .options import WorkerOptions
+from .runner import Runner
+
+BATCH_SECONDS = 0.05        # claim about this much work at once: many no-op jobs, one slow job
+STARTSECS = 1.0             # supervisord's startsecs: a recycling exit waits out the first second
+
+
+class Batch:
+    """How many jobs to claim at once, from the running average of how long jobs take."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.avg: float | None = None
+
+    def size(self) -> int:
+        if self.avg is None:
+            return 1
+        return max(1, min(self.limit, int(BATCH_SECONDS / max(self.avg, 1e-6))))
+
+    def record(self, seconds: float) -> None:
+        self.avg = seconds if self.avg is None else self.avg * 0.8 + seconds * 0.2
+
+
+class Worker:
+    def __init__(self, queue: Any, store: Any, options: WorkerOptions, registry: payload.Registry,
+                 log: Log) -> None:
+        self.queue = queue
+        self.store = store
+        self.options = options
+        self.log = log
+        self.runner = Runner(queue, registry, options, log)
+        self.lifecycle = Lifecycle(options, time.monotonic())
+        self.started_wall = time.time()
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.held: list[Any] = []          # claimed, not started
+        self.done = 0
+        self.batch = Batch(options.prefetch_limit)
+        self.heart = Heart(self)
+        self.failures = 0
+
+    def holding(self) -> list[Any]:
+        current = self.runner.current
+        return ([current.reserved] if current else []) + list(self.held)
+
+    def run(self) -> int:
+        """Work until a stop reason; return the exit status."""
+        o = self.options
+        self.log.info("worker.start", connection=o.connection, queues=",".join(o.queues), pipeline=o.pipeline,
+                      timeout=o.timeout, tries=o.tries, max_jobs=o.max_jobs or None,
+                      max_time=o.max_time or None, memory=o.memory or None)
+        self.heart.start()
+        with signals.installed(self.lifecycle):
+            reason = self._loop()
+        self.heart.stop()
+        self._release_held()
+        if self.store is not None:
+            try:
+                self.store.forget_worker(self.worker_id)
+            except DriverUnavailable:
+                pass
+        self.log.info("worker.stop", reason=reason.value, signal=self.lifecycle.stop_signal,
+                      done=self.done, seconds=round(time.monotonic() - self.lifecycle.started, 3))
+        if reason.recycles:
+            left = STARTSECS - (time.monotonic() - self.lifecycle.started)
+            if left > 0:
+                time.sleep(left)
+        return reason.exit_code
+
+    def _loop(self) -> StopReason:
+        while True:
+            try:
+                reason = self.run_once()
+            except Abandon:
+                reason = StopReason.ABANDON
+            except DriverUnavailable as e:
+                reason = self._unavailable(e)
+            if reason is not None:
+                return reason
+
+    def run_once(self, now: float | None = None) -> StopReason | None:
+        """One step: stop, pause, claim, or run the next held job."""
+        now = time.monotonic() if now is None else now
+        reason = self.lifecycle.should_stop(now, self.heart.rss_mb, self.done)
+        if reason is not None:
+            return reason
+        if self.lifecycle.paused:
+            self._release_held()
+            waker.wait(1.0)
+            return None
+        if not self.held:
+            wait = 0.0 if self.options.stop_when_empty else min(self.options.sleep, 1.0)
+            self.held = self.queue.reserve(self.options.queues, self.batch.size(), wait)
+            self.failures = 0
+            if not self.held:
+                return StopReason.EMPTY if (self.options.stop_when_empty or self.options.once) else None
+        reserved = self.held.pop(0)
+        attempt = self.runner.prepare(reserved)
+        if attempt is not None:
+            self.lifecycle.busy = True
+            try:
+                if self.lifecycle.abandon:
+                    raise Abandon("stop")
+                self.runner.run(attempt)
+            except Abandon:
+                self.runner.current = None
+                self.held.insert(0, reserved)
+                raise
+            finally:
+                self.lifecycle.busy = False
+            self.batch.record(time.monotonic() - attempt.started)
+        self.done += 1
+        if self.options.rest:
+            waker.wait(self.options.rest)
+        return None
+
+    def _release_held(self) -> None:
+        """Hand back claimed jobs not started (and an abandoned one): ready again at once."""
+        if not self.held:
+            return
+        try:
+            self.queue.give_back(self.held)
+            self.held = []
+        except DriverUnavailable as e:
+            self.log.warning("worker.give_back", jobs=len(self.held), error=str(e),
+                             detail="they are handed out again after retry_after")
+
+    def _unavailable(self, e: DriverUnavailable) -> StopReason | None:
+        """Back off and go on; after a minute of failures exit for the process manager."""
+        self.failures += 1
+        if self.failures > 12:
+            self.log.error("worker.unavailable", error=str(e), detail="giving up")
+            return StopReason.FATAL
+        delay = min(0.25 * 2 ** self.failures, 8.0)
+        self.log.warning("worker.unavailable", error=str(e), retry_in=delay)
+        waker.wait(delay)
+        return self.lifecycle.should_stop(time.monotonic(), self.heart.rss_mb, self.done)

@@ -1,0 +1,55 @@
+"""Worker options: one frozen object merged from built-in defaults, the pipeline and the flags."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..manifest import Manifest
+
+DEFAULT_TRIES = 1
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    connection: str
+    queues: tuple[str, ...] = ("default",)
+    pipeline: str | None = None
+    max_jobs: int = 0              # 0: no limit
+    max_time: float = 0            # seconds; 0: no limit
+    stop_when_empty: bool = False
+    once: bool = False
+    sleep: float = 3.0
+    timeout: float = DEFAULT_TIMEOUT
+    tries: int = DEFAULT_TRIES
+    backoff: tuple[float, ...] = (0.0,)
+    memory: int = 128              # MB of RSS, worker and children; 0: no limit
+    rest: float = 0.0
+    prefetch: int | None = None    # None: adapt to job length
+    retry_after: float = 90.0
+
+    @property
+    def prefetch_limit(self) -> int:
+        return self.prefetch or 100
+
+
+def merge(manifest: Manifest, flags: dict[str, Any]) -> WorkerOptions:
+    """Built-in defaults < the pipeline's values < the flags given on the command line."""
+    values: dict[str, Any] = {}
+    pipeline_name = flags.get("pipeline")
+    if pipeline_name:
+        p = manifest.pipeline(pipeline_name)
+        values.update(connection=p.connection, queues=p.queues, pipeline=p.name, max_jobs=p.max_jobs,
+                      max_time=p.max_time, sleep=p.sleep, memory=p.memory, rest=p.rest, prefetch=p.prefetch)
+        for name in ("timeout", "tries", "backoff"):
+            if getattr(p, name) is not None:
+                values[name] = getattr(p, name)
+    values.update({k: v for k, v in flags.items() if v is not None and k != "pipeline"})
+    values.setdefault("connection", manifest.default)
+    conn = manifest.connection(values["connection"])
+    values["retry_after"] = conn.retry_after
+    if values.get("prefetch") is None and conn.prefetch is not None:
+        values["prefetch"] = conn.prefetch
+    fields = {f.name for f in dataclasses.fields(WorkerOptions)}
+    return WorkerOptions(**{k: v for k, v in values.items() if k in fields})

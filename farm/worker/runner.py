@@ -1,0 +1,154 @@
+"""Running one attempt of one job and settling it: ack, release, retry or fail."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from .. import payload
+from ..errors import Abandon, JobTimeout, MaxAttemptsExceeded, PayloadError
+from ..jobs import Job, instantiate
+from ..log import Log
+from . import retry
+from .options import WorkerOptions
+from .timeout import hard_timeout
+
+CRASHES_ALLOWED = 2      # starts that ended with the worker dying, before the job is failed
+
+
+@dataclass
+class Attempt:
+    """One started job, as the heart's watchdog sees it."""
+
+    reserved: Any
+    doc: dict[str, Any] | None
+    job: Job | None
+    timeout: float
+    started: float           # time.monotonic()
+
+
+class Runner:
+    def __init__(self, queue: Any, registry: payload.Registry, options: WorkerOptions, log: Log) -> None:
+        self.queue = queue
+        self.registry = registry
+        self.options = options
+        self.log = log
+        self.current: Attempt | None = None
+
+    def prepare(self, reserved: Any) -> Attempt | None:
+        """Parse and resolve the job; a bad document is failed here and None returned."""
+        try:
+            doc = payload.parse(reserved.body)
+            job = instantiate(self.registry.resolve(doc["job"]), payload.decode_data(doc["data"]))
+        except (PayloadError, TypeError, ValueError) as e:
+            body = reserved.body if isinstance(reserved.body, str) else reserved.body.decode("utf-8", "replace")
+            self.queue.fail(reserved, body, f"PayloadError: {e}")
+            self.log.error("job.failed", id=reserved.id, queue=reserved.queue, reason="bad payload", error=str(e))
+            return None
+        job._farm_id, job._farm_attempts = reserved.id, reserved.attempts
+        timeout = doc.get("timeout") or _own(job, "timeout") or self.options.timeout
+        return Attempt(reserved, doc, job, float(timeout), time.monotonic())
+
+    def run(self, attempt: Attempt) -> str:
+        """Run the attempt and settle it; returns the outcome (done/released/retried/failed)."""
+        job, r = attempt.job, attempt.reserved
+        assert job is not None and attempt.doc is not None
+        crashes = r.attempts - 1 - int(attempt.doc.get("attempts") or 0)
+        if crashes > CRASHES_ALLOWED:
+            exc = MaxAttemptsExceeded(f"the job was started {crashes} times by workers that died running it")
+            return self.settle(attempt, exc, decided=retry.Decision(False, reason=str(exc)))
+        self.current = attempt
+        try:
+            with hard_timeout(attempt.timeout):
+                job.handle()
+        except Abandon:
+            raise
+        except (Exception, JobTimeout, SystemExit) as exc:
+            self.current = None
+            return self.settle(attempt, exc)
+        self.current = None
+        outcome = getattr(job, "_farm_outcome", None)
+        if outcome is None:
+            self.queue.ack(r)
+            self.log.info("job.done", id=r.id, job=attempt.doc["job"], queue=r.queue, attempt=r.attempts,
+                          ms=round((time.monotonic() - attempt.started) * 1000, 3))
+            return "done"
+        if outcome[0] == "release":
+            return self.settle(attempt, None, release_delay=outcome[1])
+        return self.settle(attempt, outcome[1], decided=retry.Decision(False, reason="the job failed itself"))
+
+    def settle(self, attempt: Attempt, exc: BaseException | None, release_delay: float | None = None,
+               decided: retry.Decision | None = None) -> str:
+        """Release, retry or fail an attempt that did not succeed."""
+        job, r, doc = attempt.job, attempt.reserved, attempt.doc
+        assert job is not None and doc is not None
+        raised = exc is not None and release_delay is None
+        exceptions = int(doc.get("exceptions") or 0) + (1 if raised else 0)
+        decision = decided or retry.decide(
+            attempts=r.attempts, tries=int(doc.get("tries") or _own(job, "tries") or self.options.tries),
+            backoff=_backoff(doc, job, self.options), exceptions=exceptions,
+            max_exceptions=doc.get("max_exceptions") or _own(job, "max_exceptions"),
+            retry_until=retry.parse_until(doc.get("retry_until")), now=dt.datetime.now(dt.timezone.utc),
+            raised=raised)
+        body = _updated(r.body, r.attempts, exceptions)
+        if decision.retry:
+            delay = release_delay if release_delay is not None else decision.delay
+            self.queue.release(r, delay, body)
+            event = "job.released" if release_delay is not None else "job.retry"
+            self.log.warning(event, id=r.id, job=doc["job"], queue=r.queue, attempt=r.attempts, delay=delay,
+                             error=_summary(exc) if exc else None)
+            return "released" if release_delay is not None else "retried"
+        if exc is None:
+            exc = MaxAttemptsExceeded(f"released {r.attempts} times: {decision.reason}")
+        self.queue.fail(r, body, _describe(exc))
+        self.log.error("job.failed", id=r.id, job=doc["job"], queue=r.queue, attempt=r.attempts,
+                       reason=decision.reason, error=_summary(exc))
+        try:
+            job.failed(exc)
+        except Exception as hook_exc:
+            self.log.error("job.failed_hook_raised", id=r.id, error=_summary(hook_exc))
+        return "failed"
+
+
+def run_inline(job: Job) -> Any:
+    """`dispatch_sync`: run in this process; on an exception call `failed()` and re-raise."""
+    try:
+        return job.handle()
+    except Exception as exc:
+        job.failed(exc)
+        raise
+
+
+def _own(job: Job, name: str) -> Any:
+    from ..jobs import option
+
+    return option(job, name)
+
+
+def _backoff(doc: dict[str, Any], job: Job, options: WorkerOptions) -> tuple[float, ...]:
+    value = doc.get("backoff")
+    if value is None:
+        value = _own(job, "backoff")
+    if value is None:
+        return options.backoff
+    return tuple(value) if isinstance(value, (list, tuple)) else (float(value),)
+
+
+def _updated(body: Any, attempts: int, exceptions: int) -> str:
+    doc = json.loads(body)
+    doc["attempts"], doc["exceptions"] = attempts, exceptions
+    return payload.dumps(doc)
+
+
+def _summary(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _describe(exc: BaseException) -> str:
+    """First line `Type: message`, then the traceback (where there is one)."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if exc.__traceback__ else ""
+    return _summary(exc) + ("\n\n" + tb if tb else "")

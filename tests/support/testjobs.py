@@ -1,0 +1,134 @@
+"""Jobs the test suite dispatches; workers import them via `imports: [testjobs]`."""
+from __future__ import annotations
+
+import os
+import time
+
+import farm
+
+
+def record(path: str, line: str) -> None:
+    """Append one line atomically (O_APPEND), so several worker processes can share the file."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+class Noop(farm.Job):
+    def handle(self) -> None:
+        pass
+
+
+class Record(farm.Job):
+    """Writes `<tag> <attempt> <pid>` to `path`."""
+
+    def __init__(self, path: str, tag: str, seconds: float = 0.0) -> None:
+        self.path, self.tag, self.seconds = path, tag, seconds
+
+    def handle(self) -> None:
+        if self.seconds:
+            record(self.path + ".started", f"{self.tag} {self.attempts} {os.getpid()}")
+            time.sleep(self.seconds)
+        record(self.path, f"{self.tag} {self.attempts} {os.getpid()}")
+
+
+class Flaky(farm.Job):
+    """Raises until attempt `succeed_on`; records every attempt and the failed() hook."""
+
+    tries = 3
+
+    def __init__(self, path: str, succeed_on: int = 99) -> None:
+        self.path, self.succeed_on = path, succeed_on
+
+    def handle(self) -> None:
+        record(self.path, f"attempt {self.attempts}")
+        if self.attempts < self.succeed_on:
+            raise ValueError(f"boom on attempt {self.attempts}")
+
+    def failed(self, exc: BaseException) -> None:
+        record(self.path, f"failed {type(exc).__name__}")
+
+
+class Releaser(farm.Job):
+    tries = 2
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def handle(self) -> None:
+        record(self.path, f"attempt {self.attempts}")
+        self.release(0)
+
+
+class GivesUp(farm.Job):
+    tries = 5
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def handle(self) -> None:
+        record(self.path, f"attempt {self.attempts}")
+        self.fail("no point retrying")
+
+    def failed(self, exc: BaseException) -> None:
+        record(self.path, "failed")
+
+
+class Sleeper(farm.Job):
+    """Sleeps in time.sleep (or a busy C-free loop with `spin`); records start and end."""
+
+    def __init__(self, path: str, seconds: float, spin: bool = False) -> None:
+        self.path, self.seconds, self.spin = path, seconds, spin
+
+    def handle(self) -> None:
+        record(self.path, f"start {self.attempts} {os.getpid()}")
+        if self.spin:
+            end = time.time() + self.seconds
+            while time.time() < end:
+                pass
+        else:
+            time.sleep(self.seconds)
+        record(self.path, f"end {self.attempts} {os.getpid()}")
+
+    def failed(self, exc: BaseException) -> None:
+        record(self.path, f"failed {type(exc).__name__}")
+
+
+class Swallower(farm.Job):
+    """Catches every Exception: a timeout must still stop it."""
+
+    def __init__(self, path: str, seconds: float) -> None:
+        self.path, self.seconds = path, seconds
+
+    def handle(self) -> None:
+        record(self.path, f"start {self.attempts}")
+        end = time.time() + self.seconds
+        while time.time() < end:
+            try:
+                time.sleep(0.05)
+            except Exception:
+                pass
+        record(self.path, "end")
+
+
+class Typed(farm.Job):
+    """Checks the tagged payload types survive the wire."""
+
+    def __init__(self, path: str, **values) -> None:
+        self.path = path
+        self.values = values
+
+    def handle(self) -> None:
+        record(self.path, repr(sorted((k, type(v).__name__, v) for k, v in self.values.items())))
+
+
+@farm.job(queue="fn")
+def add(path: str, a: int, b: int = 0, *rest: int, **extra: int) -> None:
+    record(path, f"sum {a + b + sum(rest) + sum(extra.values())}")
+
+
+def plain(path: str, word: str) -> None:
+    """A plain function: a raw pushed job may name it."""
+    record(path, f"plain {word}")
