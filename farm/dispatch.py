@@ -9,7 +9,7 @@ from typing import Any, Iterable
 from . import app, payload
 from .drivers.base import Outgoing
 from .errors import FarmError, SerializationError
-from .jobs import Job, job_name, option
+from .jobs import FunctionCall, Job, job_name, option
 
 
 def dispatch(job: Job, *, queue: str | None = None, delay: Any = None, connection: str | None = None,
@@ -24,8 +24,9 @@ def dispatch_many(jobs: Iterable[Job], *, queue: str | None = None, delay: Any =
                   connection: str | None = None) -> list[str]:
     """Store many jobs with one round trip per chunk; all are checked before any is written."""
     by_conn: dict[str | None, list[Outgoing]] = {}
+    now, stamp = time.time(), payload.utcnow_iso()
     for job in jobs:
-        out, conn = _outgoing(job, queue, delay, connection, None, None, None)
+        out, conn = _outgoing(job, queue, delay, connection, None, None, None, now, stamp)
         by_conn.setdefault(conn, []).append(out)
     ids: list[str] = []
     for conn, items in by_conn.items():
@@ -42,43 +43,63 @@ def dispatch_sync(job: Job) -> Any:
 
 
 def _outgoing(job: Job, queue: str | None, delay: Any, connection: str | None, tries: int | None,
-              backoff: Any, timeout: float | None) -> tuple[Outgoing, str | None]:
+              backoff: Any, timeout: float | None, now: float | None = None,
+              stamp: str | None = None) -> tuple[Outgoing, str | None]:
     if not isinstance(job, Job):
         raise SerializationError(f"dispatch() takes a farm.Job, got {type(job).__name__}")
-    doc = build(job, queue=queue, tries=tries, backoff=backoff, timeout=timeout)
-    delay = delay if delay is not None else option(job, "delay")
-    conn = connection or option(job, "connection")
-    out = Outgoing(id=doc["id"], queue=doc["queue"], body=payload.dumps(doc),
-                   available_at=time.time() + delay_seconds(delay))
-    return out, conn
+    doc = build(job, queue=queue, tries=tries, backoff=backoff, timeout=timeout, dispatched_at=stamp)
+    own = _defaults(job)
+    delay = delay if delay is not None else own["delay"]
+    out = Outgoing(id=doc["id"], queue=doc["queue"], body=payload.serialize(doc, own["owner"]),
+                   available_at=(now or time.time()) + delay_seconds(delay))
+    return out, connection or own["connection"]
+
+
+_DEFAULTS: dict[Any, dict[str, Any]] = {}
+
+
+def _defaults(job: Job) -> dict[str, Any]:
+    """A job type's own options, read once per class (or per @farm.job function)."""
+    key = job.function if isinstance(job, FunctionCall) else type(job)
+    found = _DEFAULTS.get(key)
+    if found is None:
+        name = job_name(job)
+        backoff = option(job, "backoff")
+        found = {name: option(job, name) for name in
+                 ("queue", "tries", "timeout", "max_exceptions", "delay", "connection")}
+        found.update(name=name, owner=name.partition(":")[2] or name,
+                     backoff=[backoff] if isinstance(backoff, (int, float)) else backoff,
+                     until=type(job).retry_until is not Job.retry_until)
+        _DEFAULTS[key] = found
+    return found
 
 
 def build(job: Job, *, queue: str | None = None, tries: int | None = None, backoff: Any = None,
-          timeout: float | None = None, job_id: str | None = None) -> dict[str, Any]:
-    """The v1 document for `job`; dispatch-time options beat the job's own."""
-    name = job_name(job)
-    data = payload.encode_data(job.payload(), name.partition(":")[2] or name)
-    until = job.retry_until()
+          timeout: float | None = None, job_id: str | None = None,
+          dispatched_at: str | None = None) -> dict[str, Any]:
+    """The v1 document for `job` (data not yet tagged); dispatch-time options beat the job's own."""
+    own = _defaults(job)
+    until = job.retry_until() if own["until"] else None
     if until is not None:
         if not isinstance(until, dt.datetime) or until.tzinfo is None:
-            raise SerializationError(f"{name}.retry_until() must return an aware datetime, got {until!r}")
+            raise SerializationError(f"{own['name']}.retry_until() must return an aware datetime, got {until!r}")
         until = until.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
-    backoff = backoff if backoff is not None else option(job, "backoff")
+    backoff = backoff if backoff is not None else own["backoff"]
     if isinstance(backoff, (int, float)):
         backoff = [backoff]
     return {
         "v": payload.VERSION,
         "id": job_id or str(uuid.uuid4()),
-        "job": name,
-        "data": data,
-        "queue": queue or option(job, "queue") or "default",
+        "job": own["name"],
+        "data": job.payload(),
+        "queue": queue or own["queue"] or "default",
         "attempts": 0,
-        "tries": tries if tries is not None else option(job, "tries"),
+        "tries": tries if tries is not None else own["tries"],
         "backoff": list(backoff) if backoff is not None else None,
-        "timeout": timeout if timeout is not None else option(job, "timeout"),
-        "max_exceptions": option(job, "max_exceptions"),
+        "timeout": timeout if timeout is not None else own["timeout"],
+        "max_exceptions": own["max_exceptions"],
         "retry_until": until,
-        "dispatched_at": payload.utcnow_iso(),
+        "dispatched_at": dispatched_at or payload.utcnow_iso(),
     }
 
 

@@ -54,12 +54,12 @@ def _untag(obj: dict[str, Any]) -> Any:
     return obj
 
 
-def encode_data(data: dict[str, Any], owner: str) -> dict[str, Any]:
-    """Check that `data` survives JSON; return it with special values tagged."""
+def serialize(doc: dict[str, Any], owner: str) -> str:
+    """The document as JSON with special values tagged; SerializationError names what cannot be."""
     try:
-        return json.loads(json.dumps(data, default=_tag, allow_nan=False))
+        return json.dumps(doc, default=_tag, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError):
-        raise SerializationError(_explain(data, owner)) from None
+        raise SerializationError(_explain(doc.get("data"), owner) or f"{owner}: cannot be serialized") from None
 
 
 def _explain(value: Any, path: str) -> str:
@@ -91,7 +91,7 @@ def _explain(value: Any, path: str) -> str:
 
 
 def decode_data(data: dict[str, Any]) -> dict[str, Any]:
-    """Undo the tags of encode_data."""
+    """Undo the tags of serialize()."""
     return json.loads(json.dumps(data), object_hook=_untag) if _has_tags(data) else data
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import threading
 import time
 import uuid
@@ -23,7 +24,6 @@ from ..manifest import Connection
 from . import sql
 from .base import FailedJob, Outgoing, Reserved
 
-_CHUNK = 500          # rows per multi-row INSERT
 
 
 class DatabaseQueue:
@@ -89,7 +89,7 @@ class DatabaseQueue:
         if self.dialect == "sqlite":
             conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL survives any process crash; only an OS crash may lose the last commits.
-            conn.execute("PRAGMA synchronous=NORMAL" if role == "fast" else "PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA synchronous=NORMAL")
         elif self.dialect == "postgresql":
             conn.autocommit = True
             if role == "fast":   # claims and acks: a server crash may rerun a job, a worker crash never
@@ -109,9 +109,13 @@ class DatabaseQueue:
 
     @contextmanager
     def _cursor(self, role: str = "durable", tx: bool = False) -> Iterator[Any]:
-        conn = self._raw(role)
+        """This thread's cursor for `role`; a lost connection becomes DriverUnavailable."""
         try:
-            cur = conn.cursor()
+            cur = self._cursors().get(role)
+            if cur is None:
+                cur = self._cursors()[role] = self._raw(role).cursor()
+            if role == "fast" and self._local.__dict__.get("ack_pending"):
+                self._settle_ack()
             if tx:
                 cur.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
             try:
@@ -125,13 +129,47 @@ class DatabaseQueue:
                     except Exception:
                         pass
                 raise
-            finally:
-                cur.close()
         except self._dbapi_errors() as e:
             if _is_disconnect(e, self.dialect):
                 self._drop()
                 raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)}") from e
             raise
+
+    def _cursors(self) -> dict[str, Any]:
+        if os.getpid() != self._pid:
+            self._raw("durable")            # resets the thread state after a fork
+        cursors = self._local.__dict__.get("cursors")
+        if cursors is None:
+            cursors = self._local.cursors = {}
+        return cursors
+
+    # PostgreSQL acks are sent without waiting for the answer, which is read before the next
+    # statement on that connection. Once sent, the DELETE commits even if this process is
+    # killed a moment later: the server reads what the socket already holds.
+    def _pg_send_ack(self, row_id: int) -> None:
+        import psycopg
+
+        try:
+            with self._cursor("fast"):       # settles the previous ack, connects if needed
+                pass
+            pg = self._raw("fast").pgconn
+            pg.send_query(f"DELETE FROM {self.config.table} WHERE id = {int(row_id)}".encode())
+            while pg.flush() == 1:
+                select.select([], [pg.socket], [], 1.0)
+            self._local.ack_pending = True
+        except psycopg.Error as e:
+            self._drop()
+            raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)}") from e
+
+    def _settle_ack(self) -> None:
+        from psycopg import pq
+
+        self._local.ack_pending = False
+        pg = self._raw("fast").pgconn
+        while (res := pg.get_result()) is not None:
+            if res.status != pq.ExecStatus.COMMAND_OK:
+                message = (res.error_message or b"").decode(errors="replace")
+                raise self._engine.dialect.dbapi.OperationalError(f"ack failed: {message}")
 
     def _dbapi_errors(self) -> tuple[type[BaseException], ...]:
         mod = self._engine.dialect.dbapi
@@ -171,15 +209,17 @@ class DatabaseQueue:
     def push(self, items: Sequence[Outgoing]) -> None:
         now = time.time()
         rows = [(o.id, o.queue, o.body, o.attempts, o.available_at, now) for o in items]
-        with self._cursor(tx=len(rows) > _CHUNK) as cur:
-            for i in range(0, len(rows), _CHUNK):
-                chunk = rows[i:i + _CHUNK]
-                if len(chunk) == 1:
-                    cur.execute(self.sql.insert, chunk[0])
-                else:
-                    head, _, values = self.sql.insert.partition(" VALUES ")
-                    cur.execute(f"{head} VALUES {', '.join([values] * len(chunk))}",
-                                [v for row in chunk for v in row])
+        if len(rows) == 1:
+            with self._cursor() as cur:
+                cur.execute(self.sql.insert, rows[0])
+            return
+        with self._cursor(tx=True) as cur:
+            if self.dialect == "postgresql":      # COPY: the bulk path, and it fires the NOTIFY trigger
+                with cur.copy(self.sql.copy) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            else:                                  # sqlite prepares once; PyMySQL sends multi-row INSERTs
+                cur.executemany(self.sql.insert, rows)
 
     def reserve(self, queues: Sequence[str], limit: int, wait: float) -> list[Reserved]:
         deadline = time.monotonic() + wait
@@ -258,6 +298,9 @@ class DatabaseQueue:
             cur.execute(self.sql.renew, (time.time() + self.retry_after, self.token))
 
     def ack(self, job: Reserved) -> None:
+        if self.dialect == "postgresql":
+            self._pg_send_ack(job.handle)
+            return
         with self._cursor("fast") as cur:
             cur.execute(self.sql.ack, (job.handle,))
 
@@ -298,6 +341,11 @@ class DatabaseQueue:
             return int(cur.rowcount)
 
     def close(self) -> None:
+        if self._local.__dict__.get("ack_pending"):
+            try:
+                self._settle_ack()
+            except Exception:
+                pass
         listener = getattr(self._local, "listener", None)
         if listener is not None:
             listener.close()

@@ -73,6 +73,7 @@ class Queries:
         q = self._q
         self.insert = q(f"INSERT INTO {j} (uuid, queue, payload, attempts, available_at, created_at) "
                         "VALUES (%s, %s, %s, %s, %s, %s)")
+        self.copy = f"COPY {j} (uuid, queue, payload, attempts, available_at, created_at) FROM STDIN"
         # sqlite (3.35+) and postgres claim in one atomic statement; RETURNING order is unspecified
         self.claim_returning = q(
             f"UPDATE {j} SET available_at = %s, reserved_by = %s, attempts = attempts + 1 "

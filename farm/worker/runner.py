@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import payload
 from ..errors import Abandon, JobTimeout, MaxAttemptsExceeded, PayloadError
-from ..jobs import Job, instantiate
+from ..jobs import Job, instantiate, option
 from ..log import Log
 from . import retry
 from .options import WorkerOptions
@@ -123,8 +123,6 @@ def run_inline(job: Job) -> Any:
 
 
 def _own(job: Job, name: str) -> Any:
-    from ..jobs import option
-
     return option(job, name)
 
 

@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 from .. import waker
 from ..errors import Abandon
+from . import timeout
 from .lifecycle import Lifecycle
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGCONT)
@@ -22,6 +23,7 @@ def installed(lifecycle: Lifecycle) -> Iterator[None]:
             raise Abandon(signal.Signals(signum).name)
 
     previous = {s: signal.signal(s, handler) for s in HANDLED}
+    previous[signal.SIGALRM] = timeout.install()
     r, w = os.pipe()
     os.set_blocking(r, False)
     os.set_blocking(w, False)

@@ -16,15 +16,19 @@ def _alarm(signum: int, frame: Any) -> None:
     raise JobTimeout("the job ran past its timeout")
 
 
+def install() -> Any:
+    """Install the SIGALRM handler (once per worker); returns the previous one."""
+    return signal.signal(signal.SIGALRM, _alarm)
+
+
 @contextmanager
 def hard_timeout(seconds: float) -> Iterator[None]:
+    """Raise JobTimeout in this (main) thread after `seconds`; needs install() first."""
     if seconds <= 0:
         yield
         return
-    previous = signal.signal(signal.SIGALRM, _alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)

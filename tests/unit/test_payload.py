@@ -24,26 +24,33 @@ def test_special_values_are_tagged_and_come_back_as_themselves():
     values = {"when": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc), "day": dt.date(2026, 1, 2),
               "uid": uuid.UUID(int=7), "money": Decimal("12.30"), "blob": b"\x00\xff"}
     doc = build(Typed("/tmp/x", **values))
-    text = json.dumps(doc)
-    assert '"$decimal": "12.30"' in text and '"$bytes"' in text
+    text = payload.serialize(doc, "Typed")
+    assert '"$decimal":"12.30"' in text and '"$bytes"' in text
     back = payload.decode_data(json.loads(text)["data"])
     assert back["values"] == values
 
 
 def test_a_value_json_cannot_hold_is_refused_naming_the_attribute():
     with pytest.raises(farm.SerializationError) as e:
-        build(Typed("/tmp/x", bad={"inner": [1, object()]}))
+        payload.serialize(build(Typed("/tmp/x", bad={"inner": [1, object()]})), "Typed")
     assert "Typed.values.bad.inner[1]" in str(e.value)
 
 
 def test_a_nan_is_refused():
     with pytest.raises(farm.SerializationError):
-        build(Typed("/tmp/x", n=float("nan")))
+        payload.serialize(build(Typed("/tmp/x", n=float("nan"))), "Typed")
+
+
+def test_dispatch_refuses_an_unserializable_job_and_writes_nothing(make_farm):
+    f = make_farm("sqlite")
+    with pytest.raises(farm.SerializationError, match="Typed.values.when"):
+        farm.dispatch(Typed("/tmp/x", when=object()))
+    assert f.queue().counts() == {}
 
 
 def test_a_decorated_function_call_carries_its_bound_arguments():
     call = add.job("/tmp/x", 1, 2, 3, k=4)
-    doc = build(call)
+    doc = json.loads(payload.serialize(build(call), "add"))
     assert doc["job"] == "testjobs:add" and doc["queue"] == "fn"
     assert doc["data"] == {"path": "/tmp/x", "a": 1, "b": 2, "rest": [3], "extra": {"k": 4}}
 
