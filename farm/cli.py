@@ -174,7 +174,8 @@ def main() -> None:
     """Entry point: map errors to one line and the exit status of DESIGN.md."""
     verbose = "-v" in sys.argv[1:] or "--verbose" in sys.argv[1:]
     try:
-        cli.main(standalone_mode=False, prog_name="farmctl")
+        status = cli.main(standalone_mode=False, prog_name="farmctl")
+        sys.exit(status if isinstance(status, int) else 0)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
@@ -196,7 +197,6 @@ def main() -> None:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
-    sys.exit(0)
 
 
 def _register() -> None:

@@ -113,6 +113,20 @@ class Swallower(farm.Job):
         record(self.path, "end")
 
 
+class Stuck(farm.Job):
+    """Blocks SIGALRM, then sleeps: like a C call that never comes back to Python."""
+
+    def __init__(self, path: str, seconds: float) -> None:
+        self.path, self.seconds = path, seconds
+
+    def handle(self) -> None:
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        record(self.path, f"start {self.attempts}")
+        time.sleep(self.seconds)
+
+
 class Typed(farm.Job):
     """Checks the tagged payload types survive the wire."""
 

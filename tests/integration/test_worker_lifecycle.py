@@ -1,0 +1,327 @@
+"""Real `farmctl work` processes, real signals, real servers."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+import farm
+from conftest import DB_BACKENDS
+from testjobs import Flaky, GivesUp, Record, Releaser, Sleeper, Stuck, Swallower
+
+
+def finished(p, timeout=30):
+    try:
+        return p.wait(timeout)
+    except Exception:
+        p.kill()
+        raise AssertionError("the worker did not exit in time:\n" + (p.stderr.read() if p.stderr else ""))
+
+
+@pytest.mark.parametrize("backend", DB_BACKENDS)
+def test_sigterm_mid_job_lets_the_job_finish_and_exits_0(make_farm, backend):
+    f = make_farm(backend)
+    farm.dispatch(Record(str(f.out), "slow", seconds=1.5))
+    farm.dispatch(Record(str(f.out), "next"))
+    p = f.worker("--sleep", "0.2")
+    f.wait_for(lambda: f.lines(f.tmp / "out.txt.started"), what="the job to start")
+    p.send_signal(signal.SIGTERM)
+    assert finished(p) == 0
+    assert [line.split()[0] for line in f.lines()] == ["slow"]       # finished, and took nothing new
+    err = p.stderr.read()
+    assert "worker.stop reason=signal signal=SIGTERM" in err
+    # the job not started is still there for the next worker
+    assert f.queue().counts()["default"]["ready"] == 1
+
+
+@pytest.mark.parametrize("backend", DB_BACKENDS)
+def test_sigkill_mid_job_loses_nothing_the_job_runs_again_after_retry_after(make_farm, backend):
+    f = make_farm(backend, retry_after=2)
+    jid = farm.dispatch(Record(str(f.out), "victim", seconds=1.0))
+    p = f.worker("--sleep", "0.2")
+    f.wait_for(lambda: f.lines(f.tmp / "out.txt.started"), what="the job to start")
+    p.send_signal(signal.SIGKILL)
+    p.wait(10)
+    assert f.lines() == []
+    t = time.monotonic()
+    p2 = f.worker("--sleep", "0.2")
+    f.wait_for(lambda: f.lines(), timeout=20, what="the job to run again")
+    assert f.lines()[0].split()[:2] == ["victim", "2"]              # second start
+    assert time.monotonic() - t < 10
+    p2.send_signal(signal.SIGTERM)
+    assert finished(p2) == 0
+    assert f.store().failed(ids=[jid]) == []
+
+
+@pytest.mark.parametrize("backend", DB_BACKENDS)
+def test_a_job_longer_than_retry_after_is_not_run_twice_by_two_workers(make_farm, backend):
+    f = make_farm(backend, retry_after=1)
+    farm.dispatch(Record(str(f.out), "long", seconds=3.5))
+    a = f.worker("--sleep", "0.1")
+    f.wait_for(lambda: f.lines(f.tmp / "out.txt.started"), what="the job to start")
+    b = f.worker("--sleep", "0.1")
+    f.wait_for(lambda: f.lines(), timeout=15, what="the job to finish")
+    time.sleep(1.0)       # give b a chance to (wrongly) take the job again
+    for p in (a, b):
+        p.send_signal(signal.SIGTERM)
+        assert finished(p) == 0
+    assert [line.split()[0] for line in f.lines(f.tmp / "out.txt.started")] == ["long"]
+    assert [line.split()[0] for line in f.lines()] == ["long"]
+
+
+@pytest.mark.parametrize("backend", DB_BACKENDS)
+def test_two_workers_and_a_producer_run_2000_jobs_exactly_once(make_farm, backend):
+    f = make_farm(backend)
+    workers = [f.worker("--sleep", "0.1", "--log-level", "warning") for _ in range(2)]
+    sent: list[str] = []
+
+    def produce():
+        for i in range(0, 2000, 100):
+            if i % 200:
+                farm.dispatch_many([Record(str(f.out), f"j{n}") for n in range(i, i + 100)])
+            else:
+                for n in range(i, i + 100):
+                    farm.dispatch(Record(str(f.out), f"j{n}"))
+            sent.append(str(i))
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    producer.join(120)
+    f.wait_for(lambda: len(f.lines()) >= 2000, timeout=120, what="2000 jobs")
+    for p in workers:
+        p.send_signal(signal.SIGTERM)
+        assert finished(p) == 0
+    tags = Counter(line.split()[0] for line in f.lines())
+    assert len(tags) == 2000 and set(tags.values()) == {1}
+    pids = {line.split()[2] for line in f.lines()}
+    assert len(pids) == 2, "both workers took part"
+
+
+def test_a_second_sigterm_gives_the_running_job_back_and_exits_1(make_farm):
+    f = make_farm("sqlite")
+    farm.dispatch(Sleeper(str(f.out), 30))
+    p = f.worker("--sleep", "0.2")
+    f.wait_for(lambda: f.lines(), what="the job to start")
+    p.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    t = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    assert finished(p, 10) == 1
+    assert time.monotonic() - t < 5
+    assert "reason=abandon" in p.stderr.read()
+    # ready again at once, and the abandoned start used no attempt
+    (r,) = f.queue().reserve(["default"], 1, 0)
+    assert r.attempts == 1
+
+
+def test_a_job_stuck_where_sigalrm_cannot_reach_is_settled_by_the_watchdog(make_farm):
+    f = make_farm("sqlite")
+    jid = farm.dispatch(Stuck(str(f.out), 30), timeout=1)
+    p = f.worker("--sleep", "0.1")
+    f.wait_for(lambda: f.lines(), what="the job to start")
+    t = time.monotonic()
+    assert finished(p, 15) == 1          # the process manager starts a fresh worker
+    assert time.monotonic() - t < 2.5, "stopped within two seconds of its limit"
+    assert "worker.stuck" in p.stderr.read()
+    (entry,) = f.store().failed(ids=[jid])
+    assert entry.exception.startswith("JobTimeout")
+
+
+def test_a_job_past_its_timeout_is_stopped_within_two_seconds_and_retried(make_farm):
+    f = make_farm("sqlite")
+    farm.dispatch(Sleeper(str(f.out), 30), timeout=1, tries=2, backoff=0)
+    p = f.worker("--sleep", "0.1")
+    t = time.monotonic()
+    f.wait_for(lambda: [x for x in f.lines() if x.startswith("failed")], timeout=15, what="the job to fail")
+    elapsed = time.monotonic() - t
+    p.send_signal(signal.SIGTERM)
+    assert finished(p) == 0
+    starts = [x for x in f.lines() if x.startswith("start")]
+    assert len(starts) == 2 and f.lines()[-1] == "failed JobTimeout"
+    assert elapsed < 2 * 1 + 2 * 2 + 1.5
+    assert "job.retry" in p.stderr.read()
+
+
+def test_a_job_that_swallows_exceptions_still_times_out(make_farm):
+    f = make_farm("sqlite")
+    jid = farm.dispatch(Swallower(str(f.out), 20), timeout=1)
+    p = f.worker("--sleep", "0.1", "--stop-when-empty")
+    assert finished(p, 15) == 0
+    assert f.lines() == ["start 1"]
+    (entry,) = f.store().failed(ids=[jid])
+    assert entry.exception.startswith("JobTimeout")
+
+
+def test_a_flaky_job_is_retried_with_backoff_then_fails_once_with_its_traceback(make_farm):
+    f = make_farm("sqlite")
+    jid = farm.dispatch(Flaky(str(f.out)), backoff=[0.2, 0.4])
+    p = f.worker("--sleep", "0.05")
+    f.wait_for(lambda: "failed ValueError" in f.lines(), timeout=15, what="the failed() hook")
+    p.send_signal(signal.SIGTERM)
+    assert finished(p) == 0
+    assert f.lines() == ["attempt 1", "attempt 2", "attempt 3", "failed ValueError"]
+    (entry,) = f.store().failed(ids=[jid])
+    assert entry.exception.startswith("ValueError: boom on attempt 3")
+    assert "Traceback" in entry.exception and "testjobs.py" in entry.exception
+    doc = json.loads(entry.body)
+    assert doc["attempts"] == 3 and doc["id"] == jid
+
+
+def test_a_flaky_job_that_recovers_is_not_failed(make_farm):
+    f = make_farm("sqlite")
+    jid = farm.dispatch(Flaky(str(f.out), succeed_on=2), backoff=0)
+    p = f.worker("--sleep", "0.05", "--stop-when-empty")
+    assert finished(p) == 0
+    assert f.lines() == ["attempt 1", "attempt 2"]
+    assert f.store().failed(ids=[jid]) == []
+
+
+def test_release_uses_an_attempt_and_fail_skips_the_remaining_tries(make_farm):
+    f = make_farm("sqlite")
+    rel = farm.dispatch(Releaser(str(f.tmp / "rel.txt")))
+    gu = farm.dispatch(GivesUp(str(f.tmp / "gu.txt")))
+    p = f.worker("--sleep", "0.05", "--stop-when-empty")
+    assert finished(p) == 0
+    assert f.lines(f.tmp / "rel.txt") == ["attempt 1", "attempt 2"]
+    assert f.lines(f.tmp / "gu.txt") == ["attempt 1", "failed"]
+    store = f.store()
+    assert store.failed(ids=[rel])[0].exception.startswith("MaxAttemptsExceeded")
+    assert "no point retrying" in store.failed(ids=[gu])[0].exception
+
+
+def test_bad_payloads_are_failed_with_their_reason_and_the_worker_goes_on(make_farm):
+    f = make_farm("sqlite")
+    from farm.drivers.base import Outgoing
+
+    q = f.queue()
+    bad = [("not-json", "{nope"), ("not-allowed", json.dumps({"v": 1, "id": "not-allowed", "job": "os:system",
+                                                               "data": {"command": "true"}}))]
+    q.push([Outgoing(id=i, queue="default", body=b, available_at=0) for i, b in bad])
+    farm.dispatch(Record(str(f.out), "good"))
+    p = f.worker("--sleep", "0.05", "--stop-when-empty")
+    assert finished(p) == 0
+    assert [x.split()[0] for x in f.lines()] == ["good"]
+    reasons = {e.id: e.exception for e in f.store().failed()}
+    assert "not JSON" in reasons["not-json"]
+    assert "not in a module listed under imports" in reasons["not-allowed"]
+
+
+def test_queues_are_worked_in_priority_order(make_farm):
+    f = make_farm("sqlite")
+    for i in range(3):
+        farm.dispatch(Record(str(f.out), f"low{i}"), queue="low")
+    for i in range(3):
+        farm.dispatch(Record(str(f.out), f"high{i}"), queue="high")
+    p = f.worker("--queue", "high,low", "--stop-when-empty")
+    assert finished(p) == 0
+    assert [x.split()[0] for x in f.lines()] == ["high0", "high1", "high2", "low0", "low1", "low2"]
+
+
+def test_a_delayed_job_runs_after_its_delay(make_farm):
+    f = make_farm("sqlite")
+    t = time.time()
+    farm.dispatch(Record(str(f.out), "later"), delay=1.5)
+    p = f.worker("--sleep", "3")
+    f.wait_for(lambda: f.lines(), timeout=10, what="the delayed job")
+    ran_after = time.time() - t
+    p.send_signal(signal.SIGTERM)
+    assert finished(p) == 0
+    assert 1.5 <= ran_after < 3.0
+
+
+@pytest.mark.parametrize("flag, value, reason", [("--max-jobs", "3", "max-jobs"), ("--once", None, "once")])
+def test_limits_end_the_worker_gracefully(make_farm, flag, value, reason):
+    f = make_farm("sqlite")
+    for i in range(5):
+        farm.dispatch(Record(str(f.out), f"j{i}"))
+    p = f.worker(*([flag] + ([value] if value else [])))
+    assert finished(p) == 0
+    assert len(f.lines()) == (3 if reason == "max-jobs" else 1)
+    assert f"reason={reason}" in p.stderr.read()
+
+
+def test_max_time_and_memory_end_the_worker_gracefully(make_farm):
+    f = make_farm("sqlite")
+    p = f.worker("--max-time", "1", "--sleep", "0.1")
+    assert finished(p) == 0 and "reason=max-time" in p.stderr.read()
+    farm.dispatch(Record(str(f.out), "one"))
+    farm.dispatch(Record(str(f.out), "two"))
+    p = f.worker("--memory", "1", "--sleep", "0.1")
+    assert finished(p) == 0 and "reason=memory" in p.stderr.read()
+    assert len(f.lines()) <= 1
+
+
+def test_a_recycling_exit_waits_out_the_first_second(make_farm):
+    f = make_farm("sqlite")
+    t = time.monotonic()
+    p = f.worker("--max-jobs", "1", "--memory", "1")
+    assert finished(p) == 0
+    assert time.monotonic() - t >= 1.0
+
+
+def test_sigusr2_pauses_and_sigcont_resumes(make_farm):
+    f = make_farm("sqlite")
+    p = f.worker("--sleep", "0.1")
+    f.wait_for(lambda: f.store().workers() or True, what="start")
+    time.sleep(0.5)
+    p.send_signal(signal.SIGUSR2)
+    time.sleep(0.3)
+    farm.dispatch(Record(str(f.out), "while-paused"))
+    time.sleep(1.5)
+    assert f.lines() == []
+    p.send_signal(signal.SIGCONT)
+    f.wait_for(lambda: f.lines(), timeout=5, what="the job after resume")
+    p.send_signal(signal.SIGTERM)
+    assert finished(p) == 0
+
+
+def test_the_restart_stamp_ends_workers_after_their_job(make_farm):
+    f = make_farm("sqlite")
+    p = f.worker("--sleep", "0.1")
+    time.sleep(0.5)
+    f.farmctl("restart", check=True)
+    assert finished(p, 10) == 0
+    assert "reason=restart" in p.stderr.read()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-jobs", "-1"], "--max-jobs"),
+    (["--connection", "nope"], "unknown connection 'nope'"),
+    (["--pipeline", "nope"], "unknown pipeline 'nope'"),
+    (["--backoff", "x,y"], "--backoff"),
+])
+def test_bad_flags_are_one_line_and_exit_2(make_farm, args, message):
+    f = make_farm("sqlite")
+    cp = f.farmctl("work", *args)
+    assert cp.returncode == 2
+    assert message in cp.stderr and "Traceback" not in cp.stderr
+    assert len(cp.stderr.strip().splitlines()) == 1
+
+
+def test_a_broken_manifest_lists_its_problems_and_exits_2(make_farm):
+    f = make_farm("sqlite")
+    f.manifest.write_text("connections:\n  main: {driver: nope}\npipelines:\n  w: {numprocs: 0}\n")
+    cp = f.farmctl("work")
+    assert cp.returncode == 2 and "Traceback" not in cp.stderr
+    lines = cp.stderr.strip().splitlines()
+    assert any(":2: connections.main.driver: unknown driver 'nope'" in x for x in lines)
+    assert any(":4: pipelines.w.numprocs: expected a positive integer, got 0" in x for x in lines)
+    cp = f.farmctl("--config", str(f.tmp / "missing.yaml"), "status")
+    assert cp.returncode == 2 and "cannot read the manifest" in cp.stderr
+
+
+def test_push_stores_a_raw_job_and_refuses_a_malformed_one(make_farm):
+    f = make_farm("sqlite")
+    doc = {"v": 1, "id": "raw-1", "job": "testjobs:plain", "data": {"path": str(f.out), "word": "hi"}}
+    cp = f.farmctl("push", "--queue", "raw", json.dumps(doc), check=True)
+    assert cp.stdout.strip() == "raw-1"
+    bad = f.farmctl("push", '{"v": 1}')
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    p = f.worker("--queue", "raw", "--stop-when-empty")
+    assert finished(p) == 0
+    assert f.lines() == ["plain hi"]
