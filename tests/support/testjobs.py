@@ -146,3 +146,13 @@ def add(path: str, a: int, b: int = 0, *rest: int, **extra: int) -> None:
 def plain(path: str, word: str) -> None:
     """A plain function: a raw pushed job may name it."""
     record(path, f"plain {word}")
+
+
+class Stamp(farm.Job):
+    """Records `<tag> <time the job started>`: for latency checks."""
+
+    def __init__(self, path: str, tag: str) -> None:
+        self.path, self.tag = path, tag
+
+    def handle(self) -> None:
+        record(self.path, f"{self.tag} {time.time():.6f}")
