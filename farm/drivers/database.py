@@ -92,6 +92,7 @@ class DatabaseQueue:
             conn.execute("PRAGMA synchronous=NORMAL")
         elif self.dialect == "postgresql":
             conn.autocommit = True
+            conn.execute(f"SET application_name = 'farm {os.getpid()} {role}'")
             if role == "fast":   # claims and acks: a server crash may rerun a job, a worker crash never
                 conn.execute("SET synchronous_commit = off")
         else:
@@ -176,23 +177,26 @@ class DatabaseQueue:
         return (mod.OperationalError, mod.InterfaceError)
 
     def _ensure_schema(self) -> None:
+        """Create the tables (and the PostgreSQL trigger) unless they exist; safe when racing."""
         md, *_ = sql.tables(self.config.table, self.config.failed_table)
-        for attempt in range(5):
+        table = self.config.table
+        for attempt in range(6):
             try:
                 with self._engine.begin() as c:
+                    if self.dialect == "postgresql":    # concurrent CREATE OR REPLACE can clash
+                        c.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%(t)s))", {"t": table})
                     md.create_all(c, checkfirst=True)
-                    if self.dialect == "postgresql":
-                        c.exec_driver_sql(sql.PG_NOTIFY.format(t=self.config.table))
+                    if self.dialect == "postgresql" and not c.exec_driver_sql(
+                            "SELECT 1 FROM pg_trigger WHERE tgname = %(t)s", {"t": f"{table}_notify"}).first():
+                        c.exec_driver_sql(sql.PG_NOTIFY.format(t=table))
                 return
-            except sa.exc.OperationalError as e:
-                if _is_disconnect(e.orig, self.dialect) and attempt == 4:
+            except sa.exc.DBAPIError as e:
+                if attempt < 5 and not isinstance(e, sa.exc.InterfaceError):
+                    time.sleep(0.05 * (attempt + 1))     # another process raced us to create them
+                    continue
+                if e.orig is not None and _is_disconnect(e.orig, self.dialect):
                     raise DriverUnavailable(f"connection {self.name!r}: cannot connect: {_first_line(e.orig)}") from e
-                if attempt == 4:
-                    raise
-            except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
-                if attempt == 4:            # two processes raced to create the tables
-                    raise
-            time.sleep(0.05 * (attempt + 1))
+                raise FarmError(f"connection {self.name!r}: cannot create the tables: {_first_line(e.orig or e)}") from e
 
     def ddl(self) -> str:
         """The CREATE statements, for users who manage migrations themselves."""

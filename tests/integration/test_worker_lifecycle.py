@@ -325,3 +325,59 @@ def test_push_stores_a_raw_job_and_refuses_a_malformed_one(make_farm):
     p = f.worker("--queue", "raw", "--stop-when-empty")
     assert finished(p) == 0
     assert f.lines() == ["plain hi"]
+
+
+def test_a_worker_survives_its_database_connections_being_killed_and_loses_nothing(make_farm):
+    import psycopg
+
+    f = make_farm("postgresql")
+    p = f.worker("--sleep", "0.1", "--log-level", "warning")
+    for i in range(100):
+        farm.dispatch(Record(str(f.out), f"a{i}"))
+    f.wait_for(lambda: len(f.lines()) >= 100, what="the first hundred")
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as admin:
+        killed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                               "WHERE application_name LIKE %s", (f"farm {p.pid} %",)).fetchall()
+    assert killed, "the worker's connections were found"
+    for i in range(100):
+        farm.dispatch(Record(str(f.out), f"b{i}"))
+    f.wait_for(lambda: len(f.lines()) >= 200, timeout=60, what="the second hundred after the reconnect")
+    p.send_signal(signal.SIGTERM)
+    assert finished(p) == 0
+    tags = Counter(line.split()[0] for line in f.lines())
+    assert len(tags) == 200 and set(tags.values()) == {1}
+    assert "worker.unavailable" in p.stderr.read()
+
+
+def test_dispatch_raises_driver_unavailable_when_the_database_is_gone(make_farm, tmp_path):
+    from farm import app
+
+    f = make_farm("sqlite")
+    f.manifest.write_text("imports: [testjobs]\nconnections:\n  main:\n    driver: database\n"
+                          "    url: postgresql+psycopg://postgres@127.0.0.1:1/test\n")
+    app.configure(f.manifest)
+    with pytest.raises(farm.DriverUnavailable):
+        farm.dispatch(Record(str(f.out), "x"))
+    cp = f.farmctl("status")
+    assert cp.returncode == 1 and "Traceback" not in cp.stderr and len(cp.stderr.strip().splitlines()) == 1
+
+
+def test_schema_prints_the_ddl_for_each_dialect(make_farm):
+    f = make_farm("sqlite")
+    cp = f.farmctl("schema", check=True)
+    assert "CREATE TABLE" in cp.stdout and "available_at" in cp.stdout
+
+
+def test_tries_come_from_dispatch_then_the_class_then_the_worker_flag(make_farm):
+    from testjobs import AlwaysFails
+
+    f = make_farm("sqlite")
+    farm.dispatch(AlwaysFails(str(f.tmp / "flag.txt")))                       # the worker's --tries 2
+    farm.dispatch(AlwaysFails(str(f.tmp / "dispatch.txt")), tries=3)          # dispatch beats the flag
+    farm.dispatch(Flaky(str(f.tmp / "class.txt")), backoff=0)                 # class tries=3 beats the flag
+    p = f.worker("--tries", "2", "--backoff", "0", "--sleep", "0.05", "--stop-when-empty")
+    assert finished(p) == 0
+    assert len(f.lines(f.tmp / "flag.txt")) == 2
+    assert len(f.lines(f.tmp / "dispatch.txt")) == 3
+    assert [x for x in f.lines(f.tmp / "class.txt") if x.startswith("attempt")] == \
+        ["attempt 1", "attempt 2", "attempt 3"]

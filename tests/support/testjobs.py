@@ -156,3 +156,14 @@ class Stamp(farm.Job):
 
     def handle(self) -> None:
         record(self.path, f"{self.tag} {time.time():.6f}")
+
+
+class AlwaysFails(farm.Job):
+    """No tries of its own: the worker's --tries decides."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def handle(self) -> None:
+        record(self.path, f"attempt {self.attempts}")
+        raise RuntimeError("always")
