@@ -381,3 +381,33 @@ def test_tries_come_from_dispatch_then_the_class_then_the_worker_flag(make_farm)
     assert len(f.lines(f.tmp / "dispatch.txt")) == 3
     assert [x for x in f.lines(f.tmp / "class.txt") if x.startswith("attempt")] == \
         ["attempt 1", "attempt 2", "attempt 3"]
+
+
+def test_claimed_jobs_not_started_are_handed_back_at_once_on_a_graceful_stop(make_farm):
+    f = make_farm("sqlite")
+    for i in range(30):                       # fast jobs teach the worker to claim in batches
+        farm.dispatch(Record(str(f.out), f"warm{i}"))
+    p = f.worker("--sleep", "0.05")
+    f.wait_for(lambda: len(f.lines()) >= 30, what="the warm-up jobs")
+    farm.dispatch_many([Record(str(f.out), "slow", seconds=1.5)] + [Record(str(f.out), f"after{i}") for i in range(20)])
+    f.wait_for(lambda: f.lines(f.tmp / "out.txt.started"), what="the slow job to start")
+    counts = f.queue().counts()["default"]
+    assert counts["reserved"] > 1, "the worker claimed a batch"
+    p.send_signal(signal.SIGTERM)
+    assert finished(p) == 0
+    counts = f.queue().counts()["default"]
+    assert counts["reserved"] == 0 and counts["ready"] + len(f.lines()) - 31 == 20
+    (r, *_) = f.queue().reserve(["default"], 1, 0)
+    assert r.attempts == 1                    # handed back unstarted: no attempt used
+
+
+def test_a_short_queue_of_slow_jobs_is_shared_by_two_workers(make_farm):
+    f = make_farm("sqlite")
+    a, b = f.worker("--sleep", "0.05"), f.worker("--sleep", "0.05")
+    time.sleep(1.0)
+    farm.dispatch_many([Record(str(f.out), f"s{i}", seconds=0.4) for i in range(6)])
+    f.wait_for(lambda: len(f.lines()) >= 6, timeout=20, what="six slow jobs")
+    for p in (a, b):
+        p.send_signal(signal.SIGTERM)
+        assert finished(p) == 0
+    assert len({line.split()[2] for line in f.lines()}) == 2
