@@ -1,7 +1,8 @@
 """The `database` driver: SQLite, PostgreSQL (psycopg 3) and MariaDB/MySQL (PyMySQL).
 
-SQLAlchemy gives the engine, the pool and the DDL; the per-job statements run on the
-DBAPI connection underneath, in autocommit, one round trip each.
+The per-job statements run on DBAPI connections in autocommit, one round trip each (the
+PostgreSQL ack none); SQLAlchemy Core describes the schema and is imported only to create
+or print it, which keeps it out of a worker's memory.
 """
 from __future__ import annotations
 
@@ -12,18 +13,13 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator, Sequence
-
-import sqlalchemy as sa
-from sqlalchemy.schema import CreateIndex, CreateTable
 
 from .. import waker
 from ..errors import DriverUnavailable, FarmError
 from ..manifest import Connection
-from . import sql
+from . import dbapi, sql
 from .base import FailedJob, Outgoing, Reserved
-
 
 
 class DatabaseQueue:
@@ -33,56 +29,39 @@ class DatabaseQueue:
         self.name = conn.name
         self.config = conn
         self.retry_after = float(conn.retry_after)
-        self.url = sa.engine.make_url(conn.url or "sqlite:///var/farm.db")
-        self.dialect = "mysql" if self.url.get_backend_name() in ("mysql", "mariadb") else self.url.get_backend_name()
-        if self.dialect not in ("sqlite", "postgresql", "mysql"):
-            raise FarmError(f"connection {conn.name!r}: unsupported database {self.dialect!r} "
-                            "(use sqlite, postgresql+psycopg or mysql+pymysql)")
+        try:
+            self.target = dbapi.parse(conn.url or "sqlite:///var/farm.db")
+        except FarmError as e:
+            raise FarmError(f"connection {conn.name!r}: {e}") from None
+        self.dialect = self.target.dialect
         self.supports_notify = self.dialect == "postgresql"
         self.sql = sql.Queries(self.dialect, conn.table, conn.failed_table)
         self.token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._pid = os.getpid()
         self._local = threading.local()
+        self._opened: list[Any] = []
+        self._lock = threading.Lock()
         self._poll = 0.01
-        self._engine = self._make_engine()
+        self._errors = dbapi.errors(self.target)
         self._ensure_schema()
 
     # -- connections -------------------------------------------------------------------
-    def _make_engine(self) -> sa.Engine:
-        url = self.url
-        args: dict[str, Any] = {}
-        if self.dialect == "sqlite":
-            if url.database and url.database != ":memory:":
-                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-            args = {"connect_args": {"timeout": 60, "isolation_level": None, "check_same_thread": False},
-                    "poolclass": sa.pool.NullPool}
-        elif self.dialect == "postgresql" and url.drivername == "postgresql":
-            url = url.set(drivername="postgresql+psycopg")
-        elif self.dialect == "mysql" and "+" not in url.drivername:
-            url = url.set(drivername="mysql+pymysql")
-        try:
-            return sa.create_engine(url, pool_pre_ping=False, **args)
-        except ImportError as e:
-            extra = {"postgresql": "postgres", "mysql": "mysql"}.get(self.dialect, "")
-            raise FarmError(f"connection {self.name!r}: the driver is not installed "
-                            f"(pip install 'jobfarm[{extra}]'): {e}") from None
-
     def _raw(self, role: str = "durable") -> Any:
         """This thread's DBAPI connection for `role` (durable writes, or the worker's fast path)."""
         if os.getpid() != self._pid:        # forked: never share a socket with the parent
             self._pid = os.getpid()
             self._local = threading.local()
-            self._engine.dispose(close=False)
-        conn = getattr(self._local, role, None)
+            self._opened = []
+        conn = self._local.__dict__.get(role)
         if conn is None:
             try:
-                proxy = self._engine.raw_connection()
-            except Exception as e:
+                conn = dbapi.connect(self.target)
+                self._setup(conn, role)
+            except self._errors as e:
                 raise DriverUnavailable(f"connection {self.name!r}: cannot connect: {_first_line(e)}") from e
-            conn = proxy.driver_connection
-            self._setup(conn, role)
             setattr(self._local, role, conn)
-            self._local.proxies = getattr(self._local, "proxies", []) + [proxy]
+            with self._lock:
+                self._opened.append(conn)
         return conn
 
     def _setup(self, conn: Any, role: str) -> None:
@@ -91,21 +70,18 @@ class DatabaseQueue:
             # NORMAL in WAL survives any process crash; only an OS crash may lose the last commits.
             conn.execute("PRAGMA synchronous=NORMAL")
         elif self.dialect == "postgresql":
-            conn.autocommit = True
             conn.execute(f"SET application_name = 'farm {os.getpid()} {role}'")
             if role == "fast":   # claims and acks: a server crash may rerun a job, a worker crash never
                 conn.execute("SET synchronous_commit = off")
         else:
-            conn.autocommit(True)
             with conn.cursor() as cur:
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
 
     def _drop(self) -> None:
-        for proxy in getattr(self._local, "proxies", []):
-            try:
-                proxy.invalidate()
-            except Exception:
-                pass
+        """Forget this thread's connections after an error; the next call reconnects."""
+        for conn in list(self._local.__dict__.values()):
+            if hasattr(conn, "close") and hasattr(conn, "cursor"):
+                _close_quietly(conn)
         self._local = threading.local()
 
     @contextmanager
@@ -170,41 +146,72 @@ class DatabaseQueue:
         while (res := pg.get_result()) is not None:
             if res.status != pq.ExecStatus.COMMAND_OK:
                 message = (res.error_message or b"").decode(errors="replace")
-                raise self._engine.dialect.dbapi.OperationalError(f"ack failed: {message}")
+                raise self._errors[0](f"ack failed: {message}")
 
     def _dbapi_errors(self) -> tuple[type[BaseException], ...]:
-        mod = self._engine.dialect.dbapi
-        return (mod.OperationalError, mod.InterfaceError)
+        return self._errors
 
     def _ensure_schema(self) -> None:
-        """Create the tables (and the PostgreSQL trigger) unless they exist; safe when racing."""
+        """Create the tables (and the PostgreSQL trigger) unless they all exist; safe when racing."""
+        if self._schema_exists():
+            return
+        import sqlalchemy as sa
+
         md, *_ = sql.tables(self.config.table, self.config.failed_table)
         table = self.config.table
-        for attempt in range(6):
-            try:
-                with self._engine.begin() as c:
-                    if self.dialect == "postgresql":    # concurrent CREATE OR REPLACE can clash
-                        c.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%(t)s))", {"t": table})
-                    md.create_all(c, checkfirst=True)
-                    if self.dialect == "postgresql" and not c.exec_driver_sql(
-                            "SELECT 1 FROM pg_trigger WHERE tgname = %(t)s", {"t": f"{table}_notify"}).first():
-                        c.exec_driver_sql(sql.PG_NOTIFY.format(t=table))
-                return
-            except sa.exc.DBAPIError as e:
-                if attempt < 5 and not isinstance(e, sa.exc.InterfaceError):
-                    time.sleep(0.05 * (attempt + 1))     # another process raced us to create them
-                    continue
-                if e.orig is not None and _is_disconnect(e.orig, self.dialect):
-                    raise DriverUnavailable(f"connection {self.name!r}: cannot connect: {_first_line(e.orig)}") from e
-                raise FarmError(f"connection {self.name!r}: cannot create the tables: {_first_line(e.orig or e)}") from e
+        engine = dbapi.sqlalchemy_engine(self.target)
+        try:
+            for attempt in range(6):
+                try:
+                    with engine.begin() as c:
+                        if self.dialect == "postgresql":    # concurrent CREATE OR REPLACE can clash
+                            c.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%(t)s))", {"t": table})
+                        md.create_all(c, checkfirst=True)
+                        if self.dialect == "postgresql" and not c.exec_driver_sql(
+                                "SELECT 1 FROM pg_trigger WHERE tgname = %(t)s", {"t": f"{table}_notify"}).first():
+                            c.exec_driver_sql(sql.PG_NOTIFY.format(t=table))
+                    return
+                except sa.exc.DBAPIError as e:
+                    if attempt < 5 and not e.connection_invalidated and not _is_refused(e.orig):
+                        time.sleep(0.05 * (attempt + 1))     # another process raced us to create them
+                        continue
+                    if e.orig is not None and _is_disconnect(e.orig, self.dialect):
+                        raise DriverUnavailable(f"connection {self.name!r}: cannot connect: "
+                                                f"{_first_line(e.orig)}") from e
+                    raise FarmError(f"connection {self.name!r}: cannot create the tables: "
+                                    f"{_first_line(e.orig or e)}") from e
+        finally:
+            engine.dispose()
+
+    def _schema_exists(self) -> bool:
+        """One cheap probe per table, on a connection the queue keeps anyway."""
+        t = self.config.table
+        probes = [f"SELECT 1 FROM {name} WHERE 1 = 0" for name in
+                  (t, self.config.failed_table, f"{t}_stamps", f"{t}_workers")]
+        if self.dialect == "postgresql":
+            probes.append(f"SELECT 1 / COUNT(*) FROM pg_trigger WHERE tgname = '{t}_notify'")
+        try:
+            with self._cursor() as cur:
+                for probe in probes:
+                    cur.execute(probe)
+                    cur.fetchall()
+            return True
+        except DriverUnavailable:
+            raise
+        except Exception:
+            self._drop()                 # the failed probe may have left the connection aborted
+            return False
 
     def ddl(self) -> str:
         """The CREATE statements, for users who manage migrations themselves."""
+        from sqlalchemy.schema import CreateIndex, CreateTable
+
         md, *_ = sql.tables(self.config.table, self.config.failed_table)
+        engine = dbapi.sqlalchemy_engine(self.target)
         out = []
         for table in md.sorted_tables:
-            out.append(str(CreateTable(table).compile(self._engine)).strip() + ";")
-            out.extend(str(CreateIndex(ix).compile(self._engine)).strip() + ";" for ix in table.indexes)
+            out.append(str(CreateTable(table).compile(engine)).strip() + ";")
+            out.extend(str(CreateIndex(ix).compile(engine)).strip() + ";" for ix in table.indexes)
         if self.dialect == "postgresql":
             out.append(sql.PG_NOTIFY.format(t=self.config.table).strip())
         return "\n\n".join(out) + "\n"
@@ -278,23 +285,17 @@ class DatabaseQueue:
             self._poll = min(self._poll * 1.5, max(remaining, 0.01), 1.0)
 
     def _listen(self, timeout: float) -> None:
-        conn = getattr(self._local, "listener", None)
+        conn = self._local.__dict__.get("listener")
         try:
             if conn is None:
-                import psycopg
-
-                dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-                conn = psycopg.connect(dsn, autocommit=True)
+                conn = self._raw("listener")
                 conn.execute(f'LISTEN "{self.config.table}"')
-                self._local.listener = conn
                 return      # a push may have come before LISTEN: let the caller claim again
             if waker.wait(timeout, [conn.fileno()]):
                 for _ in conn.notifies(timeout=0.001):   # drain the burst
                     pass
-        except Exception as e:
-            self._local.listener = None
-            if conn is not None:
-                conn.close()
+        except self._errors as e:
+            self._drop()
             raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)}") from e
 
     def renew(self, jobs: Sequence[Reserved]) -> None:
@@ -350,16 +351,11 @@ class DatabaseQueue:
                 self._settle_ack()
             except Exception:
                 pass
-        listener = getattr(self._local, "listener", None)
-        if listener is not None:
-            listener.close()
-        for proxy in getattr(self._local, "proxies", []):
-            try:
-                proxy.close()
-            except Exception:
-                pass
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            _close_quietly(conn)
         self._local = threading.local()
-        self._engine.dispose()
 
     # -- the store ---------------------------------------------------------------------
     def add_failed(self, entry: FailedJob) -> None:
@@ -444,6 +440,18 @@ def _is_disconnect(e: BaseException, dialect: str) -> bool:
         code = e.args[0] if e.args and isinstance(e.args[0], int) else 0
         return code in (2003, 2006, 2013, 2055, 1927, 1053) or "connect" in text
     return True   # psycopg OperationalError/InterfaceError: the connection is gone or unusable
+
+
+def _is_refused(e: BaseException | None) -> bool:
+    text = str(e).lower()
+    return "refused" in text or "could not connect" in text or "can't connect" in text
+
+
+def _close_quietly(conn: Any) -> None:
+    try:
+        conn.close()
+    except Exception:
+        pass
 
 
 def _first_line(e: BaseException) -> str:

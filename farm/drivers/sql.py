@@ -7,14 +7,16 @@ worker's jobs), with no OR and no sort beyond the index order.
 """
 from __future__ import annotations
 
-from sqlalchemy import (BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text)
-from sqlalchemy.dialects import mysql
-
-LONGTEXT = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
-ID = BigInteger().with_variant(Integer(), "sqlite")   # sqlite: INTEGER PRIMARY KEY is the rowid
+from typing import Any
 
 
-def tables(jobs: str, failed: str) -> tuple[MetaData, Table, Table, Table, Table]:
+def tables(jobs: str, failed: str) -> tuple[Any, ...]:
+    """The schema as SQLAlchemy Core tables (imported here only: workers never need it)."""
+    from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
+    from sqlalchemy.dialects import mysql
+
+    LONGTEXT = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+    ID = BigInteger().with_variant(Integer(), "sqlite")   # sqlite: INTEGER PRIMARY KEY is the rowid
     md = MetaData()
     jobs_t = Table(
         jobs, md,

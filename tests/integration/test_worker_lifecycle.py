@@ -267,8 +267,7 @@ def test_a_recycling_exit_waits_out_the_first_second(make_farm):
 def test_sigusr2_pauses_and_sigcont_resumes(make_farm):
     f = make_farm("sqlite")
     p = f.worker("--sleep", "0.1")
-    f.wait_for(lambda: f.store().workers() or True, what="start")
-    time.sleep(0.5)
+    f.wait_for(lambda: f.store().workers(), what="the worker to beat")
     p.send_signal(signal.SIGUSR2)
     time.sleep(0.3)
     farm.dispatch(Record(str(f.out), "while-paused"))
@@ -283,7 +282,7 @@ def test_sigusr2_pauses_and_sigcont_resumes(make_farm):
 def test_the_restart_stamp_ends_workers_after_their_job(make_farm):
     f = make_farm("sqlite")
     p = f.worker("--sleep", "0.1")
-    time.sleep(0.5)
+    f.wait_for(lambda: f.store().workers(), what="the worker to beat")
     f.farmctl("restart", check=True)
     assert finished(p, 10) == 0
     assert "reason=restart" in p.stderr.read()
@@ -404,7 +403,7 @@ def test_claimed_jobs_not_started_are_handed_back_at_once_on_a_graceful_stop(mak
 def test_a_short_queue_of_slow_jobs_is_shared_by_two_workers(make_farm):
     f = make_farm("sqlite")
     a, b = f.worker("--sleep", "0.05"), f.worker("--sleep", "0.05")
-    time.sleep(1.0)
+    f.wait_for(lambda: len(f.store().workers()) == 2, what="both workers to beat")
     farm.dispatch_many([Record(str(f.out), f"s{i}", seconds=0.4) for i in range(6)])
     f.wait_for(lambda: len(f.lines()) >= 6, timeout=20, what="six slow jobs")
     for p in (a, b):
