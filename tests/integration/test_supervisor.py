@@ -1,0 +1,268 @@
+"""The rendered farm under a real supervisord, driven with supervisorctl."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from conftest import ROOT, SUPPORT
+
+BIN = Path(sys.executable).parent
+
+
+class Supervised:
+    """A project dir with a manifest, rendered and run by its own supervisord."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.out = root / "out.txt"
+        self.conf = root / "supervisor" / "supervisord.conf"
+        (root / "conf").mkdir()
+        self.manifest = root / "conf" / "farm.yaml"
+        self.started = False
+
+    def write(self, pipelines: str) -> None:
+        env = f"{{PYTHONPATH: '{SUPPORT}{os.pathsep}{ROOT}'}}"
+        body = textwrap.indent(textwrap.dedent(pipelines).strip().replace("ENV", env), "  ")
+        self.manifest.write_text(textwrap.dedent(f"""\
+            imports: [testjobs]
+            connections:
+              main: {{driver: database, url: "sqlite:///var/farm.db", retry_after: 30}}
+            pipelines:
+            """) + body + "\n")
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, FARM_CONFIG=str(self.manifest),
+                    PYTHONPATH=os.pathsep.join([str(SUPPORT), str(ROOT)]))
+
+    def farmctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cp = subprocess.run([str(BIN / "farmctl"), *args], cwd=self.root, env=self.env(),
+                            capture_output=True, text=True, timeout=120)
+        if check and cp.returncode != 0:
+            raise AssertionError(f"farmctl {args} -> {cp.returncode}\n{cp.stdout}{cp.stderr}")
+        return cp
+
+    def ctl(self, *args: str) -> str:
+        cp = subprocess.run([str(BIN / "supervisorctl"), "-c", str(self.conf), *args], cwd=self.root,
+                            capture_output=True, text=True, timeout=120)
+        return cp.stdout
+
+    def start(self) -> None:
+        self.farmctl("render")
+        subprocess.run([str(BIN / "supervisord"), "-c", str(self.conf)], cwd=self.root, env=self.env(),
+                       check=True, timeout=30)
+        self.started = True
+        self.wait_for(lambda: "RUNNING" in self.ctl("status"), what="supervisord to run the workers")
+
+    def states(self) -> dict[str, tuple[str, int | None]]:
+        """name -> (state, pid), e.g. {'w:w_00': ('RUNNING', 123)}."""
+        out = {}
+        for line in self.ctl("status").splitlines():
+            parts = line.split()
+            if len(parts) >= 2:
+                pid = int(parts[3].rstrip(",")) if len(parts) > 3 and parts[2] == "pid" else None
+                out[parts[0]] = (parts[1], pid)
+        return out
+
+    def running(self, program: str) -> dict[str, int]:
+        return {n: pid for n, (state, pid) in self.states().items()
+                if n.startswith(program + ":") and state == "RUNNING" and pid}
+
+    def dispatch(self, tags: list[str], seconds: float = 0.0, queue: str = "default") -> None:
+        import farm
+        from testjobs import Record
+
+        farm.configure(self.manifest)
+        farm.dispatch_many([Record(str(self.out), t, seconds=seconds) for t in tags], queue=queue)
+
+    def tags(self) -> Counter[str]:
+        lines = self.out.read_text().splitlines() if self.out.exists() else []
+        return Counter(line.split()[0] for line in lines)
+
+    @staticmethod
+    def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    def shutdown(self) -> None:
+        if not self.started:
+            return
+        self.ctl("shutdown")
+        pidfile = self.root / "var" / "supervisord.pid"
+        deadline = time.monotonic() + 30
+        while pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text()), 9)
+            except (OSError, ValueError):
+                pass
+
+
+@pytest.fixture
+def sup() -> Iterator[Supervised]:
+    root = Path(tempfile.mkdtemp(prefix="farm-", dir="/tmp"))     # a unix socket path must be short
+    s = Supervised(root)
+    try:
+        yield s
+    finally:
+        s.shutdown()
+        from farm import app
+
+        app._close_all()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+TWO = """
+    w:
+      queues: [default]
+      numprocs: 2
+      sleep: 0.2
+      timeout: 10
+      environment: ENV
+"""
+
+
+def test_a_rendered_farm_runs_under_supervisord_and_eats_jobs(sup):
+    sup.write(TWO)
+    sup.start()
+    sup.wait_for(lambda: len(sup.running("w")) == 2, what="two workers")
+    assert set(sup.running("w")) == {"w:w_00", "w:w_01"}
+    sup.dispatch([f"j{i}" for i in range(100)])
+    sup.wait_for(lambda: len(sup.tags()) == 100, what="100 jobs")
+    assert set(sup.tags().values()) == {1}
+    status = sup.farmctl("status", "--json")
+    import json
+
+    doc = json.loads(status.stdout)
+    assert {p["name"] for p in doc["supervisor"]} == {"w_00", "w_01"}
+
+
+def test_restarting_a_pipeline_mid_jobs_loses_none_and_runs_none_twice(sup):
+    sup.write(TWO)
+    sup.start()
+    sup.wait_for(lambda: len(sup.running("w")) == 2, what="two workers")
+    sup.dispatch([f"s{i}" for i in range(20)], seconds=0.5)
+    sup.wait_for(lambda: (sup.root / "out.txt.started").exists(), what="jobs to start")
+    before = sup.running("w")
+    sup.ctl("restart", "w:*")
+    sup.wait_for(lambda: len(sup.running("w")) == 2 and set(sup.running("w").values()).isdisjoint(before.values()),
+                 what="new workers")
+    sup.wait_for(lambda: len(sup.tags()) == 20, timeout=60, what="all 20 jobs")
+    time.sleep(0.5)
+    assert set(sup.tags().values()) == {1}
+    started = Counter(line.split()[0] for line in (sup.root / "out.txt.started").read_text().splitlines())
+    assert set(started.values()) == {1}, "no job was started twice"
+
+
+def test_more_numprocs_and_an_update_restart_only_that_pipeline(sup):
+    two_pipes = TWO + """
+    other:
+      queues: [other]
+      numprocs: 1
+      sleep: 0.2
+      environment: ENV
+"""
+    sup.write(two_pipes)
+    sup.start()
+    sup.wait_for(lambda: len(sup.running("w")) == 2 and len(sup.running("other")) == 1, what="workers")
+    other_pids = sup.running("other")
+    sup.write(two_pipes.replace("numprocs: 2", "numprocs: 3"))
+    assert sup.farmctl("render", "--check", check=False).returncode == 1
+    sup.farmctl("render")
+    assert sup.farmctl("render", "--check").returncode == 0
+    sup.ctl("update")
+    sup.wait_for(lambda: len(sup.running("w")) == 3, what="three workers")
+    assert sup.running("other") == other_pids
+
+
+def test_farmctl_restart_recycles_every_worker_without_losing_a_job(sup):
+    sup.write(TWO)
+    sup.start()
+    sup.wait_for(lambda: len(sup.running("w")) == 2, what="two workers")
+    before = set(sup.running("w").values())
+    sup.dispatch([f"r{i}" for i in range(30)], seconds=0.1)
+    time.sleep(1.1)              # the stamp must be newer than the workers' start
+    sup.farmctl("restart")
+    sup.wait_for(lambda: len(sup.running("w")) == 2 and before.isdisjoint(sup.running("w").values()),
+                 timeout=30, what="every worker to come back with a new pid")
+    sup.wait_for(lambda: len(sup.tags()) == 30, timeout=30, what="all 30 jobs")
+    assert set(sup.tags().values()) == {1}
+
+
+def test_a_worker_past_max_jobs_is_restarted_and_never_fatal(sup):
+    sup.write("""
+    w:
+      numprocs: 1
+      max_jobs: 1
+      sleep: 0.1
+      environment: ENV
+""")
+    sup.start()
+    sup.dispatch([f"m{i}" for i in range(5)])
+    sup.wait_for(lambda: len(sup.tags()) == 5, timeout=40, what="five jobs, one per worker life")
+    pids = {line.split()[2] for line in sup.out.read_text().splitlines()}
+    assert len(pids) == 5
+    sup.wait_for(lambda: [s for s, _ in sup.states().values()] == ["RUNNING"], timeout=10, what="RUNNING")
+    log = (sup.root / "var" / "log" / "supervisord.log").read_text()
+    assert "exit status 0; expected" in log
+    assert "FATAL" not in log and "BACKOFF" not in log and "not expected" not in log
+
+
+def test_the_cron_drain_command_drains_the_queue_and_exits_0(sup):
+    sup.write(TWO + """
+    reports:
+      queues: [reports]
+      drain: "*/10 * * * *"
+      environment: ENV
+""")
+    sup.farmctl("render")
+    assert not (sup.root / "supervisor" / "conf.d" / "reports.conf").exists()
+    assert not (sup.root / "systemd" / "farm-reports.target").exists()
+    cron = (sup.root / "supervisor" / "farm.cron").read_text().splitlines()
+    (line,) = [x for x in cron if "--pipeline reports" in x]
+    fields = line.split(None, 6)
+    assert fields[:5] == ["*/10", "*", "*", "*", "*"] and "flock -n" in fields[6]
+    sup.dispatch([f"d{i}" for i in range(10)], queue="reports")
+    cp = subprocess.run(["sh", "-c", fields[6]], env=sup.env(), timeout=60)
+    assert cp.returncode == 0
+    assert len(sup.tags()) == 10
+
+
+def test_five_restarts_in_a_row_under_a_producer_run_every_job_exactly_once(sup):
+    sup.write(TWO)
+    sup.start()
+    sup.wait_for(lambda: len(sup.running("w")) == 2, what="two workers")
+    done = threading.Event()
+
+    def produce():
+        for i in range(0, 1000, 50):
+            sup.dispatch([f"p{n}" for n in range(i, i + 50)], seconds=0.002)
+            time.sleep(0.05)
+        done.set()
+
+    t = threading.Thread(target=produce)
+    t.start()
+    for _ in range(5):
+        sup.ctl("restart", "w:*")
+        time.sleep(0.3)
+    t.join(60)
+    assert done.is_set()
+    sup.wait_for(lambda: len(sup.tags()) == 1000, timeout=90, what="all 1000 jobs")
+    time.sleep(0.5)
+    assert len(sup.tags()) == 1000 and set(sup.tags().values()) == {1}
