@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -106,16 +108,37 @@ def retry(ids: tuple[str, ...], queue: str | None, onto: str | None) -> None:
     """Put failed jobs back on their queue, attempts reset: `retry ID...` or `retry all`."""
     total = 0
     if ids == ("all",):
-        for conn, s in _stores():
-            while True:
-                batch = s.failed(queue=queue, limit=500)
-                if not batch:
-                    break
-                total += _retry(s, batch, onto)
+        stores = _stores()
+        todo = sum(s.count_failed(queue) for _, s in stores)
+        with _progress(todo, "retrying") as advance:
+            for _, s in stores:
+                while True:
+                    batch = s.failed(queue=queue, limit=BATCH)     # bounded memory, one transaction each
+                    if not batch:
+                        break
+                    n = _retry(s, batch, onto)
+                    total += n
+                    advance(n)
     else:
         for s, f in _find(ids):
             total += _retry(s, [f], onto)
     click.echo(f"{total} job(s) pushed back onto their queue")
+
+
+BATCH = 1000
+
+
+@contextmanager
+def _progress(total: int, what: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal; nothing when output is piped."""
+    if not sys.stdout.isatty() or total < BATCH:
+        yield lambda n: None
+        return
+    from rich.progress import Progress
+
+    with Progress() as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def _retry(store: Any, entries: list[FailedJob], onto: str | None) -> int:
@@ -184,13 +207,11 @@ def clear(queue: str, connection: str | None) -> None:
     click.echo(f"{n} job(s) cleared from {queue}")
 
 
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@config_option
-def status(as_json: bool) -> None:
-    """Queues, live workers and supervisord's processes."""
+def status_doc() -> dict[str, Any]:
+    """DESIGN.md's status object; `queues` adds up every connection, `connections` splits them."""
     m = load_manifest()
     queues: dict[str, dict[str, int]] = {}
+    per_conn: dict[str, dict[str, dict[str, int]]] = {}
     for name, conn in m.connections.items():
         if conn.driver == "sync":
             continue
@@ -198,32 +219,77 @@ def status(as_json: bool) -> None:
             counts = app.queue(name).counts()
         except FarmError as e:
             raise FarmError(f"connection {name!r}: {e}") from None
+        per_conn[name] = counts
         for q, c in counts.items():
             agg = queues.setdefault(q, {"ready": 0, "delayed": 0, "reserved": 0, "failed": 0})
             for k, v in c.items():
                 agg[k] += v
     workers = []
+    now = time.time()
     for conn_name, s in _stores():
         retry_after = m.connections[conn_name].retry_after
         for w in s.workers():
-            w["lost"] = time.time() - w["heartbeat"] > retry_after
+            w["lost"] = now - w["heartbeat"] > retry_after
+            if w["lost"]:
+                w["state"] = "lost"
             workers.append(w)
     from ..supervisor_client import process_states
 
-    doc = {"queues": queues, "workers": workers, "supervisor": process_states(m)}
+    return {"queues": queues, "connections": per_conn, "workers": workers, "supervisor": process_states(m)}
+
+
+def status_view(doc: dict[str, Any]) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+
+    q = Table(title="queues", title_justify="left", box=None)
+    for col in ("connection", "queue", "ready", "delayed", "reserved", "failed"):
+        q.add_column(col, justify="right" if col not in ("connection", "queue") else "left")
+    for conn, counts in sorted(doc["connections"].items()):
+        for name, c in sorted(counts.items()):
+            q.add_row(conn, name, *(str(c[k]) for k in ("ready", "delayed", "reserved", "failed")))
+    w = Table(title="workers", title_justify="left", box=None)
+    for col in ("host", "pid", "pipeline", "state", "job", "for", "done", "rss", "heartbeat"):
+        w.add_column(col)
+    now = time.time()
+    for x in doc["workers"]:
+        w.add_row(str(x.get("host")), str(x.get("pid")), x.get("pipeline") or "-", x.get("state") or "-",
+                  x.get("job") or "-", f"{x['job_seconds']:.0f}s" if x.get("job_seconds") is not None else "-",
+                  str(x.get("done")), f"{x.get('rss_mb')}MB", f"{now - x['heartbeat']:.0f}s ago")
+    parts: list[Any] = [q, w]
+    if doc["supervisor"] is None:
+        parts.append("supervisord: not reachable")
+    else:
+        sp = Table(title="supervisord", title_justify="left", box=None)
+        for col in ("program", "state", "pid"):
+            sp.add_column(col)
+        for p in doc["supervisor"]:
+            sp.add_row(f"{p['group']}:{p['name']}", p["state"], str(p["pid"] or "-"))
+        parts.append(sp)
+    return Group(*parts)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--watch", is_flag=True, help="Refresh in place every 2 s until Ctrl-C.")
+@config_option
+def status(as_json: bool, watch: bool) -> None:
+    """Queues, live workers and supervisord's processes."""
     if as_json:
-        click.echo(json.dumps(doc, indent=2, default=str))
+        click.echo(json.dumps(status_doc(), indent=2, default=str))
         return
-    click.echo("queues:")
-    for q, c in sorted(queues.items()):
-        click.echo(f"  {q:20} ready={c['ready']} delayed={c['delayed']} reserved={c['reserved']} "
-                   f"failed={c['failed']}")
-    click.echo("workers:")
-    for w in workers:
-        click.echo(f"  {w['host']}:{w['pid']} {w.get('pipeline') or '-'} {w.get('state')} "
-                   f"job={w.get('job') or '-'} done={w.get('done')} rss={w.get('rss_mb')}MB"
-                   f"{' LOST' if w['lost'] else ''}")
-    sup = doc["supervisor"]
-    click.echo("supervisor: " + ("not reachable" if sup is None else ""))
-    for p in sup or []:
-        click.echo(f"  {p['group']}:{p['name']} {p['state']} pid={p['pid']}")
+    from rich.console import Console
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    if not watch:
+        console.print(status_view(status_doc()))
+        return
+    from rich.live import Live
+
+    try:
+        with Live(status_view(status_doc()), console=console, refresh_per_second=4) as live:
+            while True:
+                time.sleep(2)
+                live.update(status_view(status_doc()))
+    except KeyboardInterrupt:
+        pass

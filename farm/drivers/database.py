@@ -372,6 +372,14 @@ class DatabaseQueue:
             cur.execute(self.sql.failed_select(len(ids), bool(queue), limit), params)
             return [FailedJob(*row) for row in cur.fetchall()]
 
+    def count_failed(self, queue: str | None = None) -> int:
+        with self._cursor() as cur:
+            if queue is None:
+                cur.execute(self.sql.count_failed)
+            else:
+                cur.execute(self.sql.count_failed_queue, (queue,))
+            return int(cur.fetchone()[0])
+
     def forget(self, ids: Sequence[str]) -> int:
         n = 0
         with self._cursor(tx=True) as cur:

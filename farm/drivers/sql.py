@@ -103,6 +103,8 @@ class Queries:
             "SUM(CASE WHEN reserved_by IS NOT NULL AND available_at > %s THEN 1 ELSE 0 END) "
             f"FROM {j} GROUP BY queue")
         self.failed_counts = f"SELECT queue, COUNT(*) FROM {f} GROUP BY queue"
+        self.count_failed = f"SELECT COUNT(*) FROM {f}"
+        self.count_failed_queue = q(f"SELECT COUNT(*) FROM {f} WHERE queue = %s")
         self.clear = q(f"DELETE FROM {j} WHERE queue = %s AND reserved_by IS NULL AND available_at <= %s")
         self.prune_failed = q(f"DELETE FROM {f} WHERE failed_at < %s")
         self.set_stamp_update = q(f"UPDATE {j}_stamps SET value = %s WHERE name = %s")

@@ -15,15 +15,8 @@ HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.
 
 
 @contextmanager
-def installed(lifecycle: Lifecycle) -> Iterator[None]:
-    """Handlers for the worker's lifetime; the previous ones come back after."""
-
-    def handler(signum: int, frame: Any) -> None:
-        if lifecycle.on_signal(signum):
-            raise Abandon(signal.Signals(signum).name)
-
-    previous = {s: signal.signal(s, handler) for s in HANDLED}
-    previous[signal.SIGALRM] = timeout.install()
+def wakeup() -> Iterator[None]:
+    """Every signal also writes to a pipe that idle waits (farm.waker) watch, so they end at once."""
     r, w = os.pipe()
     os.set_blocking(r, False)
     os.set_blocking(w, False)
@@ -34,7 +27,23 @@ def installed(lifecycle: Lifecycle) -> Iterator[None]:
     finally:
         signal.set_wakeup_fd(old_fd)
         waker.install(None)
-        for s, h in previous.items():
-            signal.signal(s, h)
         os.close(r)
         os.close(w)
+
+
+@contextmanager
+def installed(lifecycle: Lifecycle) -> Iterator[None]:
+    """Handlers for the worker's lifetime; the previous ones come back after."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if lifecycle.on_signal(signum):
+            raise Abandon(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in HANDLED}
+    previous[signal.SIGALRM] = timeout.install()
+    try:
+        with wakeup():
+            yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
