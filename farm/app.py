@@ -10,7 +10,7 @@ from . import manifest as manifest_mod
 from .errors import FarmError
 from .manifest import Manifest
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _state: dict[str, Any] = {"path": None, "manifest": None, "queues": {}}
 
 

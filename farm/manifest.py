@@ -26,6 +26,7 @@ class Connection:
     store: str | None = None          # amqp: the database connection holding failed jobs etc.
     prefetch: int | None = None       # amqp: unacked messages per worker
     heartbeat: int = 60               # amqp: broker heartbeat seconds
+    consumer_timeout: float = 1800    # amqp: the broker's consumer_timeout (RabbitMQ's default, 30 min)
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ class _Reader:
 
 
 _CONNECTION_KEYS = {"driver", "url", "table", "failed_table", "retry_after", "store", "prefetch",
-                    "heartbeat"}
+                    "heartbeat", "consumer_timeout"}
 _PIPELINE_KEYS = {"connection", "queues", "numprocs", "max_jobs", "max_time", "memory", "sleep",
                   "timeout", "tries", "backoff", "rest", "prefetch", "drain", "environment"}
 _TOP_KEYS = {"imports", "default", "connections", "pipelines", "supervisor", "systemd", "schedule"}
@@ -284,6 +285,7 @@ class _Builder:
                 store=spec.get("store"),
                 prefetch=self._number(spec, key, "prefetch", None, integer=True, minimum=1, optional=True),
                 heartbeat=self._number(spec, key, "heartbeat", 60, integer=True, minimum=0),
+                consumer_timeout=self._number(spec, key, "consumer_timeout", 1800, minimum=1),
             )
         for name, conn in out.items():
             if conn.store is not None and (conn.store not in out or out[conn.store].driver != "database"):
@@ -323,6 +325,14 @@ class _Builder:
             if not isinstance(env, dict):
                 self.r.problem(f"{key}.environment", "expected a mapping of NAME: value")
                 env = {}
+            timeout = spec.get("timeout")
+            c = connections.get(conn)
+            if c is not None and c.driver == "amqp" and isinstance(timeout, (int, float)) \
+                    and timeout + 30 >= c.consumer_timeout:
+                self.r.problem(f"{key}.timeout", f"{timeout:g} s (plus a 30 s margin) is not below RabbitMQ's "
+                               f"consumer_timeout of {c.consumer_timeout:g} s: the broker would take the job "
+                               "back while it runs; raise consumer_timeout in rabbitmq.conf and set "
+                               f"connections.{conn}.consumer_timeout to match")
             out[name] = Pipeline(
                 name=name, connection=str(conn),
                 queues=tuple(self._str_list(spec.get("queues", ["default"]), f"{key}.queues")) or ("default",),

@@ -28,3 +28,17 @@ def wait(timeout: float, fds: Sequence[int] = ()) -> bool:
         except OSError:
             pass
     return any(fd in ready for fd in fds)
+
+
+def signalled() -> bool:
+    """True (once) if a signal arrived since the last wait: for waits that cannot watch a pipe."""
+    if _fd is None:
+        return False
+    ready, _, _ = select.select([_fd], [], [], 0)
+    if ready:
+        try:
+            os.read(_fd, 512)
+        except OSError:
+            pass
+        return True
+    return False

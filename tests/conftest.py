@@ -53,6 +53,23 @@ def _check_amqp() -> None:
 
 
 DB_BACKENDS = ["sqlite", "postgresql", "mysql"]
+BACKENDS = DB_BACKENDS + ["amqp"]
+VHOSTS: list[str] = []
+
+
+def new_vhost() -> str:
+    """A RabbitMQ vhost of the test's own, so its queues start empty (deleted after the test)."""
+    name = "farm_" + uuid.uuid4().hex[:10]
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, capture_output=True, timeout=60)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+                   check=True, capture_output=True, timeout=60)
+    VHOSTS.append(name)
+    return name
+
+
+def drop_vhosts() -> None:
+    while VHOSTS:
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", VHOSTS.pop()], capture_output=True, timeout=60)
 
 
 def connection_yaml(backend: str, tmp: Path, name: str) -> str:
@@ -68,11 +85,12 @@ def connection_yaml(backend: str, tmp: Path, name: str) -> str:
         url = MY_URL
     elif backend == "amqp":
         need_server("RabbitMQ", _check_amqp)
-        need_server("PostgreSQL", _check_pg)
+        vhost = new_vhost()
         return textwrap.dedent(f"""\
           {name}:
             driver: amqp
-            url: {AMQP_URL}
+            url: {AMQP_URL.rsplit("/", 1)[0]}/{vhost}
+            heartbeat: {{heartbeat}}
             store: store
           store:
             driver: database
@@ -95,12 +113,14 @@ def connection_yaml(backend: str, tmp: Path, name: str) -> str:
 class Farm:
     """A manifest in a temp dir and helpers to dispatch, run workers and read results."""
 
-    def __init__(self, tmp: Path, backend: str, retry_after: float = 90, extra: str = "") -> None:
+    def __init__(self, tmp: Path, backend: str, retry_after: float = 90, extra: str = "",
+                 heartbeat: int = 60) -> None:
         self.tmp = tmp
         self.backend = backend
         self.out = tmp / "out.txt"
         (tmp / "conf").mkdir(exist_ok=True)
-        conn = connection_yaml(backend, tmp, "main").replace("{retry_after}", str(retry_after))
+        conn = connection_yaml(backend, tmp, "main").replace("{retry_after}", str(retry_after)).replace(
+            "{heartbeat}", str(heartbeat))
         self.manifest = tmp / "conf" / "farm.yaml"
         self.manifest.write_text(
             "imports: [testjobs]\ndefault: main\nconnections:\n" + textwrap.indent(conn, "  ")
@@ -163,6 +183,7 @@ class Farm:
         from farm import app
 
         app._close_all()
+        drop_vhosts()
 
 
 @pytest.fixture

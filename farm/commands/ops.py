@@ -223,7 +223,10 @@ def status_doc() -> dict[str, Any]:
         for q, c in counts.items():
             agg = queues.setdefault(q, {"ready": 0, "delayed": 0, "reserved": 0, "failed": 0})
             for k, v in c.items():
-                agg[k] += v
+                if v is None or agg[k] is None:
+                    agg[k] = None          # unknown (amqp cannot count unacked messages)
+                else:
+                    agg[k] += v
     workers = []
     now = time.time()
     for conn_name, s in _stores():
@@ -247,7 +250,8 @@ def status_view(doc: dict[str, Any]) -> Any:
         q.add_column(col, justify="right" if col not in ("connection", "queue") else "left")
     for conn, counts in sorted(doc["connections"].items()):
         for name, c in sorted(counts.items()):
-            q.add_row(conn, name, *(str(c[k]) for k in ("ready", "delayed", "reserved", "failed")))
+            q.add_row(conn, name, *("-" if c[k] is None else str(c[k])
+                                    for k in ("ready", "delayed", "reserved", "failed")))
     w = Table(title="workers", title_justify="left", box=None)
     for col in ("host", "pid", "pipeline", "state", "job", "for", "done", "rss", "heartbeat"):
         w.add_column(col)

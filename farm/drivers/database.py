@@ -335,7 +335,7 @@ class DatabaseQueue:
             for queue, ready, delayed, reserved in cur.fetchall():
                 out[queue] = {"ready": int(ready or 0), "delayed": int(delayed or 0),
                               "reserved": int(reserved or 0), "failed": 0}
-            cur.execute(self.sql.failed_counts)
+            cur.execute(self.sql.failed_counts, (self.name,))
             for queue, n in cur.fetchall():
                 out.setdefault(queue, {"ready": 0, "delayed": 0, "reserved": 0, "failed": 0})["failed"] = int(n)
         return out
@@ -371,6 +371,11 @@ class DatabaseQueue:
         with self._cursor() as cur:
             cur.execute(self.sql.failed_select(len(ids), bool(queue), limit), params)
             return [FailedJob(*row) for row in cur.fetchall()]
+
+    def failed_by_queue(self, connection: str) -> dict[str, int]:
+        with self._cursor() as cur:
+            cur.execute(self.sql.failed_counts, (connection,))
+            return {q: int(n) for q, n in cur.fetchall()}
 
     def count_failed(self, queue: str | None = None) -> int:
         with self._cursor() as cur:
@@ -417,6 +422,11 @@ class DatabaseQueue:
             cur.execute(self.sql.stamp, (name,))
             row = cur.fetchone()
         return float(row[0]) if row else None
+
+    def stamps(self, prefix: str) -> dict[str, float]:
+        with self._cursor() as cur:
+            cur.execute(self.sql.stamps, (prefix + "%",))      # `_` and `%` may match more: filtered
+            return {name: float(v) for name, v in cur.fetchall() if name.startswith(prefix)}
 
     def beat(self, worker: dict[str, Any]) -> None:
         doc, now = json.dumps(worker), time.time()

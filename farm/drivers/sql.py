@@ -102,7 +102,7 @@ class Queries:
             "SUM(CASE WHEN reserved_by IS NULL AND available_at > %s THEN 1 ELSE 0 END), "
             "SUM(CASE WHEN reserved_by IS NOT NULL AND available_at > %s THEN 1 ELSE 0 END) "
             f"FROM {j} GROUP BY queue")
-        self.failed_counts = f"SELECT queue, COUNT(*) FROM {f} GROUP BY queue"
+        self.failed_counts = q(f"SELECT queue, COUNT(*) FROM {f} WHERE connection = %s GROUP BY queue")
         self.count_failed = f"SELECT COUNT(*) FROM {f}"
         self.count_failed_queue = q(f"SELECT COUNT(*) FROM {f} WHERE queue = %s")
         self.clear = q(f"DELETE FROM {j} WHERE queue = %s AND reserved_by IS NULL AND available_at <= %s")
@@ -110,6 +110,7 @@ class Queries:
         self.set_stamp_update = q(f"UPDATE {j}_stamps SET value = %s WHERE name = %s")
         self.set_stamp_insert = q(f"INSERT INTO {j}_stamps (name, value) VALUES (%s, %s)")
         self.stamp = q(f"SELECT value FROM {j}_stamps WHERE name = %s")
+        self.stamps = q(f"SELECT name, value FROM {j}_stamps WHERE name LIKE %s ORDER BY name")
         self.beat_update = q(f"UPDATE {j}_workers SET doc = %s, heartbeat = %s WHERE id = %s")
         self.beat_insert = q(f"INSERT INTO {j}_workers (id, doc, heartbeat) VALUES (%s, %s, %s)")
         self.workers = f"SELECT id, doc, heartbeat FROM {j}_workers ORDER BY id"

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from .. import payload, waker
-from ..errors import Abandon, DriverUnavailable
+from ..errors import Abandon, DriverUnavailable, FarmError
 from ..log import Log
 from . import signals
 from .heart import Heart
@@ -50,6 +50,8 @@ class Worker:
         self.held: list[Any] = []          # claimed, not started
         self.done = 0
         self.batch = Batch(options.prefetch_limit)
+        if options.prefetch and hasattr(queue, "prefetch"):
+            queue.prefetch = options.prefetch        # amqp: the channel's basic.qos
         self.heart = Heart(self)
         self.failures = 0
 
@@ -73,6 +75,10 @@ class Worker:
                 self.store.forget_worker(self.worker_id)
             except DriverUnavailable:
                 pass
+        try:
+            self.queue.close()          # settles pending acks; amqp hands prefetched jobs back
+        except FarmError as e:
+            self.log.warning("worker.close", error=str(e))
         self.log.info("worker.stop", reason=reason.value, signal=self.lifecycle.stop_signal,
                       done=self.done, seconds=round(time.monotonic() - self.lifecycle.started, 3))
         if reason.recycles:

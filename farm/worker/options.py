@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import UsageError
 from ..manifest import Manifest
 
 DEFAULT_TRIES = 1
@@ -49,6 +50,11 @@ def merge(manifest: Manifest, flags: dict[str, Any]) -> WorkerOptions:
     values.setdefault("connection", manifest.default)
     conn = manifest.connection(values["connection"])
     values["retry_after"] = conn.retry_after
+    timeout = values.get("timeout")
+    if conn.driver == "amqp" and timeout and timeout + 30 >= conn.consumer_timeout:
+        raise UsageError(f"--timeout {timeout:g}: not below connection {conn.name!r}'s consumer_timeout of "
+                         f"{conn.consumer_timeout:g} s less a 30 s margin (RabbitMQ would take the job back "
+                         "while it runs)")
     if values.get("prefetch") is None and conn.prefetch is not None:
         values["prefetch"] = conn.prefetch
     fields = {f.name for f in dataclasses.fields(WorkerOptions)}

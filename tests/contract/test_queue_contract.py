@@ -8,10 +8,8 @@ import uuid
 
 import pytest
 
-from conftest import DB_BACKENDS
+from conftest import BACKENDS
 from farm.drivers.base import FailedJob, Outgoing
-
-BACKENDS = DB_BACKENDS   # the AMQP driver joins here
 
 
 @pytest.fixture(params=BACKENDS)
@@ -97,11 +95,12 @@ def test_a_delayed_job_waits_for_its_time(farm_):
 def test_counts_show_ready_delayed_reserved_and_failed(farm_):
     q = farm_.queue()
     q.push([doc(), doc(), later(doc(), 60)])
-    (r,) = q.reserve(["default"], 1, 1.0)
     if farm_.backend == "amqp":
-        pytest.skip("RabbitMQ reports ready and unacked only")
+        q.prefetch = 1          # else the broker counts the prefetched one as unacked, not ready
+    (r,) = q.reserve(["default"], 1, 1.0)
     c = q.counts()["default"]
-    assert (c["ready"], c["delayed"], c["reserved"]) == (1, 1, 1)
+    # AMQP cannot count unacked messages: reserved is unknown there, not 0
+    assert (c["ready"], c["delayed"], c["reserved"]) == (1, 1, None if farm_.backend == "amqp" else 1)
     q.fail(r, r.body, "ValueError: no")
     assert q.counts()["default"]["failed"] == 1
 

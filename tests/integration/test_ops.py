@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 import farm
-from conftest import DB_BACKENDS
+from conftest import BACKENDS
 from testjobs import Flaky, Record
 
 
@@ -21,7 +21,7 @@ def _fail_some(f, n=3, queue="default"):
     return ids
 
 
-@pytest.mark.parametrize("backend", DB_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_failed_lists_shows_and_retries_jobs_under_their_ids(make_farm, backend):
     f = make_farm(backend)
     ids = _fail_some(f)
@@ -44,7 +44,7 @@ def test_failed_lists_shows_and_retries_jobs_under_their_ids(make_farm, backend)
     assert f.farmctl("retry", "nope").returncode == 1
 
 
-@pytest.mark.parametrize("backend", DB_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_forget_flush_prune_and_clear(make_farm, backend):
     f = make_farm(backend)
     ids = _fail_some(f, 3)
