@@ -4,11 +4,10 @@ A farm queue `Q` is the durable RabbitMQ queue `Q`; a delay is a durable TTL que
 `Q.delay.<ms>` dead-lettering back to `Q` (stock RabbitMQ, no plugin). Failed jobs, stamps
 and heartbeats live in the connection's `store:` (a database connection).
 
-pika's BlockingConnection is single-threaded and sends heartbeats only while called, so the
-consuming connection belongs to one I/O thread (`_Consumer`) that keeps calling it even
-while a job runs for hours; the worker's thread takes deliveries from its buffers and hands
-acks back with `add_callback_threadsafe`. Publishing uses a second connection: a confirm
-channel for single pushes, and one transaction (one round trip) per chunk for bulk pushes.
+pika's BlockingConnection is single-threaded and answers heartbeats only while called: the
+consuming connection (`_Consumer`) is used by the worker's thread inside the driver and by a
+keeper thread while a job runs. Publishing uses a second connection with publisher confirms,
+waited for once per chunk (`_Confirms`).
 """
 from __future__ import annotations
 
@@ -76,6 +75,27 @@ def one_write(connection: pika.BlockingConnection) -> Iterator[None]:
             impl._adapter_emit_data(data)
 
 
+def send_now(connection: pika.BlockingConnection, channel_number: int, method: Any) -> None:
+    """Write a method that needs no reply (an ack) straight to the socket when nothing else is
+    waiting to be written; pika would instead arm its I/O loop for one write (several system
+    calls per ack). Whatever the socket does not take is left to pika to write."""
+    impl = connection._impl
+    data = pika.frame.Method(channel_number, method).marshal()
+    transport = impl._transport
+    if transport is None:
+        raise pika.exceptions.StreamLostError("not connected")
+    if transport.get_write_buffer_size() == 0:
+        try:
+            sent = transport._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        impl.bytes_sent += sent
+        data = data[sent:]
+    impl.frames_sent += 1
+    if data:
+        impl._adapter_emit_data(data)
+
+
 class _Confirms:
     """A publishing channel in confirm mode that waits once per batch, not once per message
     (pika's blocking confirm mode waits after each publish). Uses pika's own `_flush_output`,
@@ -129,149 +149,132 @@ class _Delivery:
     message_id: str | None = None
 
 
-class _Consumer(threading.Thread):
-    """Owns the consuming connection: consumes, buffers, acks, heartbeats, reconnects."""
+class _Consumer:
+    """The consuming connection. pika is single-threaded: whoever holds `lock` may call it.
+
+    The worker's thread holds it inside the driver (waiting for deliveries, acking), so a
+    delivery reaches a waiting worker and an ack reaches the socket with no thread hand-off:
+    the ack is written before the next job starts. While a job runs, the keeper thread takes
+    the lock every 50 ms to answer heartbeats and buffer deliveries, so a job may run far
+    longer than the heartbeat interval.
+    """
+
+    KEEP_EVERY = 0.05
 
     def __init__(self, params: pika.URLParameters, queues: Sequence[str], prefetch: int) -> None:
-        super().__init__(name="farm-amqp", daemon=True)
         self.params, self.queues, self.prefetch = params, list(queues), prefetch
         self.buffers: dict[str, collections.deque[_Delivery]] = {q: collections.deque() for q in queues}
-        self.ready = threading.Condition()
+        self.lock = threading.RLock()
         self.generation = 0
-        self.error: str | None = None
-        self.halt = threading.Event()
         self.connection: pika.BlockingConnection | None = None
         self.channel: Any = None
         self.tags: list[str] = []
-        self.acks: list[int] = []           # delivery tags done, not yet written
-        self.ack_scheduled = False
-        self.attempted = threading.Event()   # the first connection attempt is over, either way
+        self.error: str | None = None      # why the last connection went, until reported
+        self.halt = threading.Event()
+        self.keeper = threading.Thread(target=self._keep_alive, name="farm-amqp", daemon=True)
 
-    def run(self) -> None:
-        backoff = 0.2
-        while not self.halt.is_set():
-            try:
-                try:
-                    self._connect()
-                finally:
-                    self.attempted.set()
-                backoff = 0.2
-                while not self.halt.is_set():
-                    self.connection.process_data_events(time_limit=0.2)   # heartbeats, deliveries, acks
-            except PIKA_ERRORS as e:
-                self._lost(f"{type(e).__name__}: {e}")
-                self.halt.wait(backoff)
-                backoff = min(backoff * 2, 8.0)
-        self._close()
-
-    def _connect(self) -> None:
+    # everything below runs with `lock` held
+    def connected(self) -> None:
+        """Connect and consume if not connected; pika's errors propagate."""
+        if self.connection is not None and self.connection.is_open:
+            return
+        self.lost()
         connection = pika.BlockingConnection(self.params)
-        channel = connection.channel()
-        channel.basic_qos(prefetch_count=self.prefetch)
-        with self.ready:
+        try:
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=self.prefetch)
             self.generation += 1
-            gen = self.generation
-        tags = []
-        for q in self.queues:
-            declare(connection, channel, q)     # a queue must exist before basic_consume
-            tags.append(channel.basic_consume(q, self._on_message(q, gen)))
+            tags = []
+            for q in self.queues:
+                declare(connection, channel, q)     # a queue must exist before basic_consume
+                tags.append(channel.basic_consume(q, self._on_message(q, self.generation)))
+        except BaseException:
+            _close_quietly(connection)
+            raise
         self.connection, self.channel, self.tags = connection, channel, tags
-        with self.ready:
-            self.error = None
+        if not self.keeper.is_alive():
+            self.keeper.start()
 
     def _on_message(self, queue: str, gen: int) -> Callable[..., None]:
         buf = self.buffers[queue]
 
         def on_message(ch: Any, method: Any, props: Any, body: bytes) -> None:
-            with self.ready:
-                buf.append(_Delivery(method.delivery_tag, gen, method.redelivered, body, props.message_id))
-                self.ready.notify()
+            buf.append(_Delivery(method.delivery_tag, gen, method.redelivered, body, props.message_id))
         return on_message
 
-    def _lost(self, error: str) -> None:
-        """The broker requeues everything unacked; our buffered copies are void."""
-        with self.ready:
-            self.error = error
-            self.acks, self.ack_scheduled = [], False
-            for buf in self.buffers.values():
-                buf.clear()
-            self.generation += 1
-            self.ready.notify_all()
-        self._close()
-
-    def _close(self) -> None:
+    def lost(self, error: BaseException | None = None) -> None:
+        """The broker requeues everything unacked when a connection goes: our copies are void."""
+        if error is not None and self.connection is not None:
+            self.error = f"connection lost: {_reason(error)}"
         conn, self.connection, self.channel = self.connection, None, None
+        self.generation += 1
+        for buf in self.buffers.values():
+            buf.clear()
         if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
+            _close_quietly(conn)
 
-    def _on_io_thread(self, fn: Callable[[Any], None], timeout: float = 5.0) -> None:
-        """Run fn(channel) on the I/O thread and wait for it to finish (or `timeout`)."""
-        conn, channel, done = self.connection, self.channel, threading.Event()
-        if conn is None:
-            return
+    def buffered(self) -> bool:
+        return any(self.buffers[q] for q in self.queues)
 
-        def run() -> None:
-            try:
-                if channel.is_open:
-                    fn(channel)
-            finally:
-                done.set()
-        try:
-            conn.add_callback_threadsafe(run)
-        except PIKA_ERRORS:
-            return
-        done.wait(timeout)
-
-    def cancel(self) -> None:
-        """Stop deliveries (and wait until the broker confirms it) so the buffers stop growing."""
-        self._on_io_thread(lambda channel: [channel.basic_cancel(tag) for tag in self.tags])
-
-    def sync(self) -> None:
-        """One round trip on the consuming channel: every delivery the broker sent before it
-        is in our buffers afterwards (a channel is ordered)."""
-        self._on_io_thread(lambda channel: channel.basic_qos(prefetch_count=self.prefetch))
-
-    def flush(self) -> None:
-        """Wait until the acks handed to the I/O thread so far have been written."""
-        self._on_io_thread(lambda channel: None)
+    def pump(self, seconds: float) -> None:
+        """Read from the broker for up to `seconds`, returning early once deliveries arrived."""
+        self.connection.process_data_events(time_limit=seconds)
 
     def take(self, limit: int) -> list[tuple[str, _Delivery]]:
         """Up to `limit` buffered deliveries, the first-listed queue first."""
         out: list[tuple[str, _Delivery]] = []
-        with self.ready:
-            for q in self.queues:
-                buf = self.buffers[q]
-                while buf and len(out) < limit:
-                    out.append((q, buf.popleft()))
+        for q in self.queues:
+            buf = self.buffers[q]
+            while buf and len(out) < limit:
+                out.append((q, buf.popleft()))
         return out
 
     def ack(self, d: _Delivery) -> None:
-        """Queue the ack for the I/O thread, waking it once per batch rather than once per ack.
-        A delivery of a lost channel was requeued by the broker: its ack is dropped."""
-        with self.ready:
-            conn = self.connection
-            if conn is None or d.generation != self.generation:
-                return
-            self.acks.append(d.tag)
-            if self.ack_scheduled:
-                return
-            self.ack_scheduled = True
+        """Written at once (no reply to wait for); a delivery of a lost connection was requeued."""
+        if self.connection is None or d.generation != self.generation:
+            return
         try:
-            conn.add_callback_threadsafe(self._send_acks)
-        except PIKA_ERRORS:
-            pass
+            send_now(self.connection, self.channel.channel_number, pika.spec.Basic.Ack(delivery_tag=d.tag))
+        except PIKA_ERRORS as e:
+            self.lost(e)
 
-    def _send_acks(self) -> None:
-        with self.ready:
-            tags, self.acks, self.ack_scheduled = self.acks, [], False
-            channel = self.channel
-        if channel is not None and channel.is_open and tags:
-            with one_write(self.connection):
-                for tag in tags:
-                    channel.basic_ack(tag)
+    def cancel(self) -> None:
+        """Stop deliveries, after reading the ones already sent (pika would nack those)."""
+        if self.connection is None:
+            return
+        self.connection.process_data_events(time_limit=0)
+        for tag in self.tags:
+            self.channel.basic_cancel(tag)
+
+    def sync(self) -> None:
+        """One round trip on the consuming channel: every delivery the broker sent before it
+        is in our buffers afterwards (a channel is ordered)."""
+        self.channel.basic_qos(prefetch_count=self.prefetch)
+        self.connection.process_data_events(time_limit=0)
+
+    def _keep_alive(self) -> None:
+        while not self.halt.wait(self.KEEP_EVERY):
+            if not self.lock.acquire(blocking=False):
+                continue                 # the worker's thread is using the connection
+            try:
+                if self.connection is not None:
+                    self.connection.process_data_events(time_limit=0)
+            except PIKA_ERRORS as e:
+                self.lost(e)             # the worker reconnects on its next reserve
+            finally:
+                self.lock.release()
+
+    def stop(self) -> None:
+        self.halt.set()
+        with self.lock:
+            self.lost()
+
+
+def _close_quietly(conn: Any) -> None:
+    try:
+        conn.close()
+    except Exception:
+        pass
 
 
 class AmqpQueue:
@@ -359,46 +362,46 @@ class AmqpQueue:
     def _reset_publisher(self) -> None:
         conn, self._publisher, self._channels, self._declared = self._publisher, None, {}, set()
         if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
+            _close_quietly(conn)
 
     # -- consuming ------------------------------------------------------------------------
     def _consumer_for(self, queues: Sequence[str], limit: int) -> _Consumer:
         c = self._consumer
         if c is None or c.queues != list(queues):
             if c is not None:
-                c.halt.set()
+                c.stop()
             c = self._consumer = _Consumer(self.params, queues, max(limit, self.prefetch))
-            c.start()
         return c
 
     def reserve(self, queues: Sequence[str], limit: int, wait: float) -> list[Reserved]:
         c = self._consumer_for(queues, limit)
-        c.attempted.wait(10)
-        if wait <= 0 and not any(c.buffers[q] for q in c.queues) and not c.error:
-            # "is it empty?": ask the broker for ready messages, then make sure none sent to
-            # us is still on the wire
-            if any(self._message_count(q) for q in queues):
-                wait = 2.0
-            else:
-                c.sync()
         deadline = time.monotonic() + wait
-        while True:
-            got = c.take(limit)
-            if got:
-                return [self._reserved(q, d) for q, d in got]
-            if c.error and wait <= 0:
-                raise DriverUnavailable(f"connection {self.name!r}: {c.error}")
-            left = deadline - time.monotonic()
-            if left <= 0 or waker.signalled():
-                if c.error:
-                    raise DriverUnavailable(f"connection {self.name!r}: {c.error}")
-                return []
-            with c.ready:
-                if not any(c.buffers[q] for q in c.queues):
-                    c.ready.wait(min(left, 0.1))
+        with c.lock:
+            if c.error:                  # say so once (the worker logs it), then reconnect
+                error, c.error = c.error, None
+                raise DriverUnavailable(f"connection {self.name!r}: {error}")
+            try:
+                c.connected()
+                if wait <= 0 and not c.buffered():
+                    # "is it empty?": ask the broker for ready messages, then make sure none
+                    # it sent us is still on the wire
+                    c.pump(0)
+                    if not c.buffered():
+                        if any(self._message_count(q) for q in queues):
+                            deadline = time.monotonic() + 2.0
+                        else:
+                            c.sync()
+                while True:
+                    got = c.take(limit)
+                    if got:
+                        return [self._reserved(q, d) for q, d in got]
+                    left = deadline - time.monotonic()
+                    if left <= 0 or waker.signalled():
+                        return []
+                    c.pump(min(left, 0.1))
+            except PIKA_ERRORS as e:
+                c.lost()
+                raise DriverUnavailable(f"connection {self.name!r}: {_reason(e)}") from e
 
     def _reserved(self, queue: str, d: _Delivery) -> Reserved:
         try:
@@ -414,8 +417,10 @@ class AmqpQueue:
         """Nothing to do: a delivery stays ours while the consumer's connection lives."""
 
     def ack(self, job: Reserved) -> None:
-        if self._consumer is not None:
-            self._consumer.ack(job.handle)
+        c = self._consumer
+        if c is not None:
+            with c.lock:
+                c.ack(job.handle)
 
     def release(self, job: Reserved, delay: float, body: str) -> None:
         self.push([Outgoing(id=job.id, queue=job.queue, body=body, available_at=time.time() + delay)])
@@ -486,16 +491,15 @@ class AmqpQueue:
         (a plain close would requeue them marked redelivered, which counts as an attempt)."""
         c = self._consumer
         if c is not None:
-            try:
-                c.cancel()
-                leftover = [self._reserved(q, d) for q, d in c.take(1_000_000)]
-                if leftover:
-                    self.give_back(leftover)
-                c.flush()
-            except (FarmError, *PIKA_ERRORS):
-                pass   # the broker requeues whatever is unacked when the connection goes
-            c.halt.set()
-            c.join(5)
+            with c.lock:
+                try:
+                    c.cancel()
+                    leftover = [self._reserved(q, d) for q, d in c.take(1_000_000)]
+                    if leftover:
+                        self.give_back(leftover)
+                except (FarmError, *PIKA_ERRORS):
+                    pass   # the broker requeues whatever is unacked when the connection goes
+            c.stop()
             self._consumer = None
         with self._lock:
             self._reset_publisher()
