@@ -32,6 +32,8 @@ def child_command(config: str, options: WorkerOptions, log_format: str, log_leve
            "--log-format", log_format, "--log-level", log_level]
     for name in PASSED_ON:
         value = getattr(options, name)
+        if name == "prefetch":
+            value = value or 1          # the child runs one job: holding more would reorder the queue
         if value is None:
             continue
         if isinstance(value, tuple):

@@ -159,8 +159,9 @@ def test_a_mariadb_insert_from_another_program_is_run(make_farm):
     assert f.lines() == ["plain mysql"]
 
 
-def test_listen_runs_each_job_in_a_fresh_process_with_the_code_on_disk(make_farm):
-    f = make_farm("sqlite")
+@pytest.mark.parametrize("backend", ["sqlite", "amqp"])
+def test_listen_runs_each_job_in_a_fresh_process_with_the_code_on_disk(make_farm, backend):
+    f = make_farm(backend)
     mod = f"edited_{uuid.uuid4().hex[:6]}"
     code = f.tmp / f"{mod}.py"
     template = ("import farm, os\nclass Say(farm.Job):\n    def __init__(self, path): self.path = path\n"
