@@ -294,12 +294,9 @@ class AmqpQueue:
         self._lock = threading.RLock()
         self._consumer: _Consumer | None = None
         self._queue_prefix = f"amqp-queue:{conn.name}:"
-        self._check()
+        self._publish_channel()          # a wrong url or a broker that is down shows at once
 
     # -- publishing -----------------------------------------------------------------------
-    def _check(self) -> None:
-        self._publish_channel()
-
     def _publish_channel(self, kind: str = "confirm") -> Any:
         """The publishing connection's confirming channel ("confirm") or a plain one ("plain")."""
         ch = self._channels.get(kind)
@@ -322,13 +319,17 @@ class AmqpQueue:
                     "x-dead-letter-routing-key": queue} if delay_ms else None
             declare(self._publisher, channel, name, args)
             if self.store is not None:
-                # remembered so `status` can count them: AMQP cannot list queues
-                self.store.set_stamp(f"{self._queue_prefix}{queue}\t{delay_ms}", time.time())
+                # remembered so `status` can count them (AMQP cannot list queues); only
+                # bookkeeping, so a store that is down must not stop a dispatch
+                try:
+                    self.store.set_stamp(f"{self._queue_prefix}{queue}\t{delay_ms}", time.time())
+                except FarmError:
+                    pass
             self._declared.add(name)
         return name
 
     def push(self, items: Sequence[Outgoing]) -> None:
-        """Return only once the broker has the messages (a confirm or a committed transaction)."""
+        """Return only once the broker has confirmed every message."""
         self._on_publisher("publish failed", lambda: self._publish(items))
 
     def _on_publisher(self, what: str, fn: Callable[[], Any]) -> Any:
@@ -404,14 +405,23 @@ class AmqpQueue:
                 raise DriverUnavailable(f"connection {self.name!r}: {_reason(e)}") from e
 
     def _reserved(self, queue: str, d: _Delivery) -> Reserved:
+        body = d.body.decode("utf-8", "replace")
         try:
-            ended = int(json.loads(d.body).get("attempts") or 0)
-        except (ValueError, AttributeError, TypeError):
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        doc = doc if isinstance(doc, dict) else {}
+        try:
+            ended = int(doc.get("attempts") or 0)
+        except (TypeError, ValueError):
             ended = 0
         # a redelivery is a start that never ended (the worker died), unless we handed it back
         attempts = ended + 1 + (1 if d.redelivered else 0)
-        body = d.body.decode("utf-8", "replace")
-        return Reserved(id=_id_of(body, d.message_id), queue=queue, body=body, attempts=attempts, handle=d)
+        # the id: the document's, else the message's, else a fresh one (a broken body is failed)
+        jid = doc.get("id")
+        if not isinstance(jid, str) or not jid:
+            jid = d.message_id or str(uuid.uuid4())
+        return Reserved(id=jid, queue=queue, body=body, attempts=attempts, handle=d)
 
     def renew(self, jobs: Sequence[Reserved]) -> None:
         """Nothing to do: a delivery stays ours while the consumer's connection lives."""
@@ -503,17 +513,6 @@ class AmqpQueue:
             self._consumer = None
         with self._lock:
             self._reset_publisher()
-
-
-def _id_of(body: str, message_id: str | None) -> str:
-    """The job's id: the document's, else the message's, else a fresh one (it will be failed)."""
-    try:
-        doc = json.loads(body)
-        if isinstance(doc, dict) and isinstance(doc.get("id"), str) and doc["id"]:
-            return doc["id"]
-    except ValueError:
-        pass
-    return message_id or str(uuid.uuid4())
 
 
 def _with_attempts(body: str, attempts: int) -> str:

@@ -109,7 +109,8 @@ def test_a_timeout_past_the_consumer_timeout_is_refused_at_render_time(make_farm
     assert cp.returncode == 2
     assert "consumer_timeout of 1800 s" in cp.stderr and "Traceback" not in cp.stderr
     f.manifest.write_text(text.replace("    heartbeat:", "    consumer_timeout: 7200\n    heartbeat:"))
-    assert "consumer_timeout" not in f.farmctl("render", "--check").stderr
+    cp = f.farmctl("render", "--check")
+    assert cp.returncode in (0, 1) and "consumer_timeout" not in cp.stderr    # valid: only out of date
     f.manifest.write_text(text.replace("    timeout: 1790\n", ""))
     cp = f.farmctl("work", "--timeout", "1790")          # a flag cannot get around it either
     assert cp.returncode == 2 and "consumer_timeout of 1800 s" in cp.stderr and "Traceback" not in cp.stderr
@@ -117,7 +118,6 @@ def test_a_timeout_past_the_consumer_timeout_is_refused_at_render_time(make_farm
 
 def test_a_pika_publish_from_another_program_is_run_and_garbage_is_failed(make_farm):
     f = make_farm("amqp")
-    f.queue()       # declares nothing yet: a foreign publisher must declare the durable queue
     params = pika.URLParameters(f.queue().config.url)
     conn = pika.BlockingConnection(params)
     ch = conn.channel()
