@@ -1,0 +1,86 @@
+"""jobfarm itself, on each of its backends: `farmctl work` processes, `farm.dispatch(_many)`."""
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Sequence
+
+import farm
+from farm import app
+
+HERE = Path(__file__).resolve().parent.parent
+FARMCTL = str(Path(sys.executable).parent / "farmctl")
+URLS = {
+    "postgresql": os.environ.get("FARM_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    "mysql": os.environ.get("FARM_BENCH_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+    "amqp": os.environ.get("FARM_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F"),
+}
+
+
+class Jobfarm:
+    name = "jobfarm"
+    how = "farmctl work --queue Q, one process per worker, defaults otherwise"
+
+    def __init__(self, backend: str, tmp: Path, out: Path) -> None:
+        self.backend = backend
+        table = "bench_" + uuid.uuid4().hex[:8]
+        if backend == "amqp":
+            conn = (f"  main: {{driver: amqp, url: '{URLS['amqp']}', store: store}}\n"
+                    f"  store: {{driver: database, url: 'sqlite:///{tmp}/store.db', table: {table}, "
+                    f"failed_table: f{table}}}\n")
+        else:
+            url = URLS.get(backend) or f"sqlite:///{tmp}/farm.db"
+            conn = f"  main: {{driver: database, url: '{url}', table: {table}, failed_table: f{table}}}\n"
+        manifest = tmp / "farm.yaml"
+        manifest.write_text(f"imports: [benchjobs]\ndefault: main\nconnections:\n{conn}")
+        self.queue = "q" + uuid.uuid4().hex[:8]
+        self.table = table
+        self.env = dict(os.environ, BENCH_OUT=str(out), FARM_CONFIG=str(manifest),
+                        PYTHONPATH=os.pathsep.join([str(HERE), str(HERE / "systems"), str(HERE.parent)]))
+        os.environ["BENCH_OUT"] = str(out)
+        farm.configure(manifest)
+        import benchjobs
+
+        self.kinds = {"tick": benchjobs.Tick, "stamp": benchjobs.Stamp}
+
+    def reset(self) -> None:
+        app.queue().clear(self.queue)
+
+    def worker_commands(self, workers: int) -> list[list[str]]:
+        return [[FARMCTL, "work", "--queue", self.queue, "--log-level", "warning"] for _ in range(workers)]
+
+    def dispatch(self, kind: str, n: int) -> None:
+        farm.dispatch(self.kinds[kind](n), queue=self.queue)
+
+    def dispatch_many(self, kind: str, ns: Sequence[int]) -> None:
+        cls = self.kinds[kind]
+        farm.dispatch_many([cls(n) for n in ns], queue=self.queue)
+
+    def close(self) -> None:
+        q = app.queue()
+        if self.backend == "amqp":
+            import pika
+
+            conn = pika.BlockingConnection(pika.URLParameters(URLS["amqp"]))
+            conn.channel().queue_delete(self.queue)
+            conn.close()
+        elif self.backend != "sqlite":
+            self._drop_tables(q)
+        app._close_all()
+
+    def _drop_tables(self, q: object) -> None:
+        import sqlalchemy as sa
+
+        from farm.drivers import dbapi
+
+        engine = dbapi.sqlalchemy_engine(dbapi.parse(URLS[self.backend]))
+        with engine.begin() as c:
+            for t in (self.table, f"f{self.table}", f"{self.table}_stamps", f"{self.table}_workers"):
+                c.execute(sa.text(f"DROP TABLE IF EXISTS {t}"))
+        engine.dispose()
+
+
+def make(backend: str, tmp: Path, out: Path) -> Jobfarm:
+    return Jobfarm(backend, tmp, out)
