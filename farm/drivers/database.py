@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import threading
 import time
 import uuid
@@ -18,7 +17,7 @@ from typing import Any, Iterator, Sequence
 from .. import waker
 from ..errors import DriverUnavailable, FarmError
 from ..manifest import Connection
-from . import dbapi, sql
+from . import dbapi, pgacks, sql
 from .base import FailedJob, Outgoing, Reserved
 
 
@@ -71,7 +70,7 @@ class DatabaseQueue:
             conn.execute("PRAGMA synchronous=NORMAL")
         elif self.dialect == "postgresql":
             conn.execute(f"SET application_name = 'farm {os.getpid()} {role}'")
-            if role == "fast":   # claims and acks: a server crash may rerun a job, a worker crash never
+            if role in ("fast", "acks"):   # claims and acks: a server crash may rerun a job, a worker crash never
                 conn.execute("SET synchronous_commit = off")
         else:
             with conn.cursor() as cur:
@@ -91,8 +90,6 @@ class DatabaseQueue:
             cur = self._cursors().get(role)
             if cur is None:
                 cur = self._cursors()[role] = self._raw(role).cursor()
-            if role == "fast" and self._local.__dict__.get("ack_pending"):
-                self._settle_ack()
             if tx:
                 cur.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
             try:
@@ -120,33 +117,16 @@ class DatabaseQueue:
             cursors = self._local.cursors = {}
         return cursors
 
-    # PostgreSQL acks are sent without waiting for the answer, which is read before the next
-    # statement on that connection. Once sent, the DELETE commits even if this process is
-    # killed a moment later: the server reads what the socket already holds.
-    def _pg_send_ack(self, row_id: int) -> None:
-        import psycopg
-
+    def _pg_ack(self, row_id: int) -> None:
+        """PostgreSQL: the DELETE is on the socket when this returns; its reply is read later."""
+        acks = self._local.__dict__.get("ack_pipeline")
+        if acks is None:
+            acks = self._local.ack_pipeline = pgacks.PipelinedAcks(lambda: self._raw("acks"), self.config.table)
         try:
-            with self._cursor("fast"):       # settles the previous ack, connects if needed
-                pass
-            pg = self._raw("fast").pgconn
-            pg.send_query(f"DELETE FROM {self.config.table} WHERE id = {int(row_id)}".encode())
-            while pg.flush() == 1:
-                select.select([], [pg.socket], [], 1.0)
-            self._local.ack_pending = True
-        except psycopg.Error as e:
+            acks.send(int(row_id))
+        except self._errors as e:
             self._drop()
             raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)}") from e
-
-    def _settle_ack(self) -> None:
-        from psycopg import pq
-
-        self._local.ack_pending = False
-        pg = self._raw("fast").pgconn
-        while (res := pg.get_result()) is not None:
-            if res.status != pq.ExecStatus.COMMAND_OK:
-                message = (res.error_message or b"").decode(errors="replace")
-                raise self._errors[0](f"ack failed: {message}")
 
     def _dbapi_errors(self) -> tuple[type[BaseException], ...]:
         return self._errors
@@ -304,7 +284,7 @@ class DatabaseQueue:
 
     def ack(self, job: Reserved) -> None:
         if self.dialect == "postgresql":
-            self._pg_send_ack(job.handle)
+            self._pg_ack(job.handle)
             return
         with self._cursor("fast") as cur:
             cur.execute(self.sql.ack, (job.handle,))
@@ -346,9 +326,10 @@ class DatabaseQueue:
             return int(cur.rowcount)
 
     def close(self) -> None:
-        if self._local.__dict__.get("ack_pending"):
+        acks = self._local.__dict__.get("ack_pipeline")
+        if acks is not None:
             try:
-                self._settle_ack()
+                acks.close()
             except Exception:
                 pass
         with self._lock:

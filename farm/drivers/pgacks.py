@@ -1,0 +1,82 @@
+"""PostgreSQL acks in libpq pipeline mode: each DELETE is on the socket before the next job
+starts, and nobody waits for its answer.
+
+The worker's per-job cost on PostgreSQL was one round trip: send the ack, then wait for the
+server's reply before the next statement. In pipeline mode the next ack can follow at once;
+the replies are read whenever they have arrived, and all of them before the connection
+closes. Each DELETE has its own Sync, so it commits on its own (synchronous_commit off, as
+for claims: a server crash may rerun a job, a worker crash never). A failed ack surfaces as
+an error on the next call; the job is then handed out again after retry_after.
+"""
+from __future__ import annotations
+
+import select
+from typing import Any, Callable
+
+_NAME = b"farm_ack"
+
+
+class PipelinedAcks:
+    def __init__(self, connect: Callable[[], Any], table: str) -> None:
+        self._connect = connect          # a new psycopg connection, autocommit, set up
+        self._sql = f"DELETE FROM {table} WHERE id = $1".encode()
+        self._pg: Any = None
+        self.pending = 0                 # acks sent whose reply is not read yet
+
+    def send(self, row_id: int) -> None:
+        """Put the ack on the socket; read whatever replies have come in meanwhile."""
+        pg = self._pg or self._open()
+        pg.send_query_prepared(_NAME, [b"%d" % row_id])
+        pg.pipeline_sync()
+        self.pending += 1
+        while pg.flush() == 1:           # the kernel's buffer is full: let the server catch up
+            select.select([pg.socket], [pg.socket], [], 1.0)
+            pg.consume_input()
+        self._read()
+
+    def settle(self) -> None:
+        """Wait for the reply to every ack sent (before closing)."""
+        while self.pending:
+            select.select([self._pg.socket], [], [], 1.0)
+            self._read()
+
+    def close(self) -> None:
+        if self._pg is not None and not self._pg.status:    # status 0: CONNECTION_OK
+            try:
+                self.settle()
+            finally:
+                self.reset()
+
+    def reset(self) -> None:
+        """Forget the connection (the driver closes it); unread acks may or may not have committed."""
+        self._pg, self.pending = None, 0
+
+    def _open(self) -> Any:
+        pg = self._connect().pgconn
+        res = pg.prepare(_NAME, self._sql)
+        _check(res)
+        pg.enter_pipeline_mode()
+        pg.nonblocking = 1
+        self._pg = pg
+        return pg
+
+    def _read(self) -> None:
+        from psycopg import pq
+
+        pg = self._pg
+        pg.consume_input()
+        while self.pending and not pg.is_busy():
+            res = pg.get_result()
+            if res is None:              # the end of one statement's results
+                continue
+            if res.status == pq.ExecStatus.PIPELINE_SYNC:
+                self.pending -= 1
+            elif res.status != pq.ExecStatus.COMMAND_OK:
+                _check(res)
+
+
+def _check(res: Any) -> None:
+    from psycopg import OperationalError, pq
+
+    if res.status not in (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.PIPELINE_SYNC):
+        raise OperationalError(f"ack failed: {(res.error_message or b'').decode(errors='replace').strip()}")
