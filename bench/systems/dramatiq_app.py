@@ -1,0 +1,29 @@
+"""The Dramatiq broker and actors the dramatiq peer's workers load (`dramatiq dramatiq_app`).
+
+RabbitmqBroker on $BENCH_AMQP_URL with its defaults (confirm_delivery=False, the default
+middleware); the actors are on queue $BENCH_QUEUE.
+"""
+from __future__ import annotations
+
+import os
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+import record
+
+AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+QUEUE = os.environ["BENCH_QUEUE"]
+
+broker = RabbitmqBroker(url=AMQP_URL)
+dramatiq.set_broker(broker)
+
+
+@dramatiq.actor(queue_name=QUEUE)
+def tick(n: int) -> None:
+    record.write(n)
+
+
+@dramatiq.actor(queue_name=QUEUE)
+def stamp(n: int) -> None:
+    record.write(n)
