@@ -45,5 +45,6 @@ def installed(lifecycle: Lifecycle) -> Iterator[None]:
         with wakeup():
             yield
     finally:
+        timeout.disarm()
         for s, h in previous.items():
             signal.signal(s, h)
