@@ -28,20 +28,20 @@ def load(run: str) -> list[dict]:
 
 def draw(rows: list[dict], out: Path) -> None:
     bars = sorted(rows, key=lambda r: (ORDER.index(r["backend"]), r["system"] != "jobfarm", r["system"]))
-    names = [f"{r['system']}\n{LABELS[r['backend']]}" for r in bars]
+    names = [f"{r['system']} / {LABELS[r['backend']]}" for r in bars]
     colors = ["#2b6cb0" if r["system"] == "jobfarm" else "#a0aec0" for r in bars]
-    fig, axes = plt.subplots(len(PANELS), 1, figsize=(11, 3.0 * len(PANELS)))
-    for ax, (key, title) in zip(axes, PANELS):
+    fig, axes = plt.subplots(3, 2, figsize=(15, 12))
+    for ax, (key, title) in zip(axes.flat, PANELS):
         values = [r.get(key, 0) for r in bars]
         ax.bar(range(len(bars)), values, color=colors)
         ax.set_title(title, loc="left", fontsize=10)
-        ax.set_xticks(range(len(bars)), names, fontsize=7)
-        if key.endswith("_per_s"):
+        ax.set_xticks(range(len(bars)), names, fontsize=7, rotation=60, ha="right")
+        if key != "idle_rss_mb":
             ax.set_yscale("log")
         for i, v in enumerate(values):
             ax.text(i, v, f"{v:,.0f}" if v >= 100 else f"{v:.1f}", ha="center", va="bottom", fontsize=7)
-    fig.suptitle("jobfarm (blue) and its peers on the same brokers, one run of scripts/bench --peers", fontsize=11)
-    fig.tight_layout()
+    fig.suptitle("jobfarm (blue) and its peers on the same brokers: one run of scripts/bench --peers", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(out, dpi=90)
 
 

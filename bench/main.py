@@ -23,6 +23,8 @@ PEERS_PY = ROOT / ".bench-venv" / "bin" / "python"
 BACKENDS = ["sqlite", "postgresql", "mysql", "amqp"]
 PEERS = {"amqp": ["celery", "dramatiq"], "sqlite": ["huey"], "postgresql": ["pgqueuer", "procrastinate"],
          "redis": ["rq"], "mysql": []}
+# not a peer's default, so never the "best peer": the same guarantee as farm.dispatch, for reference
+VARIANTS = {"amqp": ["dramatiq_confirm"]}
 LABELS = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mysql": "MariaDB", "amqp": "RabbitMQ", "redis": "Redis"}
 COLUMNS = [("dispatch_per_s", "dispatch/s", True), ("dispatch_many_per_s", "bulk/s", True),
            ("drain_1_per_s", "drain 1w/s", True), ("drain_2_per_s", "drain 2w/s", True),
@@ -70,7 +72,8 @@ def compare(own: dict[str, dict], peers: list[dict]) -> list[dict]:
     ok_own = [r for r in own.values() if "error" not in r]
     table = []
     for backend in [b for b in PEERS if PEERS[b]]:
-        ok_peers = [p for p in peers if p["backend"] == backend and "error" not in p]
+        ok_peers = [p for p in peers if p["backend"] == backend and p["system"] in PEERS[backend]
+                    and "error" not in p]
         if not ok_peers or not ok_own:
             continue
         for col, label, higher in COLUMNS:
@@ -93,13 +96,13 @@ def print_peers(table: list[dict], peers: list[dict]) -> None:
         peer = f"{fmt(t['peer_value'])} {t['peer']}"
         print(f"{LABELS[t['backend']]:12}{t['label']:13}{fmt(t['jobfarm']):>11}{peer:>24}"
               f"{t['ratio']:>11.2f}x{t['note']}")
-    print(f"\n{'peer':15}" + "".join(f"{label:>13}" for _, label, _ in COLUMNS))
+    print(f"\n{'peer':25}" + "".join(f"{label:>13}" for _, label, _ in COLUMNS))
     for p in peers:
-        name = f"{p['system']}/{p['backend']}"
+        name = f"{p['system']}/{p['backend']}" + ("*" if p["system"] not in PEERS[p["backend"]] else "")
         if "error" in p:
-            print(f"{name:15} FAILED: {p['error']}")
+            print(f"{name:25} FAILED: {p['error']}")
             continue
-        print(f"{name:15}" + "".join(f"{fmt(p.get(c)):>13}" for c, _, _ in COLUMNS))
+        print(f"{name:25}" + "".join(f"{fmt(p.get(c)):>13}" for c, _, _ in COLUMNS))
 
 
 def main() -> int:
@@ -120,9 +123,11 @@ def main() -> int:
     peers: list[dict] = []
     if args.peers:
         for backend in [*backends, *(["redis"] if "redis" not in backends else [])]:
-            peers += [run(PEERS_PY, name, backend, args.quick, soak=False) for name in PEERS.get(backend, [])]
+            names = PEERS.get(backend, []) + VARIANTS.get(backend, [])
+            peers += [run(PEERS_PY, name, backend, args.quick, soak=False) for name in names]
         rows += peers
         print_peers(compare(own, peers), peers)
+        print("* not a default: the peer with the guarantee farm.dispatch gives, never the best peer")
     if args.floor:
         floor = floor_rows(backends, args.quick)
         rows += floor
