@@ -272,7 +272,9 @@ class DatabaseQueue:
                 conn.execute(f'LISTEN "{self.config.table}"')
                 return      # a push may have come before LISTEN: let the caller claim again
             if waker.wait(timeout, [conn.fileno()]):
-                for _ in conn.notifies(timeout=0.001):   # drain the burst
+                pg = conn.pgconn            # drain what has come, without waiting for more
+                pg.consume_input()
+                while pg.notifies() is not None:
                     pass
         except self._errors as e:
             self._drop()
