@@ -33,6 +33,16 @@ class System(Protocol):
     def close(self) -> None: ...
 
 
+def worker_env(out: Path, *paths: str, **values: str) -> dict[str, str]:
+    """The environment of a system's workers: bench/ and bench/systems importable, BENCH_OUT set.
+
+    `values` are set in this process too, since the systems' app modules read them at import.
+    """
+    values = {"BENCH_OUT": str(out), **values}
+    os.environ.update(values)
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(HERE / "systems"), *paths]))
+
+
 class Failed(Exception):
     """A run that lost or repeated a job, or whose workers died: its figures are not printed."""
 

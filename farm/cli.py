@@ -1,10 +1,8 @@
 """`farmctl`: the only module that prints or exits."""
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import click

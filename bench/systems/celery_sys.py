@@ -6,9 +6,8 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Sequence
+import harness
 
-HERE = Path(__file__).resolve().parent          # bench/systems
-BENCH = HERE.parent                             # bench
 CELERY = str(Path(sys.executable).parent / "celery")
 URLS = {"amqp": os.environ.get("FARM_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")}
 
@@ -23,10 +22,7 @@ class CelerySystem:
             raise SystemExit(f"celery: no backend {backend!r} here (only {', '.join(URLS)})")
         self.backend = backend
         self.queue = "celery_" + uuid.uuid4().hex[:8]
-        extra = dict(BENCH_OUT=str(out), BENCH_QUEUE=self.queue, BENCH_AMQP_URL=URLS[backend])
-        path = os.pathsep.join([str(BENCH), str(HERE)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
-        self.env = dict(os.environ, PYTHONPATH=path, **extra)
-        os.environ.update(extra)
+        self.env = harness.worker_env(out, BENCH_QUEUE=self.queue, BENCH_AMQP_URL=URLS[backend])
         import celery_app
 
         self.mod = celery_app

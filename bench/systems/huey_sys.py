@@ -1,13 +1,12 @@
 """Huey 3.5 on SQLite: `huey_consumer huey_app.huey -k process -w N`, `tick(n)` / `tick.map(ns)`."""
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from pathlib import Path
 from typing import Sequence
+import harness
 
-HERE = Path(__file__).resolve().parent.parent           # bench/
 CONSUMER = str(Path(sys.executable).parent / "huey_consumer")
 
 
@@ -22,10 +21,7 @@ class Huey:
         self.backend = backend
         self.db = tmp / "huey.db"
         queue = "q" + uuid.uuid4().hex[:8]
-        extra = {"BENCH_OUT": str(out), "BENCH_QUEUE": queue, "HUEY_DB": str(self.db)}
-        self.env = dict(os.environ, **extra,
-                        PYTHONPATH=os.pathsep.join([str(HERE), str(HERE / "systems")]))
-        os.environ.update(extra)
+        self.env = harness.worker_env(out, BENCH_QUEUE=queue, HUEY_DB=str(self.db))
         import huey_app
 
         self.app = huey_app

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import farm
 from farm import app
+import harness
 
 HERE = Path(__file__).resolve().parent.parent
 FARMCTL = str(Path(sys.executable).parent / "farmctl")
@@ -37,9 +38,7 @@ class Jobfarm:
         manifest.write_text(f"imports: [benchjobs]\ndefault: main\nconnections:\n{conn}")
         self.queue = "q" + uuid.uuid4().hex[:8]
         self.table = table
-        self.env = dict(os.environ, BENCH_OUT=str(out), FARM_CONFIG=str(manifest),
-                        PYTHONPATH=os.pathsep.join([str(HERE), str(HERE / "systems"), str(HERE.parent)]))
-        os.environ["BENCH_OUT"] = str(out)
+        self.env = harness.worker_env(out, str(HERE.parent), FARM_CONFIG=str(manifest))
         farm.configure(manifest)
         import benchjobs
 

@@ -5,7 +5,6 @@ with `pgq install` and removed with `pgq uninstall` in close().
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -16,10 +15,9 @@ from pgqueuer.adapters.persistence import qb
 from pgqueuer.db import SyncPsycopgDriver
 from pgqueuer.queries import SyncQueries
 
+import harness
 import pg_peers
 
-HERE = Path(__file__).resolve().parent          # bench/systems
-BENCH = HERE.parent                             # bench
 PGQ = str(Path(sys.executable).parent / "pgq")
 
 
@@ -34,10 +32,7 @@ class Pgqueuer:
         self.backend = backend
         self.dsn = pg_peers.ensure_database()
         self.prefix = "b" + uuid.uuid4().hex[:8] + "_"          # this run's tables and channel
-        self.env = dict(os.environ, BENCH_OUT=str(out), BENCH_PG_DSN=self.dsn,
-                        PGQUEUER_PREFIX=self.prefix,
-                        PYTHONPATH=os.pathsep.join([str(BENCH), str(HERE)]))
-        os.environ["BENCH_OUT"] = str(out)
+        self.env = harness.worker_env(out, BENCH_PG_DSN=self.dsn, PGQUEUER_PREFIX=self.prefix)
         self._pgq("install")                                      # idempotent, see _pgq
         self.settings = qb.DBSettings(prefix=self.prefix)
         self.conn = pg_peers.connect()                            # autocommit, as the driver requires

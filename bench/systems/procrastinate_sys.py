@@ -5,7 +5,6 @@ Its tables have fixed names, so each run puts them in a PostgreSQL schema of its
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -13,10 +12,10 @@ from pathlib import Path
 from typing import Sequence
 from urllib.parse import quote
 
+import harness
 import pg_peers
 
 HERE = Path(__file__).resolve().parent          # bench/systems
-BENCH = HERE.parent                             # bench
 PROCRASTINATE = str(Path(sys.executable).parent / "procrastinate")
 APP = "--app=procrastinate_app.app"
 
@@ -36,9 +35,7 @@ class Procrastinate:
         with pg_peers.connect() as c:
             c.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
         dsn = f"{base}?options={quote(f'-c search_path={self.schema}')}"
-        self.env = dict(os.environ, BENCH_OUT=str(out), BENCH_PG_DSN=dsn, BENCH_QUEUE=self.queue,
-                        PYTHONPATH=os.pathsep.join([str(BENCH), str(HERE)]))
-        os.environ.update(BENCH_OUT=str(out), BENCH_PG_DSN=dsn, BENCH_QUEUE=self.queue)
+        self.env = harness.worker_env(out, BENCH_PG_DSN=dsn, BENCH_QUEUE=self.queue)
         import procrastinate_app
 
         self.app = procrastinate_app.app

@@ -11,9 +11,9 @@ from typing import Sequence
 from redis import Redis
 from rq import Queue
 
+import harness
 import rq_jobs
 
-HERE = Path(__file__).resolve().parent.parent           # bench/
 RQ = str(Path(sys.executable).parent / "rq")
 # A Redis database of its own: close() flushes it, so nothing else may live there.
 URL = os.environ.get("RQ_BENCH_URL", "redis://127.0.0.1:6379/9")
@@ -28,9 +28,7 @@ class RQSystem:
             raise ValueError(f"rq is benchmarked on redis only, not {backend!r}")
         self.backend = backend
         self.queue_name = "q" + uuid.uuid4().hex[:8]
-        self.env = dict(os.environ, BENCH_OUT=str(out),
-                        PYTHONPATH=os.pathsep.join([str(HERE), str(HERE / "systems")]))
-        os.environ["BENCH_OUT"] = str(out)
+        self.env = harness.worker_env(out)
         self.conn = Redis.from_url(URL)
         self.queue = Queue(self.queue_name, connection=self.conn)
         self.funcs = {"tick": rq_jobs.tick, "stamp": rq_jobs.stamp}

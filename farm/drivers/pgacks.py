@@ -11,6 +11,7 @@ an error on the next call; the job is then handed out again after retry_after.
 from __future__ import annotations
 
 import select
+import time
 from typing import Any, Callable
 
 _NAME = b"farm_ack"
@@ -34,10 +35,12 @@ class PipelinedAcks:
             pg.consume_input()
         self._read()
 
-    def settle(self) -> None:
-        """Wait for the reply to every ack sent (before closing)."""
-        while self.pending:
-            select.select([self._pg.socket], [], [], 1.0)
+    def settle(self, seconds: float = 5.0) -> None:
+        """Wait for the reply to every ack sent (before closing), for `seconds` at most: a
+        server that stopped answering must not hold up the worker's exit."""
+        deadline = time.monotonic() + seconds
+        while self.pending and time.monotonic() < deadline:
+            select.select([self._pg.socket], [], [], 0.5)
             self._read()
 
     def close(self) -> None:

@@ -11,7 +11,6 @@ import time
 from collections import Counter
 
 import pika
-import pytest
 
 import farm
 from testjobs import Record

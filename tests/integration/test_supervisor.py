@@ -34,10 +34,10 @@ class Supervised:
     def write(self, pipelines: str) -> None:
         env = f"{{PYTHONPATH: '{SUPPORT}{os.pathsep}{ROOT}'}}"
         body = textwrap.indent(textwrap.dedent(pipelines).strip().replace("ENV", env), "  ")
-        self.manifest.write_text(textwrap.dedent(f"""\
+        self.manifest.write_text(textwrap.dedent("""\
             imports: [testjobs]
             connections:
-              main: {{driver: database, url: "sqlite:///var/farm.db", retry_after: 30}}
+              main: {driver: database, url: "sqlite:///var/farm.db", retry_after: 30}
             pipelines:
             """) + body + "\n")
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 import time
@@ -56,6 +55,27 @@ def test_sigkill_mid_job_loses_nothing_the_job_runs_again_after_retry_after(make
     p2.send_signal(signal.SIGTERM)
     assert finished(p2) == 0
     assert f.store().failed(ids=[jid]) == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_jobs_finished_before_a_sigkill_are_acked_and_never_run_again(make_farm, backend):
+    # Given a worker that has finished 50 quick jobs (acks pipelined or buffered) and started a slow one
+    f = make_farm(backend, retry_after=2)
+    for i in range(50):
+        farm.dispatch(Record(str(f.out), f"quick{i}"))
+    farm.dispatch(Record(str(f.out), "slow", seconds=30))
+    p = f.worker("--sleep", "0.2")
+    f.wait_for(lambda: f.lines(f.tmp / "out.txt.started"), what="the slow job to start")
+    # When it is killed mid-job
+    p.send_signal(signal.SIGKILL)
+    p.wait(10)
+    # Then a new worker runs the slow job again, and none of the finished ones
+    p2 = f.worker("--sleep", "0.2")
+    f.wait_for(lambda: len(f.lines(f.tmp / "out.txt.started")) >= 2, timeout=20, what="the slow job again")
+    p2.send_signal(signal.SIGKILL)
+    p2.wait(10)
+    tags = Counter(line.split()[0] for line in f.lines())
+    assert len(tags) == 50 and set(tags.values()) == {1}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
