@@ -58,7 +58,7 @@ class Jobfarm:
         farm.dispatch_many([cls(n) for n in ns], queue=self.queue)
 
     def close(self) -> None:
-        q = app.queue()
+        app._close_all()                 # this process's connections first, then drop what the run made
         if self.backend == "amqp":
             import pika
 
@@ -66,10 +66,9 @@ class Jobfarm:
             conn.channel().queue_delete(self.queue)
             conn.close()
         elif self.backend != "sqlite":
-            self._drop_tables(q)
-        app._close_all()
+            self._drop_tables()
 
-    def _drop_tables(self, q: object) -> None:
+    def _drop_tables(self) -> None:
         import sqlalchemy as sa
 
         from farm.drivers import dbapi
