@@ -91,14 +91,14 @@ def worker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.pass_context
 def work(ctx: click.Context, log_format: str, log_level: str, **flags: Any) -> None:
     """Run a worker."""
-    from .worker.loop import Worker
+    from .worker.loop import Worker, connect
     from .worker.options import merge
 
     manifest = load_manifest(ctx)
     options = merge(manifest, flags)
     sys.path.insert(0, str(manifest.root))
     log = Log(fmt=log_format, level=log_level)
-    queue = app.queue(options.connection)
+    queue = connect(lambda: app.queue(options.connection), log)
     registry = payload.Registry(manifest.imports)
     _import_all(manifest.imports, log)
     try:

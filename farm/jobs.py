@@ -6,6 +6,8 @@ import functools
 import inspect
 from typing import Any, Callable
 
+from .errors import PayloadError
+
 # Attributes that are options of the job, never part of its payload.
 OPTIONS = frozenset({"queue", "connection", "tries", "backoff", "timeout", "max_exceptions", "delay"})
 
@@ -61,9 +63,23 @@ class Job:
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> "Job":
+        """The job with its payload attributes set, without calling `__init__` (as Laravel does).
+
+        Data may only set public data attributes: never a private name (`_farm_id`), an option
+        (`queue`, `tries`, ...) or anything the class defines as a method or property.
+        """
+        for key in data:
+            if key.startswith("_") or key in OPTIONS or _is_behaviour(cls, key):
+                raise PayloadError(f"data: {key[:50]!r} is not a payload attribute of {cls.__qualname__}")
         job = cls.__new__(cls)
         job.__dict__.update(data)
         return job
+
+
+def _is_behaviour(cls: type, key: str) -> bool:
+    """A method, property or other descriptor of the class, which data must not shadow."""
+    found = inspect.getattr_static(cls, key, None)
+    return callable(found) or hasattr(found, "__get__") or isinstance(found, (staticmethod, classmethod))
 
 
 def job_name(obj: Job) -> str:
@@ -159,6 +175,6 @@ def instantiate(target: Any, data: dict[str, Any]) -> Job:
         return target.from_payload(data)
     if isinstance(target, FunctionJob):
         return FunctionCall(target, data)
-    if callable(target) and not isinstance(target, type):
+    if inspect.isfunction(target):
         return FunctionCall(FunctionJob(target), data)
     raise TypeError(f"{target!r} is neither a farm.Job subclass nor a function")

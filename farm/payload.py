@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import importlib
+import inspect
 import json
 import uuid
 from decimal import Decimal
@@ -17,9 +18,13 @@ from .errors import PayloadError, SerializationError
 
 VERSION = 1
 _REQUIRED = {"v": int, "id": str, "job": str, "data": dict}
-_OPTIONAL = {"queue": str, "attempts": int, "tries": int, "backoff": (list, int, float),
-             "timeout": (int, float), "max_exceptions": int, "retry_until": str,
-             "dispatched_at": str}
+_MAX = 1e9          # a sane ceiling for counts and seconds (about 31 years)
+# key -> (types, smallest value); numbers must also be finite and at most _MAX
+_OPTIONAL: dict[str, tuple[Any, float | None]] = {
+    "queue": (str, None), "attempts": (int, 0), "exceptions": (int, 0), "tries": (int, 0),
+    "backoff": ((list, int, float), 0), "timeout": ((int, float), 0), "max_exceptions": (int, 1),
+    "retry_until": (str, None), "dispatched_at": (str, None)}
+MAX_ID = 36         # the id columns are uuid-sized
 
 
 def _tag(value: Any) -> Any:
@@ -41,7 +46,7 @@ _UNTAG: dict[str, Callable[[str], Any]] = {
     "$date": dt.date.fromisoformat,
     "$uuid": uuid.UUID,
     "$decimal": Decimal,
-    "$bytes": lambda s: base64.b64decode(s.encode("ascii")),
+    "$bytes": lambda s: base64.b64decode(s.encode("ascii"), validate=True),
 }
 
 
@@ -50,7 +55,11 @@ def _untag(obj: dict[str, Any]) -> Any:
         ((key, value),) = obj.items()
         conv = _UNTAG.get(key)
         if conv is not None and isinstance(value, str):
-            return conv(value)
+            try:
+                return conv(value)
+            except Exception as e:      # Decimal's InvalidOperation, binascii.Error, bad ISO dates
+                raise PayloadError(f"data: {{{key!r}: {value[:40]!r}}} is not a valid {key[1:]} "
+                                   f"({type(e).__name__})") from None
     return obj
 
 
@@ -91,8 +100,11 @@ def _explain(value: Any, path: str) -> str:
 
 
 def decode_data(data: dict[str, Any]) -> dict[str, Any]:
-    """Undo the tags of serialize()."""
-    return json.loads(json.dumps(data), object_hook=_untag) if _has_tags(data) else data
+    """Undo the tags of serialize(); a bad tag is a PayloadError, never a crash of the worker."""
+    try:
+        return json.loads(json.dumps(data), object_hook=_untag) if _has_tags(data) else data
+    except RecursionError:
+        raise PayloadError("data: nested too deeply") from None
 
 
 def _has_tags(value: Any) -> bool:
@@ -111,11 +123,14 @@ def parse(raw: str | bytes) -> dict[str, Any]:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise PayloadError(f"the job document is not JSON: {e}") from None
+    except RecursionError:
+        raise PayloadError("the job document is nested too deeply") from None
     check_shape(doc)
     return doc
 
 
 def check_shape(doc: Any) -> None:
+    """Every field a worker reads has the type and range it needs, or PayloadError says which."""
     if not isinstance(doc, dict):
         raise PayloadError("the job document must be a JSON object")
     for key, kind in _REQUIRED.items():
@@ -123,12 +138,32 @@ def check_shape(doc: Any) -> None:
             raise PayloadError(f"the job document needs {key!r} ({kind.__name__})")
     if doc["v"] != VERSION:
         raise PayloadError(f"unsupported wire format version {doc['v']!r} (this is v{VERSION})")
-    if ":" not in doc["job"]:
-        raise PayloadError(f"'job' must be 'module:Qualname', got {doc['job']!r}")
-    for key, kinds in _OPTIONAL.items():
+    if not 0 < len(doc["id"]) <= MAX_ID:
+        raise PayloadError(f"'id' must be 1 to {MAX_ID} characters, got {doc['id'][:50]!r}")
+    if ":" not in doc["job"] or len(doc["job"]) > 500:
+        raise PayloadError(f"'job' must be 'module:Qualname', got {doc['job'][:100]!r}")
+    for key, (kinds, low) in _OPTIONAL.items():
         value = doc.get(key)
-        if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
-            raise PayloadError(f"the job document's {key!r} has the wrong type: {value!r}")
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not isinstance(value, kinds) or not all(_in_range(v, low) for v in values) or len(values) > 1000:
+            raise PayloadError(f"the job document's {key!r} has the wrong type or range: {str(value)[:100]}")
+    if doc.get("queue") == "" or len(doc.get("queue") or "") > 191:
+        raise PayloadError("'queue' must be 1 to 191 characters")
+    if doc.get("retry_until") is not None:
+        try:
+            dt.datetime.fromisoformat(doc["retry_until"].replace("Z", "+00:00"))
+        except ValueError:
+            raise PayloadError(f"'retry_until' is not an ISO 8601 time: {doc['retry_until'][:50]!r}") from None
+
+
+def _in_range(value: Any, low: float | None) -> bool:
+    if isinstance(value, bool):
+        return False
+    if low is None:
+        return isinstance(value, str)
+    return isinstance(value, (int, float)) and low <= value <= _MAX and value == value
 
 
 def dumps(doc: dict[str, Any]) -> str:
@@ -136,7 +171,12 @@ def dumps(doc: dict[str, Any]) -> str:
 
 
 class Registry:
-    """Resolves `module:Qualname` to job code, importing only the manifest's `imports:`."""
+    """Resolves `module:Qualname` to job code defined in one of the manifest's `imports:`.
+
+    Only a `farm.Job` subclass, an `@farm.job` function or a plain function *defined in* the
+    named module is accepted: no attribute walk through other modules (`mod:os.system`), no
+    private names, nothing imported into the module from elsewhere.
+    """
 
     def __init__(self, allowed: Sequence[str]) -> None:
         self.allowed = frozenset(allowed)
@@ -154,16 +194,37 @@ class Registry:
             raise PayloadError(f"job {name!r} is not in a module listed under imports: "
                                f"({', '.join(sorted(self.allowed)) or 'none'})")
         try:
-            target: Any = importlib.import_module(module_name)
+            module = importlib.import_module(module_name)
         except Exception as e:  # the job module itself is broken: fail its jobs, keep working
             raise PayloadError(f"cannot import {module_name}: {type(e).__name__}: {e}") from None
-        for part in qualname.split("."):
-            target = getattr(target, part, None)
-            if target is None or part.startswith("_"):
-                raise PayloadError(f"{module_name} has no job {qualname!r}")
-        if not callable(target):
-            raise PayloadError(f"{name} is not a job class or function")
+        target = _walk(module, module_name, qualname)
+        if target is None or not _defined_job(target, module_name, qualname):
+            raise PayloadError(f"{module_name} defines no job {qualname!r} (a farm.Job subclass, "
+                               "an @farm.job function or a function defined in that module)")
         return target
+
+
+def _walk(module: Any, module_name: str, qualname: str) -> Any:
+    """`Outer.Inner` inside `module`, stepping only through classes defined there."""
+    target: Any = module
+    for i, part in enumerate(qualname.split(".")):
+        if not part.isidentifier() or part.startswith("_"):
+            return None
+        if i and not (isinstance(target, type) and target.__module__ == module_name):
+            return None
+        target = inspect.getattr_static(target, part, None)
+    return target
+
+
+def _defined_job(target: Any, module_name: str, qualname: str) -> bool:
+    from .jobs import FunctionJob, Job
+
+    if isinstance(target, type):
+        return issubclass(target, Job) and target.__module__ == module_name and target.__qualname__ == qualname
+    if isinstance(target, FunctionJob):
+        target = target.fn
+    return (inspect.isfunction(target) and target.__module__ == module_name
+            and target.__qualname__ == qualname and "." not in qualname)
 
 
 def utcnow_iso() -> str:

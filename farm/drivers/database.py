@@ -78,10 +78,11 @@ class DatabaseQueue:
 
     def _drop(self) -> None:
         """Forget this thread's connections after an error; the next call reconnects."""
-        for conn in list(self._local.__dict__.values()):
+        state = self._local.__dict__
+        for conn in list(state.values()):
             if hasattr(conn, "close") and hasattr(conn, "cursor"):
                 _close_quietly(conn)
-        self._local = threading.local()
+        state.clear()          # this thread's only: the heart's trouble never drops the worker's
 
     @contextmanager
     def _cursor(self, role: str = "durable", tx: bool = False) -> Iterator[Any]:
@@ -107,7 +108,7 @@ class DatabaseQueue:
             if _is_disconnect(e, self.dialect):
                 self._drop()
                 raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)}") from e
-            raise
+            raise FarmError(f"connection {self.name!r}: {_first_line(e)}") from e
 
     def _cursors(self) -> dict[str, Any]:
         if os.getpid() != self._pid:
@@ -123,7 +124,7 @@ class DatabaseQueue:
         if acks is None:
             acks = self._local.ack_pipeline = pgacks.PipelinedAcks(lambda: self._raw("acks"), self.config.table)
         try:
-            acks.send(int(row_id))
+            acks.send(int(row_id), self.token)
         except self._errors as e:
             self._drop()
             raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)}") from e
@@ -281,19 +282,22 @@ class DatabaseQueue:
             raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)}") from e
 
     def renew(self, jobs: Sequence[Reserved]) -> None:
+        """Push on the reservations of the jobs held, and only those (by primary key)."""
+        if not jobs:
+            return
         with self._cursor("renew") as cur:
-            cur.execute(self.sql.renew, (time.time() + self.retry_after, self.token))
+            cur.execute(self.sql.renew_ids([j.handle for j in jobs]), (time.time() + self.retry_after, self.token))
 
     def ack(self, job: Reserved) -> None:
         if self.dialect == "postgresql":
             self._pg_ack(job.handle)
             return
         with self._cursor("fast") as cur:
-            cur.execute(self.sql.ack, (job.handle,))
+            cur.execute(self.sql.ack, (job.handle, self.token))
 
     def release(self, job: Reserved, delay: float, body: str) -> None:
         with self._cursor() as cur:
-            cur.execute(self.sql.release, (time.time() + delay, body, job.handle))
+            cur.execute(self.sql.release, (time.time() + delay, body, job.handle, self.token))
 
     def give_back(self, jobs: Sequence[Reserved]) -> None:
         if not jobs:
@@ -304,10 +308,13 @@ class DatabaseQueue:
                 cur.execute(self.sql.give_back, (now, job.handle, self.token))
 
     def fail(self, job: Reserved, body: str, error: str) -> None:
+        """Move the job to the failed table, if this worker still holds it."""
         with self._cursor(tx=True) as cur:
+            cur.execute(self.sql.ack, (job.handle, self.token))
+            if cur.rowcount != 1:
+                return          # its reservation lapsed and another worker has it now
             cur.execute(self.sql.delete_failed, (job.id,))
             cur.execute(self.sql.insert_failed, (job.id, self.name, job.queue, body, error, time.time()))
-            cur.execute(self.sql.ack, (job.handle,))
 
     def counts(self) -> dict[str, dict[str, int]]:
         now = time.time()
@@ -329,16 +336,21 @@ class DatabaseQueue:
 
     def close(self) -> None:
         acks = self._local.__dict__.get("ack_pipeline")
+        problem = ""
         if acks is not None:
             try:
-                acks.close()
-            except Exception:
-                pass
+                unsettled = acks.close()
+                problem = f"{unsettled} unanswered" if unsettled else ""
+            except Exception as e:
+                problem = _first_line(e)
         with self._lock:
             opened, self._opened = self._opened, []
         for conn in opened:
             _close_quietly(conn)
         self._local = threading.local()
+        if problem:
+            raise FarmError(f"connection {self.name!r}: acks not confirmed by the server ({problem}); "
+                            "those jobs run again after retry_after")
 
     # -- the store ---------------------------------------------------------------------
     def add_failed(self, entry: FailedJob) -> None:

@@ -7,6 +7,11 @@ the replies are read whenever they have arrived, and all of them before the conn
 closes. Each DELETE has its own Sync, so it commits on its own (synchronous_commit off, as
 for claims: a server crash may rerun a job, a worker crash never). A failed ack surfaces as
 an error on the next call; the job is then handed out again after retry_after.
+
+So a job counts as done once its DELETE is on the socket: if the worker is killed before the
+server has read it, or the connection drops before the server answers, the job is
+at-least-once in that window (it runs again after retry_after). On a clean exit every
+pending ack is settled: the worker reads each reply before it closes the connection.
 """
 from __future__ import annotations
 
@@ -20,14 +25,14 @@ _NAME = b"farm_ack"
 class PipelinedAcks:
     def __init__(self, connect: Callable[[], Any], table: str) -> None:
         self._connect = connect          # a new psycopg connection, autocommit, set up
-        self._sql = f"DELETE FROM {table} WHERE id = $1".encode()
+        self._sql = f"DELETE FROM {table} WHERE id = $1 AND reserved_by = $2".encode()
         self._pg: Any = None
         self.pending = 0                 # acks sent whose reply is not read yet
 
-    def send(self, row_id: int) -> None:
+    def send(self, row_id: int, token: str) -> None:
         """Put the ack on the socket; read whatever replies have come in meanwhile."""
         pg = self._pg or self._open()
-        pg.send_query_prepared(_NAME, [b"%d" % row_id])
+        pg.send_query_prepared(_NAME, [b"%d" % row_id, token.encode()])
         pg.pipeline_sync()
         self.pending += 1
         while pg.flush() == 1:           # the kernel's buffer is full: let the server catch up
@@ -43,12 +48,16 @@ class PipelinedAcks:
             select.select([self._pg.socket], [], [], 0.5)
             self._read()
 
-    def close(self) -> None:
+    def close(self) -> int:
+        """Settle and forget the connection; returns the acks whose reply never came."""
+        unsettled = 0
         if self._pg is not None and not self._pg.status:    # status 0: CONNECTION_OK
             try:
                 self.settle()
+                unsettled = self.pending
             finally:
                 self.reset()
+        return unsettled
 
     def reset(self) -> None:
         """Forget the connection (the driver closes it); unread acks may or may not have committed."""

@@ -87,9 +87,12 @@ class Queries:
                              "ORDER BY available_at, id LIMIT %s FOR UPDATE SKIP LOCKED")
         self.claim_update = (f"UPDATE {j} SET available_at = %s, reserved_by = %s, attempts = attempts + 1 "
                              "WHERE id IN ({ids})")
-        self.renew = q(f"UPDATE {j} SET available_at = %s WHERE reserved_by = %s")
-        self.ack = q(f"DELETE FROM {j} WHERE id = %s")
-        self.release = q(f"UPDATE {j} SET available_at = %s, reserved_by = NULL, payload = %s WHERE id = %s")
+        # ack, release, fail and renew touch a row only while this worker's token holds it: a
+        # reservation that lapsed and was claimed by another worker is that worker's now
+        self.renew = f"UPDATE {j} SET available_at = %s WHERE id IN ({{ids}}) AND reserved_by = %s"
+        self.ack = q(f"DELETE FROM {j} WHERE id = %s AND reserved_by = %s")
+        self.release = q(f"UPDATE {j} SET available_at = %s, reserved_by = NULL, payload = %s "
+                         "WHERE id = %s AND reserved_by = %s")
         self.give_back = q(f"UPDATE {j} SET available_at = %s, reserved_by = NULL, attempts = attempts - 1 "
                            "WHERE id = %s AND reserved_by = %s")
         self.insert_failed = q(f"INSERT INTO {f} (id, connection, queue, payload, exception, failed_at) "
@@ -116,6 +119,11 @@ class Queries:
         self.workers = f"SELECT id, doc, heartbeat FROM {j}_workers ORDER BY id"
         self.forget_worker = q(f"DELETE FROM {j}_workers WHERE id = %s")
         self.prune_workers = q(f"DELETE FROM {j}_workers WHERE heartbeat < %s")
+
+    def renew_ids(self, row_ids: list[int]) -> str:
+        """The renew statement for these rows (integers from our own claim, inlined: one
+        statement whatever the count, through the primary key)."""
+        return self._q(self.renew.format(ids=", ".join(str(int(i)) for i in row_ids)))
 
     def failed_select(self, n_ids: int, by_queue: bool, limit: int | None) -> str:
         sql = f"SELECT id, connection, queue, payload, exception, failed_at FROM {self.failed}"

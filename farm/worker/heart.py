@@ -51,7 +51,7 @@ class Heart(threading.Thread):
         while not self.halt.wait(self.tick):
             try:
                 self.beat_once(time.monotonic())
-            except DriverUnavailable as e:
+            except DriverUnavailable as e:     # only this thread's connections are dropped
                 self.worker.log.warning("worker.heart", error=str(e))
             except Exception as e:      # the heart must keep beating whatever one tick hit
                 self.worker.log.error("worker.heart", error=f"{type(e).__name__}: {e}")
@@ -99,15 +99,20 @@ class Heart(threading.Thread):
             return
         overdue = now - attempt.started > attempt.timeout + GRACE
         abandoned = w.lifecycle.abandon and now - (w.lifecycle.abandoned_at or now) > 2 * GRACE
-        if not (overdue or abandoned) or attempt is not w.runner.current:
-            return
-        w.runner.current = None
-        if abandoned:
-            w.queue.give_back([attempt.reserved] + w.held)
-            w.log.error("worker.stop", reason="abandon", detail="the job did not stop; given back")
-        else:
-            w.log.error("worker.stuck", id=attempt.reserved.id, timeout=attempt.timeout,
-                        detail="the job did not stop at its timeout; settling it and exiting")
-            w.runner.settle(attempt, JobTimeout(f"the job ran past its timeout of {attempt.timeout:g}s"))
-            w.queue.give_back(w.held)
-        os._exit(1)
+        if not (overdue or abandoned) or not w.runner.claim(attempt, "watchdog"):
+            return                      # in time, or the main thread is settling it already
+        try:
+            w.runner.current = None
+            if abandoned:
+                w.queue.give_back([attempt.reserved] + w.held)
+                w.log.error("worker.stop", reason="abandon", detail="the job did not stop; given back")
+            else:
+                w.log.error("worker.stuck", id=attempt.reserved.id, timeout=attempt.timeout,
+                            detail="the job did not stop at its timeout; settling it and exiting")
+                w.runner.settle(attempt, JobTimeout(f"the job ran past its timeout of {attempt.timeout:g}s"))
+                w.queue.give_back(w.held)
+        except Exception as e:
+            w.log.error("worker.stuck", error=f"{type(e).__name__}: {e}",
+                        detail="the jobs held are handed out again after retry_after")
+        finally:
+            os._exit(1)

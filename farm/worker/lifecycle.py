@@ -7,7 +7,7 @@ from enum import Enum
 
 from .options import WorkerOptions
 
-_STOP = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_STOP = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT}
 
 
 class StopReason(str, Enum):

@@ -5,7 +5,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from .. import payload, waker
 from ..errors import Abandon, DriverUnavailable, FarmError
@@ -16,6 +16,7 @@ from .lifecycle import Lifecycle, StopReason
 from .options import WorkerOptions
 from .runner import Runner
 
+MAX_FAILURES = 12           # about a minute of backoff before exiting for the process manager
 BATCH_SECONDS = 0.05        # claim about this much work at once: many no-op jobs, one slow job
 STARTSECS = 1.0             # supervisord's startsecs: a recycling exit waits out the first second
 
@@ -43,8 +44,8 @@ class Worker:
         self.store = store
         self.options = options
         self.log = log
-        self.runner = Runner(queue, registry, options, log)
         self.lifecycle = Lifecycle(options, time.monotonic())
+        self.runner = Runner(queue, registry, options, log, self.lifecycle)
         self.started_wall = time.time()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.held: list[Any] = []          # claimed, not started
@@ -93,7 +94,7 @@ class Worker:
                 reason = self.run_once()
             except Abandon:
                 reason = StopReason.ABANDON
-            except DriverUnavailable as e:
+            except FarmError as e:          # DriverUnavailable, or a driver error it could not place
                 reason = self._unavailable(e)
             if reason is not None:
                 return reason
@@ -106,6 +107,9 @@ class Worker:
             return reason
         if self.lifecycle.paused:
             self._release_held()
+            suspend = getattr(self.queue, "suspend", None)
+            if suspend is not None:         # amqp: stop consuming while paused
+                suspend()
             waker.wait(1.0)
             return None
         if not self.held:
@@ -115,24 +119,41 @@ class Worker:
             if not self.held:
                 return StopReason.EMPTY if (self.options.stop_when_empty or self.options.once) else None
         reserved = self.held.pop(0)
-        attempt = self.runner.prepare(reserved)
-        if attempt is not None:
-            self.lifecycle.busy = True
-            try:
-                if self.lifecycle.abandon:
-                    raise Abandon("stop")
-                self.runner.run(attempt)
-            except Abandon:
-                self.runner.current = None
-                self.held.insert(0, reserved)
-                raise
-            finally:
-                self.lifecycle.busy = False
-            self.batch.record(time.monotonic() - attempt.started)
+        if self._stale(reserved):
+            return None
+        try:
+            self._run(reserved)
+        except (Abandon, DriverUnavailable):
+            raise
+        except Exception as e:          # the last line of defence: one job's trouble, not the worker's
+            self.runner.last_resort(reserved, e)
         self.done += 1
         if self.options.rest:
             waker.wait(self.options.rest)
         return None
+
+    def _run(self, reserved: Any) -> None:
+        attempt = self.runner.prepare(reserved)
+        if attempt is None:
+            return
+        try:
+            if self.lifecycle.abandon:
+                raise Abandon("stop")
+            self.runner.run(attempt)
+        except Abandon:
+            self.runner.current = None
+            self.held.insert(0, reserved)
+            raise
+        self.batch.record(time.monotonic() - attempt.started)
+
+    def _stale(self, reserved: Any) -> bool:
+        """amqp: a delivery from before a reconnect was requeued by the broker; never run it."""
+        is_stale = getattr(self.queue, "is_stale", None)
+        if is_stale is None or not is_stale(reserved):
+            return False
+        self.log.warning("job.stale", id=reserved.id, queue=reserved.queue,
+                         detail="its connection was lost; the broker has requeued it")
+        return True
 
     def _release_held(self) -> None:
         """Hand back claimed jobs not started (and an abandoned one): ready again at once."""
@@ -145,13 +166,35 @@ class Worker:
             self.log.warning("worker.give_back", jobs=len(self.held), error=str(e),
                              detail="they are handed out again after retry_after")
 
-    def _unavailable(self, e: DriverUnavailable) -> StopReason | None:
+    def _unavailable(self, e: FarmError) -> StopReason | None:
         """Back off and go on; after a minute of failures exit for the process manager."""
         self.failures += 1
-        if self.failures > 12:
+        if self.failures > MAX_FAILURES:
             self.log.error("worker.unavailable", error=str(e), detail="giving up")
             return StopReason.FATAL
-        delay = min(0.25 * 2 ** self.failures, 8.0)
+        delay = backoff(self.failures)
         self.log.warning("worker.unavailable", error=str(e), retry_in=delay)
         waker.wait(delay)
         return self.lifecycle.should_stop(time.monotonic(), self.heart.rss_mb, self.done)
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after the n-th failure in a row to reach the database or broker."""
+    return min(0.25 * 2 ** failures, 8.0)
+
+
+def connect(open_queue: Callable[[], Any], log: Log) -> Any:
+    """Open the worker's connection, waiting for a database or broker that is not up yet (a
+    reboot where supervisord starts before PostgreSQL): retried with backoff and logged once;
+    after about a minute DriverUnavailable goes up, and the process manager starts us again."""
+    failures = 0
+    while True:
+        try:
+            return open_queue()
+        except DriverUnavailable as e:
+            failures += 1
+            if failures > MAX_FAILURES:
+                raise
+            if failures == 1:
+                log.warning("worker.unavailable", error=str(e), detail="waiting for it at start")
+            time.sleep(backoff(failures))

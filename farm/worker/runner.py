@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from ..errors import Abandon, JobTimeout, MaxAttemptsExceeded, PayloadError
 from ..jobs import Job, instantiate, option
 from ..log import Log
 from . import retry
+from .lifecycle import Lifecycle
 from .options import WorkerOptions
 from .timeout import hard_timeout
 
@@ -28,29 +30,41 @@ class Attempt:
     job: Job | None
     timeout: float
     started: float           # time.monotonic()
+    settler: str | None = None   # "main" or "watchdog": the one thread that settles it
 
 
 class Runner:
-    def __init__(self, queue: Any, registry: payload.Registry, options: WorkerOptions, log: Log) -> None:
+    def __init__(self, queue: Any, registry: payload.Registry, options: WorkerOptions, log: Log,
+                 lifecycle: Lifecycle) -> None:
         self.queue = queue
         self.registry = registry
         self.options = options
         self.log = log
+        self.lifecycle = lifecycle
         self.current: Attempt | None = None
+        self._settling = threading.Lock()
 
     def prepare(self, reserved: Any) -> Attempt | None:
         """Parse and resolve the job; a bad document is failed here and None returned."""
         try:
             doc = payload.parse(reserved.body)
             job = instantiate(self.registry.resolve(doc["job"]), payload.decode_data(doc["data"]))
-        except (PayloadError, TypeError, ValueError) as e:
-            body = reserved.body if isinstance(reserved.body, str) else reserved.body.decode("utf-8", "replace")
-            self.queue.fail(reserved, body, f"PayloadError: {e}")
-            self.log.error("job.failed", id=reserved.id, queue=reserved.queue, reason="bad payload", error=str(e))
+        except Exception as e:       # whatever the document holds, it never reaches the loop
+            reason = str(e) if isinstance(e, PayloadError) else f"{type(e).__name__}: {e}"
+            self.queue.fail(reserved, _text(reserved.body), f"PayloadError: {reason}")
+            self.log.error("job.failed", id=reserved.id, queue=reserved.queue, reason="bad payload",
+                           error=reason.splitlines()[0] if reason else "")
             return None
         job._farm_id, job._farm_attempts = reserved.id, reserved.attempts
         timeout = doc.get("timeout") or _own(job, "timeout") or self.options.timeout
         return Attempt(reserved, doc, job, float(timeout), time.monotonic())
+
+    def claim(self, attempt: Attempt, who: str) -> bool:
+        """Make `who` the one thread that settles the attempt; False if the other one is."""
+        with self._settling:
+            if attempt.settler is None:
+                attempt.settler = who
+            return attempt.settler == who
 
     def run(self, attempt: Attempt) -> str:
         """Run the attempt and settle it; returns the outcome (done/released/retried/failed)."""
@@ -62,14 +76,14 @@ class Runner:
             return self.settle(attempt, exc, decided=retry.Decision(False, reason=str(exc)))
         self.current = attempt
         try:
-            with hard_timeout(attempt.timeout):
-                job.handle()
+            exc = self._handle(attempt)
         except Abandon:
+            self._own(attempt)          # a give-back, which the watchdog must not also make
             raise
-        except (Exception, JobTimeout, SystemExit) as exc:
-            self.current = None
-            return self.settle(attempt, exc)
+        self._own(attempt)
         self.current = None
+        if exc is not None:
+            return self.settle(attempt, exc)
         outcome = getattr(job, "_farm_outcome", None)
         if outcome is None:
             self.queue.ack(r)
@@ -79,6 +93,45 @@ class Runner:
         if outcome[0] == "release":
             return self.settle(attempt, None, release_delay=outcome[1])
         return self.settle(attempt, outcome[1], decided=retry.Decision(False, reason="the job failed itself"))
+
+    def _handle(self, attempt: Attempt) -> BaseException | None:
+        """Call `handle()`; its exception, or None. Only this call may be abandoned by a second
+        stop signal: once it has returned, the job is settled whatever signal comes."""
+        returned = False
+        try:
+            with hard_timeout(attempt.timeout):
+                self.lifecycle.busy = True
+                try:
+                    attempt.job.handle()        # type: ignore[union-attr]
+                    returned = True
+                finally:
+                    self.lifecycle.busy = False
+        except Abandon:
+            if not returned:
+                raise
+        except (Exception, JobTimeout, SystemExit) as exc:
+            return None if returned else exc
+        return None
+
+    def _own(self, attempt: Attempt) -> None:
+        """Settle from the main thread, unless the watchdog got there first: it is settling the
+        attempt and ending the process, so this thread only waits for that."""
+        if self.claim(attempt, "main"):
+            return
+        while True:
+            time.sleep(60)
+
+    def last_resort(self, reserved: Any, exc: BaseException) -> None:
+        """An unexpected error while preparing or settling one job: fail that job, keep working."""
+        self.current = None
+        summary = _summary(exc)
+        self.log.error("worker.error", id=reserved.id, queue=reserved.queue, error=summary,
+                       detail="failing the job")
+        try:
+            self.queue.fail(reserved, _text(reserved.body), f"WorkerError: {_describe(exc)}")
+        except Exception as e:
+            self.log.error("worker.error", id=reserved.id, error=_summary(e),
+                           detail="left reserved: it is handed out again after retry_after")
 
     def settle(self, attempt: Attempt, exc: BaseException | None, release_delay: float | None = None,
                decided: retry.Decision | None = None) -> str:
@@ -139,6 +192,10 @@ def _updated(body: Any, attempts: int, exceptions: int) -> str:
     doc = json.loads(body)
     doc["attempts"], doc["exceptions"] = attempts, exceptions
     return payload.dumps(doc)
+
+
+def _text(body: Any) -> str:
+    return body if isinstance(body, str) else bytes(body).decode("utf-8", "replace")
 
 
 def _summary(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ from ..errors import Abandon
 from . import timeout
 from .lifecycle import Lifecycle
 
-HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGCONT)
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR2, signal.SIGCONT)
 
 
 @contextmanager

@@ -60,7 +60,7 @@ def test_the_registry_imports_only_listed_modules():
     assert reg.resolve("testjobs:Record") is Record
     with pytest.raises(farm.PayloadError, match="not in a module listed under imports"):
         reg.resolve("os:system")
-    with pytest.raises(farm.PayloadError, match="has no job"):
+    with pytest.raises(farm.PayloadError, match="defines no job"):
         reg.resolve("testjobs:Nope")
     with pytest.raises(farm.PayloadError):
         reg.resolve("testjobs:_private")
