@@ -12,6 +12,8 @@ import yaml
 from .errors import ManifestError
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")      # every control character but tab
 DRIVERS = ("database", "amqp", "sync")
 
 
@@ -111,6 +113,28 @@ def load(path: str | os.PathLike[str] | None = None) -> Manifest:
     return manifest
 
 
+def env_value_problem(value: str) -> str | None:
+    """Why `value` cannot reach a worker intact through the rendered files, or None if it can.
+
+    systemd's Environment= and a cron line can quote anything on one line. supervisord's
+    environment= cannot: its ini parser starts a comment at ` ;` or ` #`, it replaces
+    `%(here)s` even when escaped as `%%(here)s`, and it splits the line with shlex in non-POSIX
+    mode, where a quoted value runs to the next quote of its kind (no escapes) and every
+    quote at either end of the value is stripped.
+    """
+    if _CONTROL.search(value):
+        return "a line break or other control character cannot be rendered: a value is one line"
+    if '"' in value and "'" in value:
+        return "holds both ' and \": supervisord's environment= can quote a value with one kind only"
+    if value and (value[0] in "'\"" or value[-1] in "'\""):
+        return "starts or ends with a quote, which supervisord's environment= strips"
+    if re.search(r"\s[;#]", value):
+        return "has ; or # after a space, where supervisord's config parser starts a comment"
+    if "%(here)s" in value:
+        return "holds %(here)s, which supervisord replaces even when escaped"
+    return None
+
+
 def _display_name(path: Path) -> str:
     try:
         return str(path.relative_to(Path.cwd()))
@@ -125,12 +149,16 @@ class _Reader:
         self.display = display
         self.lines: dict[str, int] = {}
         self.problems: list[str] = []
+        self.text: dict[str, str] = {}          # each scalar as written (after ${VAR} substitution)
+        self.substituted: set[str] = set()      # plain scalars that held a ${VAR}: typed by their key
 
     def problem(self, key: str, message: str) -> None:
-        line = self.lines.get(key)
-        while line is None and "." in key:
-            key = key.rsplit(".", 1)[0]
-            line = self.lines.get(key)
+        """Record a problem at `key`'s line, or its nearest parent's when `key` is absent."""
+        at = key
+        line = self.lines.get(at)
+        while line is None and "." in at:
+            at = at.rsplit(".", 1)[0]
+            line = self.lines.get(at)
         where = f"{self.display}:{line or 1}"
         self.problems.append(f"{where}: {key + ': ' if key else ''}{message}")
 
@@ -149,25 +177,31 @@ class _Reader:
         return self._scalar(node, key)
 
     def _scalar(self, node: yaml.ScalarNode, key: str) -> Any:
+        """A scalar's value; one holding ${VAR} stays text (the key decides if it is a number)."""
         if "${" not in node.value:
-            return yaml.constructor.SafeConstructor().construct_object(node)
-        missing: list[str] = []
-
-        def sub(m: re.Match[str]) -> str:
-            val = os.environ.get(m.group(1))
-            if val is None or (val == "" and m.group(2) is not None):
-                if m.group(2) is None:
-                    missing.append(m.group(1))
-                    return ""
-                return m.group(2)
-            return val
-
-        raw = _VAR.sub(sub, node.value)
-        for name in missing:
-            self.problem(key, f"environment variable {name} is not set (use ${{{name}:-default}})")
-        if node.style is None:      # a plain scalar is typed after substitution: `numprocs: ${N:-2}`
-            return yaml.safe_load(raw) if raw.strip() else None
+            self.text[key] = node.value
+            try:
+                return yaml.constructor.SafeConstructor().construct_object(node)
+            except yaml.YAMLError as e:         # e.g. an unknown !!tag
+                self.problem(key, f"not a valid value: {getattr(e, 'problem', None) or e}")
+                return None
+        raw = _VAR.sub(lambda m: self._variable(m, key), node.value)
+        self.text[key] = raw
+        if node.style is None:      # plain: `numprocs: ${N:-2}` is read as a number by _number
+            self.substituted.add(key)
+            return raw if raw.strip() else None
         return raw
+
+    def _variable(self, m: re.Match[str], key: str) -> str:
+        """The value of one ${VAR} or ${VAR:-default}; an unset VAR without default is a problem."""
+        name, default = m.group(1), m.group(2)
+        val = os.environ.get(name)
+        if val is None or (val == "" and default is not None):
+            if default is None:
+                self.problem(key, f"environment variable {name} is not set (use ${{{name}:-default}})")
+                return ""
+            return default
+        return val
 
 
 _CONNECTION_KEYS = {"driver", "url", "table", "failed_table", "retry_after", "store", "prefetch",
@@ -241,6 +275,8 @@ class _Builder:
     def _number(self, d: dict[str, Any], key: str, name: str, default: Any, *,
                 integer: bool = False, minimum: float = 0, optional: bool = False) -> Any:
         value = d.get(name, default)
+        if isinstance(value, str) and f"{key}.{name}" in self.r.substituted:
+            value = _decimal(value, integer)
         if value is None and optional:
             return None
         kind = "integer" if integer else "number"
@@ -287,11 +323,20 @@ class _Builder:
                 heartbeat=self._number(spec, key, "heartbeat", 60, integer=True, minimum=0),
                 consumer_timeout=self._number(spec, key, "consumer_timeout", 1800, minimum=1),
             )
-        for name, conn in out.items():
-            if conn.store is not None and (conn.store not in out or out[conn.store].driver != "database"):
-                self.r.problem(f"connections.{name}.store",
-                               f"{conn.store!r} is not a database connection ({self._known(out)})")
+        for conn in out.values():
+            self._store(conn, out)
         return out
+
+    def _store(self, conn: Connection, connections: dict[str, Connection]) -> None:
+        """amqp has no place for failed jobs, stamps and heartbeats: a database connection keeps them."""
+        key = f"connections.{conn.name}.store"
+        databases = [n for n, c in connections.items() if c.driver == "database"]
+        if conn.store is None:
+            if conn.driver == "amqp":
+                self.r.problem(key, "an amqp connection needs a store: the database connection that keeps "
+                               f"failed jobs, restart stamps and heartbeats ({self._known(databases)})")
+        elif not isinstance(conn.store, str) or conn.store not in databases:
+            self.r.problem(key, f"{conn.store!r} is not a database connection ({self._known(connections)})")
 
     def _database_url(self, url: Any, key: str) -> str | None:
         if not isinstance(url, str) or "://" not in url:
@@ -316,23 +361,13 @@ class _Builder:
                 continue
             self._unknown(spec, _PIPELINE_KEYS, key)
             conn = spec.get("connection", default)
-            if conn not in connections:
+            if not isinstance(conn, str) or conn not in connections:
                 self.r.problem(f"{key}.connection", f"unknown connection {conn!r} ({self._known(connections)})")
             drain = spec.get("drain")
             if drain is not None and not _valid_cron(drain):
                 self.r.problem(f"{key}.drain", f"not a five-field cron expression: {drain!r}")
-            env = spec.get("environment") or {}
-            if not isinstance(env, dict):
-                self.r.problem(f"{key}.environment", "expected a mapping of NAME: value")
-                env = {}
-            timeout = spec.get("timeout")
-            c = connections.get(conn)
-            if c is not None and c.driver == "amqp" and isinstance(timeout, (int, float)) \
-                    and timeout + 30 >= c.consumer_timeout:
-                self.r.problem(f"{key}.timeout", f"{timeout:g} s (plus a 30 s margin) is not below RabbitMQ's "
-                               f"consumer_timeout of {c.consumer_timeout:g} s: the broker would take the job "
-                               "back while it runs; raise consumer_timeout in rabbitmq.conf and set "
-                               f"connections.{conn}.consumer_timeout to match")
+            timeout = self._number(spec, key, "timeout", None, minimum=1, optional=True)
+            self._amqp_timeout(key, timeout, connections.get(str(conn)))
             out[name] = Pipeline(
                 name=name, connection=str(conn),
                 queues=tuple(self._str_list(spec.get("queues", ["default"]), f"{key}.queues")) or ("default",),
@@ -341,15 +376,46 @@ class _Builder:
                 max_time=self._number(spec, key, "max_time", 0),
                 memory=self._number(spec, key, "memory", 128, integer=True),
                 sleep=self._number(spec, key, "sleep", 3),
-                timeout=self._number(spec, key, "timeout", None, minimum=1, optional=True),
+                timeout=timeout,
                 tries=self._number(spec, key, "tries", None, integer=True, minimum=1, optional=True),
                 backoff=self._backoff(spec.get("backoff"), f"{key}.backoff"),
                 rest=self._number(spec, key, "rest", 0),
                 prefetch=self._number(spec, key, "prefetch", None, integer=True, minimum=1, optional=True),
                 drain=drain,
-                environment=tuple(sorted((str(k), str(v)) for k, v in env.items())),
+                environment=self._environment(spec.get("environment"), f"{key}.environment"),
             )
         return out
+
+    def _amqp_timeout(self, key: str, timeout: float | None, c: Connection | None) -> None:
+        """RabbitMQ takes back a job unacked past its consumer_timeout, so a job must end sooner."""
+        if c is None or c.driver != "amqp" or timeout is None or timeout + 30 < c.consumer_timeout:
+            return
+        self.r.problem(f"{key}.timeout", f"{timeout:g} s (plus a 30 s margin) is not below RabbitMQ's "
+                       f"consumer_timeout of {c.consumer_timeout:g} s: the broker would take the job "
+                       "back while it runs; raise consumer_timeout in rabbitmq.conf and set "
+                       f"connections.{c.name}.consumer_timeout to match")
+
+    def _environment(self, value: Any, key: str) -> tuple[tuple[str, str], ...]:
+        """NAME: value pairs as written (`yes` stays `yes`), each one renderable into every file."""
+        if value is None:
+            return ()
+        if not isinstance(value, dict):
+            self.r.problem(key, "expected a mapping of NAME: value")
+            return ()
+        out = []
+        for name, v in value.items():
+            where = f"{key}.{name}"
+            if isinstance(v, (dict, list)):
+                self.r.problem(where, "expected a string")
+                continue
+            text = "" if v is None else self.r.text.get(where, str(v))
+            problem = None if _ENV_NAME.fullmatch(name) else \
+                "not a variable name (letters, digits and _, not starting with a digit)"
+            problem = problem or env_value_problem(text)
+            if problem:
+                self.r.problem(where, problem)
+            out.append((name, text))
+        return tuple(sorted(out))
 
     def _backoff(self, value: Any, key: str) -> tuple[float, ...] | None:
         if value is None:
@@ -371,6 +437,15 @@ def parse_backoff(value: Any) -> tuple[float, ...]:
     if not out or any(v < 0 for v in out) or any(isinstance(v, bool) for v in items):
         raise ValueError(f"expected seconds or a list of seconds, got {value!r}")
     return out
+
+
+def _decimal(text: str, integer: bool) -> int | float | str:
+    """A substituted `${VAR}` read as a decimal number (`0123` is 123), else the text unchanged."""
+    if re.fullmatch(r"[+-]?[0-9]+", text.strip()):
+        return int(text)
+    if not integer and re.fullmatch(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+)", text.strip()):
+        return float(text)
+    return text
 
 
 def _valid_cron(expr: Any) -> bool:

@@ -17,7 +17,7 @@ def render(ctx: click.Context, check: bool, show_diff: bool) -> None:
     m = load_manifest(ctx)
     plan = renderer.plan(m)
     for path in renderer.skipped(m):
-        click.echo(f"skipped {path}: not written by farmctl render (no header); left as it is", err=True)
+        click.echo(f"skipped {path}: {renderer.owner(path)}; left as it is", err=True)
     if show_diff:
         click.echo(plan.diff(), nl=False)
     if check or show_diff:

@@ -1,11 +1,20 @@
-"""supervisord: one `[program:P]` per resident pipeline, and a supervisord.conf for a local farm."""
+"""supervisord: one `[program:P]` per resident pipeline, and a supervisord.conf for a local farm.
+
+supervisord reads these files with an ini parser that strips edge spaces and starts a comment
+at ` ;` or ` #`, then %-expands most values (`%%` is a literal `%`). `command=` is then split
+with `shlex.split`; `environment=` with shlex in non-POSIX mode (quotes, no escapes).
+"""
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
-from ..manifest import Manifest, Pipeline
+from ..errors import FarmError
+from ..manifest import Manifest, Pipeline, env_value_problem
 
 STOP_MARGIN = 30          # seconds beyond the job timeout before supervisord kills
+_UNSAFE = re.compile(r"[^\w@%+=:,./-]", re.ASCII)      # shlex.quote's own notion of safe
 
 
 def stop_seconds(p: Pipeline) -> int:
@@ -13,27 +22,49 @@ def stop_seconds(p: Pipeline) -> int:
     return int((p.timeout or 60) + STOP_MARGIN)
 
 
-def work_command(m: Manifest, exe: str, p: Pipeline) -> str:
-    return f"{exe} work --config {m.path} --pipeline {p.name}"
+def work_argv(m: Manifest, exe: Sequence[str], p: Pipeline) -> list[str]:
+    """The worker's command line, as words (each renderer quotes them its own way)."""
+    return [*exe, "work", "--config", str(m.path), "--pipeline", p.name]
+
+
+def command(words: Sequence[str]) -> str:
+    """A `command=` value: a backslash before each unsafe character survives shlex.split and
+    keeps ` ;`/` #` from reading as a comment; `%` doubled for the %-expansion."""
+    return " ".join(_UNSAFE.sub(r"\\\g<0>", w).replace("%", "%%") if w else "''" for w in words)
+
+
+def ini_value(value: str | Path, what: str) -> str:
+    """A plain value (a path) for a supervisord line, `%` doubled; refused where no escape exists."""
+    text = str(value)
+    if text != text.strip() or re.search(r"\s[;#]", text) or "%(here)s" in text:
+        raise FarmError(f"{what} {text!r} cannot be written into a supervisord config (edge spaces, "
+                        "' ;' or ' #', and '%(here)s' have no escape there): choose another path")
+    return text.replace("%", "%%")
+
+
+def env_value(value: str, what: str) -> str:
+    """One `environment=` value, in the kind of quote it does not hold, `%` doubled."""
+    problem = env_value_problem(value)
+    if problem:
+        raise FarmError(f"{what} {value!r} cannot be written into supervisord's environment=: {problem}")
+    quote = "'" if '"' in value else '"'
+    return quote + value.replace("%", "%%") + quote
 
 
 def _environment(m: Manifest, p: Pipeline) -> str:
     pairs = [("FARM_CONFIG", str(m.path))] + [(k, v) for k, v in p.environment if k != "FARM_CONFIG"]
-    return ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+    return ",".join(f"{k}={env_value(v, k)}" for k, v in pairs)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
-
-
-def program(m: Manifest, exe: str, p: Pipeline, head: str) -> str:
-    logs = m.logs_dir
+def program(m: Manifest, exe: Sequence[str], p: Pipeline, head: str) -> str:
+    # stdout_logfile is %-expanded twice (supervisor/options.py: saneget, then expand), so 4 x %
+    logs = ini_value(m.logs_dir, "supervisor.logs").replace("%", "%%")
     lines = [
         f"[program:{p.name}]",
-        f"command={work_command(m, exe, p)}",
+        f"command={command(work_argv(m, exe, p))}",
         "process_name=%(program_name)s_%(process_num)02d",
         f"numprocs={p.numprocs}",
-        f"directory={m.root}",
+        f"directory={ini_value(m.root, 'the project root')}",
         "autostart=true",
         "autorestart=true",
         "startsecs=1",
@@ -52,16 +83,19 @@ def program(m: Manifest, exe: str, p: Pipeline, head: str) -> str:
 
 
 def supervisord_conf(m: Manifest, head: str) -> str:
-    var = m.root / "var"
+    """The local supervisord's config; `[include]` is relative to this file (supervisord
+    splits its value on spaces, so an absolute path with a space could not be named)."""
+    var = ini_value(m.root / "var", "the project root")
+    logs = ini_value(m.logs_dir, "supervisor.logs")
     return head + f"""[unix_http_server]
 file={var}/supervisor.sock
 chmod=0700
 
 [supervisord]
-logfile={m.logs_dir}/supervisord.log
+logfile={logs}/supervisord.log
 pidfile={var}/supervisord.pid
-childlogdir={m.logs_dir}
-directory={m.root}
+childlogdir={logs}
+directory={ini_value(m.root, 'the project root')}
 
 [rpcinterface:supervisor]
 supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
@@ -70,11 +104,11 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 serverurl=unix://{var}/supervisor.sock
 
 [include]
-files = {m.supervisor_dir}/conf.d/*.conf
+files = conf.d/*.conf
 """
 
 
-def render(m: Manifest, exe: str, head: str) -> dict[Path, str]:
+def render(m: Manifest, exe: Sequence[str], head: str) -> dict[Path, str]:
     files = {m.supervisor_dir / "supervisord.conf": supervisord_conf(m, head)}
     for p in m.pipelines.values():
         if p.drain is None:

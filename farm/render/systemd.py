@@ -1,17 +1,57 @@
-"""systemd: an instance template `farm-P@.service` and `farm-P.target` wanting 1..numprocs."""
+"""systemd: an instance template `farm-P@.service` and `farm-P.target` wanting 1..numprocs.
+
+systemd resolves `%` specifiers on every line used here (`%%` is a literal `%`), splits
+`ExecStart=` and `Environment=` into words at spaces outside quotes with C escapes inside
+them, and substitutes `$VAR` in ExecStart= arguments (`$$` is a literal `$`).
+"""
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import FarmError
 from ..manifest import Manifest, Pipeline
-from .supervisor import stop_seconds, work_command
+from .supervisor import stop_seconds, work_argv
+
+_UNSAFE = re.compile(r"[^\w@%+=:,./-]", re.ASCII)
+_NOT_IN_EXECUTABLE = re.compile(r"[\"'\\]")      # systemd refuses these in an executable's name
+ENV = "/usr/bin/env"
 
 
 def _quote(value: str) -> str:
+    """A double-quoted word with C escapes, `%` doubled (`$` is left to the caller)."""
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
 
 
-def service(m: Manifest, exe: str, p: Pipeline, head: str) -> str:
+def _argument(word: str) -> str:
+    """One ExecStart= argument, quoted only when it needs to be."""
+    text = word.replace("%", "%%") if word and not _UNSAFE.search(word) else _quote(word)
+    return text.replace("$", "$$")
+
+
+def exec_start(words: Sequence[str]) -> str:
+    """ExecStart=: systemd substitutes nothing in the executable and refuses `'`, `"` or `\\` in
+    its name; a farmctl whose path holds one runs through /usr/bin/env instead."""
+    exe, *args = words
+    if _NOT_IN_EXECUTABLE.search(exe):
+        if "=" in exe:
+            raise FarmError(f"systemd cannot run {exe!r}: it holds a quote or backslash, and '=' as well")
+        exe, args = ENV, [exe, *args]
+    first = exe.replace("%", "%%") if not _UNSAFE.search(exe) else _quote(exe)
+    return " ".join([first, *map(_argument, args)])
+
+
+def working_directory(root: Path) -> str:
+    """WorkingDirectory= is taken as it stands (no quotes): only `%` can be escaped."""
+    text = str(root)
+    if text != text.strip() or text.endswith("\\"):
+        raise FarmError(f"the project root {text!r} cannot be a systemd WorkingDirectory= "
+                        "(edge spaces or a trailing backslash): choose another path")
+    return text.replace("%", "%%")
+
+
+def service(m: Manifest, exe: Sequence[str], p: Pipeline, head: str) -> str:
     env = [("FARM_CONFIG", str(m.path))] + [(k, v) for k, v in p.environment if k != "FARM_CONFIG"]
     lines = [
         "[Unit]",
@@ -22,9 +62,9 @@ def service(m: Manifest, exe: str, p: Pipeline, head: str) -> str:
         "",
         "[Service]",
         "Type=simple",
-        f"WorkingDirectory={m.root}",
+        f"WorkingDirectory={working_directory(m.root)}",
         *[f"Environment={_quote(f'{k}={v}')}" for k, v in env],
-        f"ExecStart={work_command(m, exe, p)}",
+        f"ExecStart={exec_start(work_argv(m, exe, p))}",
         "KillSignal=SIGTERM",
         "KillMode=mixed",
         f"TimeoutStopSec={stop_seconds(p)}",
@@ -50,7 +90,7 @@ def target(p: Pipeline, head: str) -> str:
     ]) + "\n"
 
 
-def render(m: Manifest, exe: str, head: str) -> dict[Path, str]:
+def render(m: Manifest, exe: Sequence[str], head: str) -> dict[Path, str]:
     files: dict[Path, str] = {}
     for p in m.pipelines.values():
         if p.drain is None:

@@ -82,3 +82,88 @@ def test_a_missing_or_broken_manifest_is_one_line(tmp_path):
     p = _write(tmp_path, "pipelines: [\n")
     with pytest.raises(ManifestError, match=r"farm.yaml:\d+: not valid YAML"):
         manifest.load(p)
+
+
+# Issue "Hardening" -----------------------------------------------------------------------
+
+def test_hardening_a_substituted_value_is_text_where_text_is_expected(tmp_path, monkeypatch):
+    # Given variables whose values YAML would read as an alias, an octal number and a boolean
+    monkeypatch.setenv("DRAIN", "*/10 * * * *")
+    monkeypatch.setenv("ZIP", "0123")
+    monkeypatch.setenv("FLAG", "yes")
+    monkeypatch.setenv("PROCS", "0123")
+    monkeypatch.delenv("UNSET", raising=False)
+    p = _write(tmp_path, """\
+        pipelines:
+          w:
+            numprocs: ${PROCS}
+            sleep: ${UNSET:-0.5}
+            environment:
+              ZIP: ${ZIP}
+              FLAG: ${FLAG}
+              QUOTED: "${FLAG}"
+          r:
+            numprocs: ${UNSET:-2}
+            drain: ${DRAIN}
+        """)
+    # When the manifest is loaded
+    m = manifest.load(p)
+    # Then strings stay as the variable holds them, and numbers are decimal numbers
+    assert m.pipelines["r"].drain == "*/10 * * * *"
+    assert dict(m.pipelines["w"].environment) == {"ZIP": "0123", "FLAG": "yes", "QUOTED": "yes"}
+    assert m.pipelines["w"].numprocs == 123 and m.pipelines["r"].numprocs == 2
+    assert m.pipelines["w"].sleep == 0.5
+
+
+def test_hardening_a_substituted_value_that_is_no_number_is_a_problem_not_a_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROCS", "*/10 [")
+    p = _write(tmp_path, "pipelines:\n  w:\n    numprocs: ${PROCS}\n")
+    with pytest.raises(ManifestError) as e:
+        manifest.load(p)
+    (problem,) = e.value.problems
+    assert problem.endswith("/conf/farm.yaml:3: pipelines.w.numprocs: expected a positive integer, got '*/10 ['")
+
+
+def test_hardening_environment_values_are_the_text_as_written(tmp_path):
+    p = _write(tmp_path, "pipelines:\n  w:\n    environment: {FLAG: yes, ZIP: 0123, RATIO: 1.50, EMPTY: }\n")
+    assert dict(manifest.load(p).pipelines["w"].environment) == {
+        "FLAG": "yes", "ZIP": "0123", "RATIO": "1.50", "EMPTY": ""}
+
+
+def test_hardening_an_amqp_connection_without_a_store_is_a_manifest_error(tmp_path):
+    p = _write(tmp_path, """\
+        connections:
+          database: {driver: database}
+          rabbit:
+            driver: amqp
+            url: amqp://guest:guest@127.0.0.1:5672/%2F
+        """)
+    with pytest.raises(ManifestError) as e:
+        manifest.load(p)
+    assert e.value.exit_code == 2
+    (problem,) = e.value.problems
+    assert problem.split("farm.yaml", 1)[1].startswith(":3: connections.rabbit.store: an amqp connection needs")
+
+
+def test_hardening_environment_names_and_values_that_cannot_be_rendered_are_refused(tmp_path):
+    p = _write(tmp_path, """\
+        pipelines:
+          w:
+            environment:
+              1ST: a
+              A-B: b
+              OK_1: "two\\nlines"
+              BOTH: "it's \\"x\\""
+              EDGE: "'quoted'"
+              COMMENT: "a ;b"
+        """)
+    with pytest.raises(ManifestError) as e:
+        manifest.load(p)
+    text = "\n".join(e.value.problems)
+    assert ":4: pipelines.w.environment.1ST: not a variable name" in text
+    assert ":5: pipelines.w.environment.A-B: not a variable name" in text
+    assert ":6: pipelines.w.environment.OK_1: " in text and "line break" in text
+    assert ":7: pipelines.w.environment.BOTH: " in text
+    assert ":8: pipelines.w.environment.EDGE: " in text
+    assert ":9: pipelines.w.environment.COMMENT: " in text
+    assert len(e.value.problems) == 6
