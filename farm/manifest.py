@@ -62,6 +62,15 @@ class Manifest:
     logs_dir: Path
     systemd_dir: Path
     schedule: dict[str, dict[str, Any]] = field(default_factory=dict)
+    variables: tuple[tuple[str, str], ...] = ()   # ${VAR}s the manifest took from the environment
+
+    def worker_environment(self, p: Pipeline) -> list[tuple[str, str]]:
+        """What a rendered worker of `p` gets: FARM_CONFIG, the ${VAR}s as they were when it was
+        rendered (supervisord, systemd and cron do not have the operator's shell), then the
+        pipeline's `environment:`, which wins."""
+        env = {"FARM_CONFIG": "", **dict(self.variables), **dict(p.environment)}
+        env["FARM_CONFIG"] = str(self.path)
+        return list(env.items())
 
     def connection(self, name: str | None = None) -> Connection:
         name = name or self.default
@@ -151,6 +160,7 @@ class _Reader:
         self.problems: list[str] = []
         self.text: dict[str, str] = {}          # each scalar as written (after ${VAR} substitution)
         self.substituted: set[str] = set()      # plain scalars that held a ${VAR}: typed by their key
+        self.used: dict[str, str] = {}           # ${VAR}s whose value came from the environment
 
     def problem(self, key: str, message: str) -> None:
         """Record a problem at `key`'s line, or its nearest parent's when `key` is absent."""
@@ -201,6 +211,7 @@ class _Reader:
                 self.problem(key, f"environment variable {name} is not set (use ${{{name}:-default}})")
                 return ""
             return default
+        self.used[name] = val
         return val
 
 
@@ -240,7 +251,7 @@ class _Builder:
             supervisor_dir=self._path(sup.get("dir", "supervisor")),
             logs_dir=self._path(sup.get("logs", "var/log")),
             systemd_dir=self._path(sysd.get("dir", "systemd")),
-            schedule=schedule,
+            schedule=schedule, variables=tuple(sorted(self.r.used.items())),
         )
 
     def _path(self, value: Any) -> Path:

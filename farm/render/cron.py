@@ -21,7 +21,7 @@ def sh(word: str) -> str:
 
 
 def _environment(m: Manifest, p: Pipeline) -> str:
-    pairs = [("FARM_CONFIG", str(m.path))] + [(k, v) for k, v in p.environment if k != "FARM_CONFIG"]
+    pairs = m.worker_environment(p)
     return " ".join(sh(f"{k}={v}") for k, v in pairs)
 
 

@@ -52,7 +52,7 @@ def env_value(value: str, what: str) -> str:
 
 
 def _environment(m: Manifest, p: Pipeline) -> str:
-    pairs = [("FARM_CONFIG", str(m.path))] + [(k, v) for k, v in p.environment if k != "FARM_CONFIG"]
+    pairs = m.worker_environment(p)
     return ",".join(f"{k}={env_value(v, k)}" for k, v in pairs)
 
 

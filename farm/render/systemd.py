@@ -52,7 +52,7 @@ def working_directory(root: Path) -> str:
 
 
 def service(m: Manifest, exe: Sequence[str], p: Pipeline, head: str) -> str:
-    env = [("FARM_CONFIG", str(m.path))] + [(k, v) for k, v in p.environment if k != "FARM_CONFIG"]
+    env = m.worker_environment(p)
     lines = [
         "[Unit]",
         f"Description=jobfarm worker %i of pipeline {p.name}",

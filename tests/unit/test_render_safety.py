@@ -221,3 +221,26 @@ def test_hardening_files_rendered_from_another_manifest_are_neither_replaced_nor
     assert plan.remove == []
     assert a / "supervisor/conf.d/w.conf" in render.skipped(mb, "/bin/true")
     assert a / "supervisor/conf.d/w.conf" not in plan.write
+
+
+def test_hardening_variables_the_manifest_takes_from_the_environment_reach_rendered_workers(tmp_path, monkeypatch):
+    # Given a manifest whose database URL comes from the environment of the shell that renders it
+    root = tmp_path / "proj"
+    (root / "conf").mkdir(parents=True)
+    (root / "conf" / "farm.yaml").write_text(
+        "connections:\n  main: {driver: database, url: '${FARM_RENDER_DB:-sqlite:///var/default.db}'}\n"
+        "pipelines:\n  w: {queues: [a]}\n  d: {queues: [b], drain: '*/5 * * * *', environment: {FARM_RENDER_DB: own}}\n")
+    monkeypatch.setenv("FARM_RENDER_DB", "sqlite:////srv/it's 100%.db")
+    m = manifest.load(root / "conf" / "farm.yaml")
+    exe = _stub_farmctl(tmp_path / "bin")
+    # When it is rendered
+    render.apply(m, render.plan(m, str(exe)))
+    # Then supervisord's program carries the value it had (cron, too), and a pipeline's own wins
+    (program,) = _supervisord_programs(root / "supervisor" / "supervisord.conf")
+    assert program.environment["FARM_RENDER_DB"] == "sqlite:////srv/it's 100%.db"
+    (line,) = [x for x in (root / "supervisor" / "farm.cron").read_text().splitlines() if "--pipeline d" in x]
+    cp = subprocess.run(["sh", "-c", _as_cron_runs_it(line)], env={"PATH": "/usr/bin:/bin"}, cwd="/", timeout=60)
+    assert cp.returncode == 0
+    assert json.loads((root / "var" / "log" / "d.log").read_text())["env"]["FARM_RENDER_DB"] == "own"
+    unit = (root / "systemd" / "farm-w@.service").read_text()
+    assert "FARM_RENDER_DB=sqlite:////srv/it's 100%%.db" in unit
