@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import click
 
-from . import app, payload
+from . import app, fingerprint, payload
 from .errors import FarmError, ManifestError
 from .log import Log
 
@@ -101,11 +101,12 @@ def work(ctx: click.Context, log_format: str, log_level: str, **flags: Any) -> N
     queue = connect(lambda: app.queue(options.connection), log)
     registry = payload.Registry(manifest.imports)
     _import_all(manifest.imports, log)
+    code = fingerprint.loaded(manifest.imports)
     try:
         store = app.store(options.connection)
     except FarmError:
         store = None
-    ctx.exit(Worker(queue, store, options, registry, log).run())
+    ctx.exit(Worker(queue, store, options, registry, log, code=code).run())
 
 
 def _import_all(modules: tuple[str, ...], log: Log) -> None:
@@ -153,19 +154,6 @@ def push(queue: str | None, connection: str | None, delay: float, document: str)
     app.queue(connection).push([Outgoing(id=doc["id"], queue=doc["queue"], body=payload.dumps(doc),
                                          available_at=time.time() + delay, attempts=int(doc["attempts"]))])
     click.echo(doc["id"])
-
-
-@cli.command()
-@config_option
-def restart() -> None:
-    """Ask every worker on every host to exit after its current job (they are started again)."""
-    m = load_manifest()
-    stores = {id(app.store(c)): app.store(c) for c, conn in m.connections.items() if conn.driver != "sync"
-              and (conn.driver == "database" or conn.store)}
-    now = time.time()
-    for s in stores.values():
-        s.set_stamp("restart", now)
-    click.echo(f"restart requested: workers exit after their current job ({len(stores)} store(s))")
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 from . import app, payload
 from .drivers.base import Outgoing
-from .errors import FarmError, SerializationError
+from .errors import FarmError, PayloadError, SerializationError
 from .jobs import FunctionCall, Job, job_name, option
 
 
@@ -48,6 +48,10 @@ def _outgoing(job: Job, queue: str | None, delay: Any, connection: str | None, t
     if not isinstance(job, Job):
         raise SerializationError(f"dispatch() takes a farm.Job, got {type(job).__name__}")
     doc = build(job, queue=queue, tries=tries, backoff=backoff, timeout=timeout, dispatched_at=stamp)
+    try:
+        payload.check_shape(doc)        # refuse here what a worker would fail (a bad queue, tries=-1)
+    except PayloadError as e:
+        raise SerializationError(f"{doc['job']}: {e}") from None
     own = _defaults(job)
     delay = delay if delay is not None else own["delay"]
     out = Outgoing(id=doc["id"], queue=doc["queue"], body=payload.serialize(doc, own["owner"]),

@@ -148,7 +148,7 @@ def check_shape(doc: Any) -> None:
             continue
         values = value if isinstance(value, list) else [value]
         if not isinstance(value, kinds) or not all(_in_range(v, low) for v in values) or len(values) > 1000:
-            raise PayloadError(f"the job document's {key!r} has the wrong type or range: {str(value)[:100]}")
+            raise PayloadError(f"the job document's {key!r} has the wrong type or range: {repr(value)[:100]}")
     if doc.get("queue") == "" or len(doc.get("queue") or "") > 191:
         raise PayloadError("'queue' must be 1 to 191 characters")
     if doc.get("retry_until") is not None:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 
 import click
 
-from .. import app
+from .. import app, fingerprint
 from ..cli import cli, config_option, load_manifest
 from ..drivers.base import FailedJob
 from ..errors import FarmError, UnknownJob
@@ -227,6 +227,17 @@ def status_doc() -> dict[str, Any]:
                     agg[k] = None          # unknown (amqp cannot count unacked messages)
                 else:
                     agg[k] += v
+    code = fingerprint.on_disk(m.imports, m.root)
+    from ..supervisor_client import process_states
+
+    return {"queues": queues, "connections": per_conn, "workers": _workers(code), "code": code,
+            "supervisor": process_states(m)}
+
+
+def _workers(code: str) -> list[dict[str, Any]]:
+    """Every worker's last heartbeat; `lost` when silent past retry_after, `stale` when the code
+    it runs is not the code on disk (`code` is that fingerprint)."""
+    m = app.manifest()
     workers = []
     now = time.time()
     for conn_name, s in _stores():
@@ -235,10 +246,41 @@ def status_doc() -> dict[str, Any]:
             w["lost"] = now - w["heartbeat"] > retry_after
             if w["lost"]:
                 w["state"] = "lost"
+            w["stale"] = w.get("code") != code
             workers.append(w)
-    from ..supervisor_client import process_states
+    return workers
 
-    return {"queues": queues, "connections": per_conn, "workers": workers, "supervisor": process_states(m)}
+
+@cli.command()
+@click.option("--wait", is_flag=True, help="Return once every live worker runs the code on disk.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=300, show_default=True,
+              help="With --wait: give up after this many seconds (exit 1, stragglers listed).")
+@config_option
+def restart(wait: bool, timeout: float) -> None:
+    """Ask every worker on every host to exit after its current job (they are started again)."""
+    m = load_manifest()
+    stores = _stores()
+    now = time.time()
+    for _, s in stores:
+        s.set_stamp("restart", now)
+    click.echo(f"restart requested: workers exit after their current job ({len(stores)} store(s))")
+    if not wait:
+        return
+    code = fingerprint.on_disk(m.imports, m.root)
+    deadline = time.monotonic() + timeout
+    while True:
+        live = [w for w in _workers(code) if not w["lost"]]
+        stragglers = [w for w in live if w["stale"]]
+        if not stragglers:
+            click.echo(f"{len(live)} live worker(s) run code {code}")
+            return
+        if time.monotonic() >= deadline:
+            for w in stragglers:
+                click.echo(f"still on {w.get('code') or 'unknown code'}: {w.get('host')} pid {w.get('pid')} "
+                           f"({w.get('pipeline') or 'no pipeline'}, {w.get('state')})", err=True)
+            raise FarmError(f"{len(stragglers)} of {len(live)} live worker(s) not on code {code} "
+                            f"after {timeout:g}s")
+        time.sleep(0.5)
 
 
 def status_view(doc: dict[str, Any]) -> Any:
@@ -253,13 +295,14 @@ def status_view(doc: dict[str, Any]) -> Any:
             q.add_row(conn, name, *("-" if c[k] is None else str(c[k])
                                     for k in ("ready", "delayed", "reserved", "failed")))
     w = Table(title="workers", title_justify="left", box=None)
-    for col in ("host", "pid", "pipeline", "state", "job", "for", "done", "rss", "heartbeat"):
+    for col in ("host", "pid", "pipeline", "state", "job", "for", "done", "rss", "heartbeat", "code"):
         w.add_column(col)
     now = time.time()
     for x in doc["workers"]:
         w.add_row(str(x.get("host")), str(x.get("pid")), x.get("pipeline") or "-", x.get("state") or "-",
                   x.get("job") or "-", f"{x['job_seconds']:.0f}s" if x.get("job_seconds") is not None else "-",
-                  str(x.get("done")), f"{x.get('rss_mb')}MB", f"{now - x['heartbeat']:.0f}s ago")
+                  str(x.get("done")), f"{x.get('rss_mb')}MB", f"{now - x['heartbeat']:.0f}s ago",
+                  "STALE" if x.get("stale") else "current")
     parts: list[Any] = [q, w]
     if doc["supervisor"] is None:
         parts.append("supervisord: not reachable")

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 from .. import waker
-from ..errors import DriverUnavailable, FarmError
+from ..errors import DriverUnavailable, FarmError, SerializationError
 from ..manifest import Connection
 from . import dbapi, pgacks, sql
 from .base import FailedJob, Outgoing, Reserved
@@ -42,6 +42,7 @@ class DatabaseQueue:
         self._lock = threading.Lock()
         self._poll = 0.01
         self._errors = dbapi.errors(self.target)
+        self._any_error = dbapi.any_error(self.target)
         self._ensure_schema()
 
     # -- connections -------------------------------------------------------------------
@@ -76,13 +77,18 @@ class DatabaseQueue:
             with conn.cursor() as cur:
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
 
-    def _drop(self) -> None:
-        """Forget this thread's connections after an error; the next call reconnects."""
+    def _drop(self, role: str | None = None) -> None:
+        """Forget this thread's connection for `role` (all of them: None) after an error; the
+        next call reconnects. Only this thread's: the heart's trouble never drops the worker's."""
         state = self._local.__dict__
-        for conn in list(state.values()):
-            if hasattr(conn, "close") and hasattr(conn, "cursor"):
+        roles = [role] if role else [r for r, c in state.items() if hasattr(c, "cursor")]
+        for r in roles:
+            conn = state.pop(r, None)
+            state.get("cursors", {}).pop(r, None)
+            if conn is not None:
                 _close_quietly(conn)
-        state.clear()          # this thread's only: the heart's trouble never drops the worker's
+            if r == "acks":
+                state.pop("ack_pipeline", None)
 
     @contextmanager
     def _cursor(self, role: str = "durable", tx: bool = False) -> Iterator[Any]:
@@ -104,10 +110,12 @@ class DatabaseQueue:
                     except Exception:
                         pass
                 raise
-        except self._dbapi_errors() as e:
-            if _is_disconnect(e, self.dialect):
-                self._drop()
+        except self._any_error as e:     # never a driver's own exception past this point
+            if isinstance(e, self._errors) and _is_disconnect(e, self.dialect):
+                self._drop(role)
                 raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)}") from e
+            if isinstance(e, UnicodeEncodeError):
+                raise SerializationError(f"connection {self.name!r}: a value cannot be stored: {e}") from e
             raise FarmError(f"connection {self.name!r}: {_first_line(e)}") from e
 
     def _cursors(self) -> dict[str, Any]:
@@ -126,11 +134,10 @@ class DatabaseQueue:
         try:
             acks.send(int(row_id), self.token)
         except self._errors as e:
-            self._drop()
-            raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)}") from e
-
-    def _dbapi_errors(self) -> tuple[type[BaseException], ...]:
-        return self._errors
+            pending = acks.pending
+            self._drop("acks")
+            raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)} "
+                                    f"({pending} pipelined ack(s) unconfirmed)") from e
 
     def _ensure_schema(self) -> None:
         """Create the tables (and the PostgreSQL trigger) unless they all exist; safe when racing."""
@@ -278,7 +285,7 @@ class DatabaseQueue:
                 while pg.notifies() is not None:
                     pass
         except self._errors as e:
-            self._drop()
+            self._drop("listener")
             raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)}") from e
 
     def renew(self, jobs: Sequence[Reserved]) -> None:
@@ -307,14 +314,15 @@ class DatabaseQueue:
             for job in jobs:
                 cur.execute(self.sql.give_back, (now, job.handle, self.token))
 
-    def fail(self, job: Reserved, body: str, error: str) -> None:
-        """Move the job to the failed table, if this worker still holds it."""
+    def fail(self, job: Reserved, body: str, error: str) -> bool:
+        """Move the job to the failed table; False if this worker no longer holds it."""
         with self._cursor(tx=True) as cur:
             cur.execute(self.sql.ack, (job.handle, self.token))
             if cur.rowcount != 1:
-                return          # its reservation lapsed and another worker has it now
+                return False    # its reservation lapsed and another worker has it now
             cur.execute(self.sql.delete_failed, (job.id,))
             cur.execute(self.sql.insert_failed, (job.id, self.name, job.queue, body, error, time.time()))
+        return True
 
     def counts(self) -> dict[str, dict[str, int]]:
         now = time.time()
@@ -452,7 +460,10 @@ def _is_disconnect(e: BaseException, dialect: str) -> bool:
     if dialect == "mysql":
         code = e.args[0] if e.args and isinstance(e.args[0], int) else 0
         return code in (2003, 2006, 2013, 2055, 1927, 1053) or "connect" in text
-    return True   # psycopg OperationalError/InterfaceError: the connection is gone or unusable
+    # psycopg: no SQLSTATE (the client lost the socket), class 08 (connection exception), the
+    # server shutting down or full; a deadlock or a statement timeout is not a disconnect
+    state = getattr(e, "sqlstate", None)
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03", "53300")
 
 
 def _is_refused(e: BaseException | None) -> bool:

@@ -77,6 +77,11 @@ def connect(target: Target, autocommit: bool = True) -> Any:
     if target.dialect == "sqlite":
         return mod.connect(target.kwargs["database"], timeout=60, isolation_level=None,
                            check_same_thread=False)
+    if target.dialect == "mysql":       # UPDATE's rowcount is rows matched, as on the others
+        from pymysql.constants import CLIENT
+
+        return mod.connect(autocommit=autocommit, connect_timeout=10, client_flag=CLIENT.FOUND_ROWS,
+                           **target.kwargs)
     return mod.connect(autocommit=autocommit, connect_timeout=10, **target.kwargs)
 
 
@@ -90,9 +95,14 @@ def sqlalchemy_engine(target: Target) -> Any:
 
 
 def errors(target: Target) -> tuple[type[BaseException], ...]:
-    """The DBAPI errors that mean the server or the connection is in trouble."""
+    """The DBAPI errors that may mean the server or the connection is in trouble."""
     mod = target.module
     return (mod.OperationalError, mod.InterfaceError)
+
+
+def any_error(target: Target) -> tuple[type[BaseException], ...]:
+    """Every error the DBAPI module raises (its `Error`), and a string it cannot encode."""
+    return (target.module.Error, UnicodeEncodeError)
 
 
 def _hide(url: str) -> str:

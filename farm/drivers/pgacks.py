@@ -50,14 +50,14 @@ class PipelinedAcks:
 
     def close(self) -> int:
         """Settle and forget the connection; returns the acks whose reply never came."""
-        unsettled = 0
-        if self._pg is not None and not self._pg.status:    # status 0: CONNECTION_OK
-            try:
+        if self._pg is None:
+            return 0
+        try:
+            if not self._pg.status:                  # status 0: CONNECTION_OK
                 self.settle()
-                unsettled = self.pending
-            finally:
-                self.reset()
-        return unsettled
+            return self.pending
+        finally:
+            self.reset()
 
     def reset(self) -> None:
         """Forget the connection (the driver closes it); unread acks may or may not have committed."""

@@ -76,12 +76,14 @@ class Queries:
         self.insert = q(f"INSERT INTO {j} (uuid, queue, payload, attempts, available_at, created_at) "
                         "VALUES (%s, %s, %s, %s, %s, %s)")
         self.copy = f"COPY {j} (uuid, queue, payload, attempts, available_at, created_at) FROM STDIN"
-        # sqlite (3.35+) and postgres claim in one atomic statement; RETURNING order is unspecified
+        # sqlite (3.35+) and postgres claim in one atomic statement; RETURNING order is unspecified.
+        # sqlite hands the payload over as bytes: a row another program wrote with bytes that are
+        # not UTF-8 must reach the worker (which fails it), not break the claim of its batch
         self.claim_returning = q(
             f"UPDATE {j} SET available_at = %s, reserved_by = %s, attempts = attempts + 1 "
             f"WHERE id IN (SELECT id FROM {j} WHERE queue = %s AND available_at <= %s "
             f"ORDER BY available_at, id LIMIT %s{' FOR UPDATE SKIP LOCKED' if dialect == 'postgresql' else ''}) "
-            "RETURNING id, uuid, payload, attempts")
+            f"RETURNING id, uuid, {'CAST(payload AS BLOB)' if dialect == 'sqlite' else 'payload'}, attempts")
         # mariadb has no UPDATE ... RETURNING: select with SKIP LOCKED, then update, in one transaction
         self.claim_select = (f"SELECT id, uuid, payload, attempts FROM {j} WHERE queue = %s AND available_at <= %s "
                              "ORDER BY available_at, id LIMIT %s FOR UPDATE SKIP LOCKED")

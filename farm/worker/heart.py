@@ -90,7 +90,7 @@ class Heart(threading.Thread):
                 "job": attempt.doc.get("job") if attempt and attempt.doc else None,
                 "job_id": attempt.reserved.id if attempt else None,
                 "job_seconds": round(time.monotonic() - attempt.started, 1) if attempt else None,
-                "done": w.done, "rss_mb": round(self.rss_mb, 1), "started": w.started_wall}
+                "done": w.done, "rss_mb": round(self.rss_mb, 1), "started": w.started_wall, "code": w.code}
 
     def watchdog(self, now: float) -> None:
         w = self.worker

@@ -39,8 +39,9 @@ class Batch:
 
 class Worker:
     def __init__(self, queue: Any, store: Any, options: WorkerOptions, registry: payload.Registry,
-                 log: Log) -> None:
+                 log: Log, code: str = "") -> None:
         self.queue = queue
+        self.code = code                   # fingerprint of the job code (farm.fingerprint)
         self.store = store
         self.options = options
         self.log = log
@@ -58,28 +59,20 @@ class Worker:
 
     def holding(self) -> list[Any]:
         current = self.runner.current
-        return ([current.reserved] if current else []) + list(self.held)
+        return ([current.reserved] if current else []) + list(self.held) + list(self.runner.unacked)
 
     def run(self) -> int:
         """Work until a stop reason; return the exit status."""
         o = self.options
         self.log.info("worker.start", connection=o.connection, queues=",".join(o.queues), pipeline=o.pipeline,
                       timeout=o.timeout, tries=o.tries, max_jobs=o.max_jobs or None,
-                      max_time=o.max_time or None, memory=o.memory or None)
+                      max_time=o.max_time or None, memory=o.memory or None, code=self.code or None)
         self.heart.start()
-        with signals.installed(self.lifecycle):
-            reason = self._loop()
-        self.heart.stop()
-        self._release_held()
-        if self.store is not None:
-            try:
-                self.store.forget_worker(self.worker_id)
-            except DriverUnavailable:
-                pass
         try:
-            self.queue.close()          # settles pending acks; amqp hands prefetched jobs back
-        except FarmError as e:
-            self.log.warning("worker.close", error=str(e))
+            with signals.installed(self.lifecycle):
+                reason = self._loop()
+        finally:
+            self._shut_down()
         self.log.info("worker.stop", reason=reason.value, signal=self.lifecycle.stop_signal,
                       done=self.done, seconds=round(time.monotonic() - self.lifecycle.started, 3))
         if reason.recycles:
@@ -112,10 +105,14 @@ class Worker:
                 suspend()
             waker.wait(1.0)
             return None
+        if self.runner.unacked:
+            self.runner.ack_again()
         if not self.held:
             wait = 0.0 if self.options.stop_when_empty else min(self.options.sleep, 1.0)
             self.held = self.queue.reserve(self.options.queues, self.batch.size(), wait)
             self.failures = 0
+            if self.lifecycle.stop_signal is not None:
+                return None             # stopped while waiting: what came is handed back
             if not self.held:
                 return StopReason.EMPTY if (self.options.stop_when_empty or self.options.once) else None
         reserved = self.held.pop(0)
@@ -155,6 +152,25 @@ class Worker:
                          detail="its connection was lost; the broker has requeued it")
         return True
 
+    def _shut_down(self) -> None:
+        """Whatever ended the loop: hand back, say goodbye, settle the acks, close."""
+        self.heart.stop()
+        self._release_held()
+        try:
+            self.runner.ack_again()
+        except FarmError as e:
+            self.log.warning("worker.ack_failed", jobs=len(self.runner.unacked), error=str(e),
+                             detail="they run again after retry_after")
+        if self.store is not None:
+            try:
+                self.store.forget_worker(self.worker_id)
+            except FarmError:
+                pass
+        try:
+            self.queue.close()          # settles pending acks; amqp hands prefetched jobs back
+        except FarmError as e:
+            self.log.warning("worker.close", error=str(e))
+
     def _release_held(self) -> None:
         """Hand back claimed jobs not started (and an abandoned one): ready again at once."""
         if not self.held:
@@ -162,7 +178,7 @@ class Worker:
         try:
             self.queue.give_back(self.held)
             self.held = []
-        except DriverUnavailable as e:
+        except FarmError as e:
             self.log.warning("worker.give_back", jobs=len(self.held), error=str(e),
                              detail="they are handed out again after retry_after")
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import payload
-from ..errors import Abandon, JobTimeout, MaxAttemptsExceeded, PayloadError
+from ..errors import Abandon, FarmError, JobTimeout, MaxAttemptsExceeded, PayloadError
 from ..jobs import Job, instantiate, option
 from ..log import Log
 from . import retry
@@ -42,6 +42,7 @@ class Runner:
         self.log = log
         self.lifecycle = lifecycle
         self.current: Attempt | None = None
+        self.unacked: list[Any] = []       # finished jobs whose ack failed: acked again later
         self._settling = threading.Lock()
 
     def prepare(self, reserved: Any) -> Attempt | None:
@@ -86,7 +87,7 @@ class Runner:
             return self.settle(attempt, exc)
         outcome = getattr(job, "_farm_outcome", None)
         if outcome is None:
-            self.queue.ack(r)
+            self._ack(r)
             self.log.info("job.done", id=r.id, job=attempt.doc["job"], queue=r.queue, attempt=r.attempts,
                           ms=round((time.monotonic() - attempt.started) * 1000, 3))
             return "done"
@@ -109,9 +110,24 @@ class Runner:
         except Abandon:
             if not returned:
                 raise
-        except (Exception, JobTimeout, SystemExit) as exc:
+        except BaseException as exc:    # JobTimeout, SystemExit, asyncio's CancelledError, ...
             return None if returned else exc
         return None
+
+    def _ack(self, r: Any) -> None:
+        """Ack a finished job; if that fails it is kept (and renewed) to be acked again, never
+        run again or failed: acks match the worker's token, so a second one is harmless."""
+        try:
+            self.queue.ack(r)
+        except FarmError as e:
+            self.unacked.append(r)
+            self.log.warning("job.ack_failed", id=r.id, error=str(e), detail="acked again when it can be")
+
+    def ack_again(self) -> None:
+        """Retry the acks that failed (DriverUnavailable goes up while the database is away)."""
+        while self.unacked:
+            self.queue.ack(self.unacked[0])
+            self.unacked.pop(0)
 
     def _own(self, attempt: Attempt) -> None:
         """Settle from the main thread, unless the watchdog got there first: it is settling the
@@ -156,12 +172,15 @@ class Runner:
             return "released" if release_delay is not None else "retried"
         if exc is None:
             exc = MaxAttemptsExceeded(f"released {r.attempts} times: {decision.reason}")
-        self.queue.fail(r, body, _describe(exc))
+        if self.queue.fail(r, body, _describe(exc)) is False:
+            self.log.error("job.lost", id=r.id, job=doc["job"], queue=r.queue,
+                           detail="its reservation lapsed and another worker holds it; not failed here")
+            return "lost"
         self.log.error("job.failed", id=r.id, job=doc["job"], queue=r.queue, attempt=r.attempts,
                        reason=decision.reason, error=_summary(exc))
         try:
             job.failed(exc)
-        except Exception as hook_exc:
+        except BaseException as hook_exc:
             self.log.error("job.failed_hook_raised", id=r.id, error=_summary(hook_exc))
         return "failed"
 

@@ -245,3 +245,80 @@ def test_issue_12_a_clean_exit_leaves_no_acked_job_behind_on_postgresql(make_far
     with f.queue()._cursor() as cur:
         cur.execute(f"SELECT COUNT(*) FROM {f.queue().config.table}")
         assert cur.fetchone()[0] == 0
+
+
+def test_issue_12_a_row_that_is_not_utf8_is_failed_and_its_batch_still_runs_on_sqlite(make_farm):
+    f = make_farm("sqlite")
+    farm.dispatch_many([Record(str(f.out), str(i)) for i in range(3)])
+    table = f.queue().config.table
+    db = sqlite3.connect(str(f.tmp / "farm.db"))
+    db.execute(f"INSERT INTO {table} (uuid, queue, payload, attempts, available_at, created_at) "
+               "VALUES ('not-utf8', 'default', CAST(x'ff7b22' AS TEXT), 0, 0, 0)")
+    db.commit()
+    db.close()
+    cp = f.farmctl("work", "--stop-when-empty", timeout=60)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    assert sorted(x.split()[0] for x in f.lines()) == ["0", "1", "2"]
+    (entry,) = f.store().failed()
+    assert entry.id == "not-utf8" and entry.exception.startswith("PayloadError: ")
+
+
+def test_issue_12_a_job_raising_a_base_exception_is_failed_and_the_worker_goes_on(make_farm):
+    from testjobs import RaisesBaseException
+
+    f = make_farm("sqlite")
+    jid = farm.dispatch(RaisesBaseException(str(f.out)))
+    farm.dispatch(Record(str(f.out), "next"))
+    cp = f.farmctl("work", "--stop-when-empty", timeout=60)
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    assert [x.split()[0] for x in f.lines()] == ["attempt", "failed", "next"]
+    assert [e.id for e in f.store().failed()] == [jid]
+    assert f.store().failed()[0].exception.startswith("CancelledError: cancelled inside the job")
+
+
+@pytest.mark.parametrize("backend", DB_BACKENDS)
+def test_issue_12_dispatch_refuses_what_the_database_cannot_store_with_a_farm_error(make_farm, backend):
+    make_farm(backend)
+    for bad in ("x" * 300, "q\udcff"):
+        with pytest.raises(farm.FarmError):
+            farm.dispatch(Record("/dev/null", "t"), queue=bad)
+
+
+@pytest.mark.parametrize("backend", DB_BACKENDS)
+def test_issue_12_a_worker_whose_reservation_was_taken_does_not_fail_the_job_nor_call_its_hook(make_farm, backend):
+    from farm import payload
+    from farm.drivers.database import DatabaseQueue
+    from farm.log import Log
+    from farm.worker.lifecycle import Lifecycle
+    from farm.worker.options import WorkerOptions
+    from farm.worker.retry import Decision
+    from farm.worker.runner import Runner
+    from testjobs import GivesUp
+
+    # Given a job whose first worker's reservation lapsed and a second worker now holds
+    f = make_farm(backend, retry_after=1)
+    farm.dispatch(GivesUp(str(f.out)))
+    first = DatabaseQueue(f.app.connection("main"))
+    second = DatabaseQueue(f.app.connection("main"))
+    (mine,) = first.reserve(["default"], 1, 0)
+    (theirs,) = f.wait_for(lambda: second.reserve(["default"], 1, 0), timeout=10, what="the lapse")
+    options = WorkerOptions(connection="main")
+    runner = Runner(first, payload.Registry(["testjobs"]), options, Log(level="error"),
+                    Lifecycle(options, time.monotonic()))
+    # When the first worker fails it late
+    outcome = runner.settle(runner.prepare(mine), RuntimeError("late"), decided=Decision(False, reason="t"))
+    # Then nothing is failed, no hook runs, and the second worker still holds it
+    assert outcome == "lost" and f.lines() == [] and f.store().failed() == []
+    assert f.queue().counts()["default"]["reserved"] == 1
+    second.ack(theirs)
+    second.close()                  # settles PostgreSQL's pipelined ack
+    first.close()
+    assert f.queue().counts().get("default", {}).get("reserved", 0) == 0
+
+
+def test_issue_12_setting_a_stamp_twice_to_the_same_value_works_on_mariadb(make_farm):
+    f = make_farm("mysql")
+    store = f.store()
+    store.set_stamp("restart", 1.0)
+    store.set_stamp("restart", 1.0)
+    assert store.stamp("restart") == 1.0

@@ -179,3 +179,24 @@ def test_issue_12_the_watchdog_never_settles_an_attempt_the_main_thread_is_settl
     heart.watchdog(time.monotonic())              # stuck past its timeout: the watchdog settles it
     assert exits == [1] and q.calls == [("fail", "JobTimeout: the job ran past its timeout of 1s")]
     assert not runner.claim(other, "main")        # and the main thread never does
+
+
+def test_issue_12_a_finished_job_whose_ack_fails_is_kept_and_acked_again_never_failed(tmp_path):
+    from testjobs import Record
+
+    runner, q = _runner()
+    acks = {"left_to_fail": 1}
+
+    def ack(job):
+        if acks["left_to_fail"]:
+            acks["left_to_fail"] -= 1
+            raise farm.DriverUnavailable("the database went away")
+        q.calls.append(("ack", job.id))
+
+    q.ack = ack
+    job = Record(str(tmp_path / "out"), "t")
+    attempt = Attempt(Reserved("j1", "default", json.dumps(_doc()), 1), _doc(), job, 10.0, time.monotonic())
+    assert runner.run(attempt) == "done"
+    assert q.calls == [] and [r.id for r in runner.unacked] == ["j1"]
+    runner.ack_again()
+    assert q.calls == [("ack", "j1")] and runner.unacked == []

@@ -1,0 +1,58 @@
+"""Which code a worker runs: jobfarm's version and a hash of the `imports:` modules' files.
+
+A worker takes its fingerprint once, right after it imported the modules; `farmctl status`
+and `restart --wait` take the fingerprint of the files on disk now and compare. Only the
+files of the modules listed under `imports:` count (not what those modules import in turn):
+list the modules whose changes must recycle the farm.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from . import __version__
+
+
+def of_files(paths: Iterable[tuple[str, str | None]]) -> str:
+    """`<version>:<12 hex>` over (module, file) pairs; a module without a file counts by name."""
+    digest = hashlib.sha256()
+    for module, path in sorted(paths, key=lambda p: p[0]):
+        digest.update(module.encode() + b"\0")
+        if path:
+            try:
+                digest.update(Path(path).read_bytes())
+            except OSError:
+                digest.update(b"<unreadable>")
+        digest.update(b"\0")
+    return f"{__version__}:{digest.hexdigest()[:12]}"
+
+
+def loaded(modules: Iterable[str]) -> str:
+    """The fingerprint of the modules as this process imported them."""
+    return of_files((m, getattr(sys.modules.get(m), "__file__", None)) for m in modules)
+
+
+def on_disk(modules: Iterable[str], root: Path) -> str:
+    """The fingerprint a worker started now would report (the modules are located, not run)."""
+    added = str(root) not in sys.path
+    if added:
+        sys.path.insert(0, str(root))
+    try:
+        return of_files((m, _origin(m)) for m in modules)
+    finally:
+        if added:
+            sys.path.remove(str(root))
+
+
+def _origin(module: str) -> str | None:
+    loaded_module = sys.modules.get(module)
+    if loaded_module is not None:
+        return getattr(loaded_module, "__file__", None)
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    return spec.origin if spec is not None and spec.has_location else None
