@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
@@ -34,16 +36,42 @@ def need_server(what: str, check: Callable[[], Any]) -> None:
         pytest.skip(msg)
 
 
+def _url(url: str) -> Any:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url)
+
+
+def pg_conninfo() -> str:
+    """FARM_TEST_PG as a libpq URI, for psycopg.connect() and `psql`."""
+    return _url(PG_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def mysql_params() -> dict[str, Any]:
+    """FARM_TEST_MYSQL as pymysql.connect() keyword arguments."""
+    u = _url(MY_URL)
+    params = {"host": u.host or "127.0.0.1", "port": u.port or 3306, "user": u.username or "root",
+              "password": u.password or "", "database": u.database}
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def mysql_cli() -> list[str]:
+    """The `mysql` client's arguments for FARM_TEST_MYSQL (the database last)."""
+    p = mysql_params()
+    return (["mysql", "-h", str(p["host"]), "-P", str(p["port"]), "-u", p["user"]]
+            + ([f"-p{p['password']}"] if p["password"] else []) + [p.get("database", "test")])
+
+
 def _check_pg() -> None:
     import psycopg
 
-    psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", connect_timeout=3).close()
+    psycopg.connect(pg_conninfo(), connect_timeout=3).close()
 
 
 def _check_mysql() -> None:
     import pymysql
 
-    pymysql.connect(host="127.0.0.1", port=3306, user="root", database="test", connect_timeout=3).close()
+    pymysql.connect(connect_timeout=3, **mysql_params()).close()
 
 
 def _check_amqp() -> None:
@@ -57,14 +85,44 @@ BACKENDS = DB_BACKENDS + ["amqp"]
 VHOSTS: list[str] = []
 
 
+def _check_vhosts() -> None:
+    """Vhosts are made with `rabbitmqctl`, which talks to the broker on this host only.
+
+    A vhost per test keeps tests (and other people's runs on the same broker) from taking each
+    other's messages, since every test uses plain queue names such as `default`. AMQP itself
+    cannot create a vhost and this broker has no management (HTTP) API, so a FARM_TEST_AMQP on
+    another host is refused here (skipped locally, a failure under CI=true) rather than run in a
+    shared vhost.
+    """
+    import ipaddress
+    import socket
+
+    import pika
+
+    host = pika.URLParameters(AMQP_URL).host
+    if not ipaddress.ip_address(socket.getaddrinfo(host, None)[0][4][0]).is_loopback:
+        raise RuntimeError(f"FARM_TEST_AMQP names {host}: vhosts for the tests are made with the local "
+                           "rabbitmqctl, so the broker must run on this host")
+    if shutil.which("rabbitmqctl") is None:
+        raise RuntimeError("rabbitmqctl is not on PATH (it makes a vhost per test)")
+
+
 def new_vhost() -> str:
     """A RabbitMQ vhost of the test's own, so its queues start empty (deleted after the test)."""
+    need_server("RabbitMQ vhosts", _check_vhosts)
     name = "farm_" + uuid.uuid4().hex[:10]
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, capture_output=True, timeout=60)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
-                   check=True, capture_output=True, timeout=60)
     VHOSTS.append(name)
+    user = pika_user()
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", name, user, ".*", ".*", ".*"],
+                   check=True, capture_output=True, timeout=60)
     return name
+
+
+def pika_user() -> str:
+    import pika
+
+    return pika.URLParameters(AMQP_URL).credentials.username
 
 
 def drop_vhosts() -> None:
@@ -72,9 +130,24 @@ def drop_vhosts() -> None:
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", VHOSTS.pop()], capture_output=True, timeout=60)
 
 
-def connection_yaml(backend: str, tmp: Path, name: str) -> str:
-    """The `connections:` entry for a backend, with tables unique to this test."""
+def amqp_url(vhost: str) -> str:
+    """FARM_TEST_AMQP with its vhost replaced by `vhost`."""
+    parts = urlsplit(AMQP_URL)
+    return urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
+
+
+def connection_yaml(backend: str, tmp: Path, name: str, retry_after: float = 90, heartbeat: int | None = None) -> str:
+    """The `connections:` entry for a backend, with tables (or a vhost) unique to this test.
+
+    `retry_after` applies to every driver: on amqp it is not a redelivery timer but still sets
+    how often the worker's heart runs and when `status` calls a silent worker lost.
+    `heartbeat` is the broker heartbeat, so only amqp takes it.
+    """
+    if heartbeat is not None and backend != "amqp":
+        raise ValueError(f"heartbeat= is an amqp setting; the {backend} backend has none")
     suffix = uuid.uuid4().hex[:8]
+    if backend == "sync":
+        return f"{name}: {{driver: sync}}\n"
     if backend == "sqlite":
         url = f"sqlite:///{tmp}/farm.db"
     elif backend == "postgresql":
@@ -85,12 +158,12 @@ def connection_yaml(backend: str, tmp: Path, name: str) -> str:
         url = MY_URL
     elif backend == "amqp":
         need_server("RabbitMQ", _check_amqp)
-        vhost = new_vhost()
         return textwrap.dedent(f"""\
           {name}:
             driver: amqp
-            url: {AMQP_URL.rsplit("/", 1)[0]}/{vhost}
-            heartbeat: {{heartbeat}}
+            url: {amqp_url(new_vhost())}
+            heartbeat: {60 if heartbeat is None else heartbeat}
+            retry_after: {retry_after}
             store: store
           store:
             driver: database
@@ -106,7 +179,7 @@ def connection_yaml(backend: str, tmp: Path, name: str) -> str:
         url: {url}
         table: t{suffix}
         failed_table: f{suffix}
-        retry_after: {{retry_after}}
+        retry_after: {retry_after}
     """)
 
 
@@ -114,13 +187,12 @@ class Farm:
     """A manifest in a temp dir and helpers to dispatch, run workers and read results."""
 
     def __init__(self, tmp: Path, backend: str, retry_after: float = 90, extra: str = "",
-                 heartbeat: int = 60) -> None:
+                 heartbeat: int | None = None) -> None:
         self.tmp = tmp
         self.backend = backend
         self.out = tmp / "out.txt"
         (tmp / "conf").mkdir(exist_ok=True)
-        conn = connection_yaml(backend, tmp, "main").replace("{retry_after}", str(retry_after)).replace(
-            "{heartbeat}", str(heartbeat))
+        conn = connection_yaml(backend, tmp, "main", retry_after=retry_after, heartbeat=heartbeat)
         self.manifest = tmp / "conf" / "farm.yaml"
         self.manifest.write_text(
             "imports: [testjobs]\ndefault: main\nconnections:\n" + textwrap.indent(conn, "  ")

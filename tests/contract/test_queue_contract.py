@@ -1,4 +1,10 @@
-"""One driver contract, run against every backend on this machine (the real servers)."""
+"""One driver contract, run against every backend on this machine (the real servers).
+
+`farm_` runs a test on every queue backend; `db_farm` on the database dialects only, for what
+depends on retry_after (AMQP redelivers when a connection dies, never by time: tested with
+SIGKILL in the integration suite); `any_farm` adds the `sync` driver, whose push runs the job
+at once, so it only meets the parts of the contract about an empty queue.
+"""
 from __future__ import annotations
 
 import json
@@ -8,12 +14,25 @@ import uuid
 
 import pytest
 
-from conftest import BACKENDS
+from conftest import BACKENDS, DB_BACKENDS
 from farm.drivers.base import FailedJob, Outgoing
+
+EPS = 0.02          # clock granularity: a wait or a delay may end this much early, never more
+SLACK = 1.5         # how much later than asked a wait may end on a loaded 2-core machine
 
 
 @pytest.fixture(params=BACKENDS)
 def farm_(request, make_farm):
+    return make_farm(request.param, retry_after=2)
+
+
+@pytest.fixture(params=DB_BACKENDS)
+def db_farm(request, make_farm):
+    return make_farm(request.param, retry_after=2)
+
+
+@pytest.fixture(params=BACKENDS + ["sync"])
+def any_farm(request, make_farm):
     return make_farm(request.param, retry_after=2)
 
 
@@ -26,6 +45,26 @@ def doc(queue: str = "default", tag: str = "x", attempts: int = 0) -> Outgoing:
 
 def later(o: Outgoing, seconds: float) -> Outgoing:
     return Outgoing(id=o.id, queue=o.queue, body=o.body, available_at=time.time() + seconds)
+
+
+def job_doc(job: str, data: dict, queue: str = "default") -> Outgoing:
+    jid = str(uuid.uuid4())
+    body = json.dumps({"v": 1, "id": jid, "job": job, "data": data, "queue": queue, "attempts": 0})
+    return Outgoing(id=jid, queue=queue, body=body, available_at=time.time())
+
+
+def row(f, jid: str):
+    """The job's row as stored (every column), or None: read beside the queue under test."""
+    from farm import app
+
+    table = app.manifest().connections["main"].table
+    q = f.queue()
+    sql = f"SELECT id, uuid, queue, payload, attempts, available_at, reserved_by FROM {table} WHERE uuid = %s"
+    with q._cursor() as cur:
+        cur.execute(sql.replace("%s", "?") if q.dialect == "sqlite" else sql, (jid,))
+        rows = cur.fetchall()
+    assert len(rows) <= 1, rows
+    return tuple(rows[0]) if rows else None
 
 
 def drain(q, queues=("default",), limit=100, wait=0.5):
@@ -50,11 +89,16 @@ def test_a_pushed_job_is_reserved_once_with_its_body_and_first_attempt(farm_):
     assert q.reserve(["default"], 10, 0.2) == []
 
 
-def test_an_empty_queue_returns_nothing_within_the_wait(farm_):
-    q = farm_.queue()
+def test_an_empty_queue_returns_nothing_after_waiting_out_the_wait(any_farm):
+    # Given an empty queue
+    q = any_farm.queue()
+    # When a consumer reserves with a wait
     t = time.monotonic()
-    assert q.reserve(["default"], 10, 0.3) == []
-    assert time.monotonic() - t < 2.0
+    got = q.reserve(["default"], 10, 0.5)
+    elapsed = time.monotonic() - t
+    # Then it gets nothing, having waited the whole wait but not much longer
+    assert got == []
+    assert 0.5 - EPS <= elapsed < 0.5 + SLACK
 
 
 def test_jobs_come_out_in_the_order_they_went_in(farm_):
@@ -82,13 +126,22 @@ def test_a_queue_listed_first_is_always_served_first(farm_):
     assert [r.queue for r in got] == ["high"] * 3 + ["low"] * 3
 
 
-def test_a_delayed_job_waits_for_its_time(farm_):
+def test_a_delayed_job_is_not_reservable_before_its_time_and_is_after(farm_):
+    # Given a job pushed with a delay of 1.5 s
     q = farm_.queue()
-    o = later(doc(), 1.0)
+    pushed = time.time()
+    o = later(doc(), 1.5)
     q.push([o])
-    assert q.reserve(["default"], 10, 0) == []
-    got = q.reserve(["default"], 10, 3.0)
+    # When a consumer waits for less than the delay
+    t = time.monotonic()
+    early = q.reserve(["default"], 10, 0.7)
+    # Then it gets nothing, after its whole wait
+    assert early == [] and time.monotonic() - t >= 0.7 - EPS
+    # and a longer wait gets the job, not before its time
+    got = q.reserve(["default"], 10, 1.5 + 3.0)
+    got_at = time.time()
     assert [r.id for r in got] == [o.id]
+    assert got_at - pushed >= 1.5 - EPS
     q.ack(got[0])
 
 
@@ -106,14 +159,20 @@ def test_counts_show_ready_delayed_reserved_and_failed(farm_):
 
 
 def test_release_puts_the_job_back_after_its_delay_keeping_its_attempts(farm_):
+    # Given a reserved job
     q = farm_.queue()
     q.push([doc()])
     (r,) = drain(q)
     body = json.loads(r.body)
     body["attempts"] = 1
-    q.release(r, 0.5, json.dumps(body))
-    assert q.reserve(["default"], 10, 0) == []
-    (again,) = q.reserve(["default"], 10, 3.0)
+    # When it is released with a delay of 1 s
+    released = time.time()
+    q.release(r, 1.0, json.dumps(body))
+    # Then it cannot be reserved before the delay is over
+    assert q.reserve(["default"], 10, 0.4) == []
+    # and afterwards it comes back with the new body, its attempts counted on
+    (again,) = q.reserve(["default"], 10, 1.0 + 3.0)
+    assert time.time() - released >= 1.0 - EPS
     assert again.id == r.id and again.attempts == 2 and json.loads(again.body)["attempts"] == 1
     q.ack(again)
 
@@ -171,44 +230,117 @@ def test_two_consumers_never_get_the_same_job(farm_):
     assert len(set(seen[0]) | set(seen[1])) == 200
 
 
-def test_a_reservation_not_renewed_is_handed_out_again(farm_):
-    if farm_.backend == "amqp":
-        pytest.skip("AMQP redelivers on connection loss instead of by time (tested with SIGKILL)")
+def test_a_reservation_not_renewed_is_handed_out_again_after_retry_after(db_farm):
     from farm import app
 
-    q = farm_.queue()
+    # Given a job reserved by one worker, which never renews it (retry_after is 2 s)
+    q = db_farm.queue()
     other = app.open_queue(app.manifest(), "main")
     q.push([doc()])
     (r,) = q.reserve(["default"], 1, 1.0)
+    reserved = time.time()
+    # When another worker waits for it
     assert other.reserve(["default"], 1, 0) == []
-    again = other.reserve(["default"], 1, 4.0)     # retry_after is 2 s
+    again = other.reserve(["default"], 1, 2.0 + 3.0)
+    # Then it gets the job, as a second attempt, once retry_after has passed and not before
+    assert time.time() - reserved >= 2.0 - EPS
     assert [(x.id, x.attempts) for x in again] == [(r.id, 2)]
     other.ack(again[0])
     other.close()
 
 
-def test_a_renewed_reservation_is_kept(farm_):
-    if farm_.backend == "amqp":
-        pytest.skip("AMQP holds a delivery as long as the connection lives")
+def test_a_renewed_reservation_is_kept_past_retry_after(db_farm):
     from farm import app
 
-    q = farm_.queue()
+    # Given a job reserved by one worker (retry_after is 2 s)
+    q = db_farm.queue()
     other = app.open_queue(app.manifest(), "main")
     q.push([doc()])
     (r,) = q.reserve(["default"], 1, 1.0)
-    for _ in range(4):
-        time.sleep(0.75)
+    # When the worker renews it every half second for twice retry_after
+    until = time.monotonic() + 2 * 2.0
+    while time.monotonic() < until:
         q.renew([r])
-        assert other.reserve(["default"], 1, 0) == []
+        # Then another worker never gets it meanwhile
+        assert other.reserve(["default"], 1, 0.5) == []
     q.ack(r)
     other.close()
 
 
-def test_clear_removes_ready_jobs_only(farm_):
+@pytest.mark.parametrize("backend", DB_BACKENDS)
+def test_a_worker_whose_reservation_lapsed_cannot_ack_release_or_fail_the_job_another_worker_holds(
+        make_farm, backend):
+    from farm import app
+
+    # Given worker A reserved a job, its reservation lapsed (retry_after 1 s), and B reserved it since
+    f = make_farm(backend, retry_after=1)
+    a = app.open_queue(app.manifest(), "main")
+    b = app.open_queue(app.manifest(), "main")
+    o = doc()
+    a.push([o])
+    (ra,) = a.reserve(["default"], 1, 1.0)
+    (rb,) = b.reserve(["default"], 1, 1.0 + 3.0)
+    assert (rb.id, rb.attempts) == (o.id, 2)
+    held = row(f, o.id)
+    # When A, unaware, settles its attempt in each way a worker can
+    a.release(ra, 0, ra.body)
+    # Then none of them removes or changes B's row, and A's failure is not recorded
+    assert row(f, o.id) == held, "A's release changed the row B holds"
+    a.fail(ra, ra.body, "ValueError: A's stale verdict")
+    assert row(f, o.id) == held, "A's fail removed or changed the row B holds"
+    assert f.store().failed(ids=[o.id]) == [], "A's fail recorded a failure for a job B is running"
+    a.give_back([ra])
+    assert row(f, o.id) == held, "A's give_back changed the row B holds"
+    a.ack(ra)
+    a.close()                               # PostgreSQL: the pipelined ack is settled by now
+    assert row(f, o.id) == held, "A's ack removed the row B holds"
+    # and B's ack removes it
+    b.ack(rb)
+    b.close()
+    assert row(f, o.id) is None
+    assert f.store().failed(ids=[o.id]) == []
+
+
+def test_clear_removes_ready_jobs_and_keeps_a_delayed_one_for_its_time(farm_):
+    # Given two ready jobs and one delayed by 1.5 s
     q = farm_.queue()
-    q.push([doc(), doc(), later(doc(), 60)])
+    delayed = later(doc(), 1.5)
+    q.push([doc(), doc(), delayed])
+    # When the queue is cleared
     assert q.clear("default") == 2
+    # Then the ready ones are gone
     assert q.reserve(["default"], 10, 0.3) == []
+    # and the delayed one is still handed out once its time has come
+    got = q.reserve(["default"], 10, 1.5 + 3.0)
+    assert [r.id for r in got] == [delayed.id]
+    q.ack(got[0])
+    assert q.reserve(["default"], 10, 0.3) == []
+
+
+def test_a_sync_push_runs_each_job_at_once_in_order_and_leaves_nothing_queued(make_farm):
+    # Given the sync driver
+    f = make_farm("sync")
+    q = f.queue()
+    # When three jobs are pushed at once
+    q.push([job_doc("testjobs:Record", {"path": str(f.out), "tag": f"s{i}", "seconds": 0}) for i in range(3)])
+    # Then each has run, in order, in this process, before push returned
+    import os
+
+    assert [line.split() for line in f.lines()] == [[f"s{i}", "1", str(os.getpid())] for i in range(3)]
+    # and there is nothing to reserve, count or clear
+    assert q.reserve(["default"], 10, 0) == []
+    assert q.counts() == {} and q.clear("default") == 0
+
+
+def test_a_sync_push_of_a_failing_job_raises_to_the_pusher_after_its_failed_hook(make_farm):
+    # Given the sync driver
+    f = make_farm("sync")
+    q = f.queue()
+    # When a job that raises is pushed
+    with pytest.raises(ValueError, match="boom on attempt 1"):
+        q.push([job_doc("testjobs:Flaky", {"path": str(f.out), "succeed_on": 99})])
+    # Then it ran once and its failed() hook ran before the exception reached the pusher
+    assert f.lines() == ["attempt 1", "failed ValueError"]
 
 
 def test_a_failed_job_retried_comes_back_under_its_id_with_attempts_reset(farm_):

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import time
 import uuid
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import pytest
 
 import farm
-from conftest import BACKENDS
+from conftest import BACKENDS, DB_BACKENDS, MY_URL, PG_URL, mysql_cli, mysql_params, pg_conninfo
 from testjobs import Flaky, Record
 
 
@@ -130,6 +133,25 @@ def test_status_json_has_the_documented_shape_and_live_workers(make_farm):
     assert json.loads(f.farmctl("status", "--json").stdout)["workers"] == []
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_status_calls_a_worker_lost_once_it_is_silent_for_longer_than_retry_after(make_farm, backend):
+    # Given a worker's heartbeat (retry_after 2 s), and no beat after it
+    f = make_farm(backend, retry_after=2)
+    f.store().beat({"id": "gone:1:x", "host": "gone", "pid": 1, "pipeline": None, "queues": ["default"],
+                    "state": "idle", "job": None, "done": 0, "rss_mb": 1.0})
+
+    def worker() -> dict:
+        (w,) = json.loads(f.farmctl("status", "--json", check=True).stdout)["workers"]
+        return w
+
+    # Then status shows it as it said it was at first
+    first = worker()
+    assert first["state"] == "idle" or time.time() - first["heartbeat"] > 2
+    # and as lost once it has been silent for longer than retry_after
+    lost = f.wait_for(lambda: (w := worker())["state"] == "lost" and w, timeout=2 + 10, what="the worker lost")
+    assert lost["lost"] is True and time.time() - lost["heartbeat"] > 2
+
+
 def test_a_postgresql_insert_from_another_program_is_run(make_farm):
     f = make_farm("postgresql")
     table = f_table(f)
@@ -137,8 +159,7 @@ def test_a_postgresql_insert_from_another_program_is_run(make_farm):
                       "data": {"path": str(f.out), "word": "psql"}})
     sql = (f"INSERT INTO {table} (uuid, queue, payload, attempts, available_at, created_at) "
            f"VALUES ('from-psql-1', 'default', '{doc}', 0, extract(epoch from now()), extract(epoch from now()))")
-    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-v", "ON_ERROR_STOP=1",
-                    "-c", sql], check=True, capture_output=True)
+    subprocess.run(["psql", pg_conninfo(), "-v", "ON_ERROR_STOP=1", "-c", sql], check=True, capture_output=True)
     p = f.worker("--sleep", "0.1")
     f.wait_for(lambda: f.lines(), timeout=10, what="the raw job")
     p.send_signal(signal.SIGTERM)
@@ -153,7 +174,7 @@ def test_a_mariadb_insert_from_another_program_is_run(make_farm):
                       "data": {"path": str(f.out), "word": "mysql"}})
     sql = (f"INSERT INTO {table} (uuid, queue, payload, attempts, available_at, created_at) "
            f"VALUES ('from-mysql-1', 'default', '{doc}', 0, UNIX_TIMESTAMP(NOW(6)), UNIX_TIMESTAMP(NOW(6)))")
-    subprocess.run(["mysql", "-h", "127.0.0.1", "-u", "root", "test", "-e", sql], check=True, capture_output=True)
+    subprocess.run([*mysql_cli(), "-e", sql], check=True, capture_output=True)
     p = f.worker("--stop-when-empty")
     assert p.wait(30) == 0
     assert f.lines() == ["plain mysql"]
@@ -204,3 +225,131 @@ def test_sigterm_to_listen_lets_the_running_job_finish(make_farm):
     p.send_signal(signal.SIGTERM)
     assert p.wait(30) == 0
     assert [x.split()[0] for x in f.lines()] == ["slow"]
+
+
+@contextmanager
+def fresh_place(backend: str, tmp: Any) -> Iterator[tuple[str, Callable[[str], None], Callable[[], set[str]],
+                                                         Callable[[str], int]]]:
+    """A place no table has been made in yet (a PostgreSQL schema, a MariaDB database, a new
+    SQLite file): its URL, a way to run a DDL script there, the tables it holds, and how many
+    rows one of them has (read there, not through the URL under test)."""
+    from sqlalchemy.engine import make_url
+
+    name = f"farm_ddl_{uuid.uuid4().hex[:8]}"
+    if backend == "sqlite":
+        path = tmp / f"{name}.db"
+
+        def run(ddl: str) -> None:
+            with sqlite3.connect(path) as db:
+                db.executescript(ddl)
+
+        def tables() -> set[str]:
+            with sqlite3.connect(path) as db:
+                return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+        def count(table: str) -> int:
+            with sqlite3.connect(path) as db:
+                return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+        yield f"sqlite:///{path}", run, tables, count
+    elif backend == "postgresql":
+        import psycopg
+
+        admin = psycopg.connect(pg_conninfo(), autocommit=True)
+        admin.execute(f"CREATE SCHEMA {name}")
+
+        def run(ddl: str) -> None:           # the whole script at once, as `psql -f` would
+            with psycopg.connect(pg_conninfo(), autocommit=True, options=f"-csearch_path={name}") as c:
+                c.execute(ddl)
+
+        def tables() -> set[str]:
+            rows = admin.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (name,)).fetchall()
+            triggers = admin.execute("SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                                     "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                     "WHERE n.nspname = %s AND NOT t.tgisinternal", (name,)).fetchall()
+            return {r[0] for r in rows} | {f"trigger {r[0]}" for r in triggers}
+
+        def count(table: str) -> int:
+            return admin.execute(f"SELECT COUNT(*) FROM {name}.{table}").fetchone()[0]
+
+        url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={name}"})
+        try:
+            yield url.render_as_string(hide_password=False), run, tables, count
+        finally:
+            from farm import app
+
+            app._close_all()
+            admin.execute(f"DROP SCHEMA {name} CASCADE")
+            admin.close()
+    else:
+        import pymysql
+        from pymysql.constants import CLIENT
+
+        params = mysql_params()
+        admin = pymysql.connect(autocommit=True, **params)
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE DATABASE {name}")
+
+        def run(ddl: str) -> None:           # the whole script at once, as `mysql < file` would
+            with pymysql.connect(autocommit=True, client_flag=CLIENT.MULTI_STATEMENTS,
+                                 **dict(params, database=name)) as c, c.cursor() as cur:
+                cur.execute(ddl)
+                while cur.nextset():
+                    pass
+
+        def tables() -> set[str]:
+            with admin.cursor() as cur:
+                cur.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (name,))
+                return {r[0] for r in cur.fetchall()}
+
+        def count(table: str) -> int:
+            with admin.cursor() as cur:
+                cur.execute(f"SELECT COUNT(*) FROM {name}.{table}")
+                return cur.fetchone()[0]
+
+        try:
+            yield make_url(MY_URL).set(database=name).render_as_string(hide_password=False), run, tables, count
+        finally:
+            from farm import app
+
+            app._close_all()
+            with admin.cursor() as cur:
+                cur.execute(f"DROP DATABASE {name}")
+            admin.close()
+
+
+@pytest.mark.parametrize("backend", DB_BACKENDS)
+def test_schema_prints_ddl_that_makes_working_tables_on_each_dialect(make_farm, backend):
+    # Given the DDL `farmctl schema` prints for this dialect
+    f = make_farm(backend)
+    ddl = f.farmctl("schema", check=True).stdout
+    conn = farm.app.manifest().connections["main"]
+    t = conn.table
+    expected = {t, conn.failed_table, f"{t}_stamps", f"{t}_workers"}
+    if backend == "postgresql":
+        expected.add(f"trigger {t}_notify")
+    with fresh_place(backend, f.tmp) as (url, run, tables, count):
+        # When it is run by hand where no table exists yet
+        run(ddl)
+        # Then it has made every table (and PostgreSQL's wake-up trigger) the driver needs
+        assert tables() == expected
+        # and jobs round-trip through them: a job runs, a failing one reaches the failed
+        # table, a worker beats and a restart stamp is kept, with no table made by the driver
+        manifest = f.manifest.read_text()
+        f.manifest.write_text(manifest.replace(f"url: {conn.url}\n", f"url: {url}\n", 1))
+        assert f.manifest.read_text() != manifest
+        farm.configure(f.manifest)
+        farm.dispatch(Record(str(f.out), "ok"))
+        bad = farm.dispatch(Flaky(str(f.out)), tries=1)
+        cp = f.farmctl("work", "--stop-when-empty", "--log-format", "json")
+        assert cp.returncode == 0, cp.stderr
+        assert [x.split()[0] for x in f.lines()] == ["ok", "attempt", "failed"]
+        assert [e.id for e in f.store().failed()] == [bad]
+        assert '"event": "worker.start"' in cp.stderr
+        f.farmctl("restart", check=True)
+        assert f.store().stamp("restart") is not None
+        f.store().beat({"id": "h:1:x", "pid": 1})
+        assert [w["id"] for w in f.store().workers()] == ["h:1:x"]
+        assert f.queue().counts() == {"default": {"ready": 0, "delayed": 0, "reserved": 0, "failed": 1}}
+        assert [count(x) for x in (t, conn.failed_table, f"{t}_stamps", f"{t}_workers")] == [0, 1, 1, 1]
+        assert tables() == expected

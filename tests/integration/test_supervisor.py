@@ -30,6 +30,7 @@ class Supervised:
         (root / "conf").mkdir()
         self.manifest = root / "conf" / "farm.yaml"
         self.started = False
+        self.configured = False
 
     def write(self, pipelines: str) -> None:
         env = f"{{PYTHONPATH: '{SUPPORT}{os.pathsep}{ROOT}'}}"
@@ -52,22 +53,40 @@ class Supervised:
             raise AssertionError(f"farmctl {args} -> {cp.returncode}\n{cp.stdout}{cp.stderr}")
         return cp
 
-    def ctl(self, *args: str) -> str:
+    def ctl(self, *args: str, ok: tuple[int, ...] | None = (0,)) -> str:
+        """Run supervisorctl; its exit status must be one of `ok` (None: not checked)."""
         cp = subprocess.run([str(BIN / "supervisorctl"), "-c", str(self.conf), *args], cwd=self.root,
                             capture_output=True, text=True, timeout=120)
+        if ok is not None and cp.returncode not in ok:
+            raise AssertionError(f"supervisorctl {' '.join(args)} -> {cp.returncode}\n{cp.stdout}{cp.stderr}")
         return cp.stdout
+
+    def status(self) -> str:
+        """`supervisorctl status` (exit 3 only says that some process is not RUNNING)."""
+        return self.ctl("status", ok=(0, 3))
 
     def start(self) -> None:
         self.farmctl("render")
         subprocess.run([str(BIN / "supervisord"), "-c", str(self.conf)], cwd=self.root, env=self.env(),
                        check=True, timeout=30)
         self.started = True
-        self.wait_for(lambda: "RUNNING" in self.ctl("status"), what="supervisord to run the workers")
+        self.wait_for(lambda: "RUNNING" in self.status(), what="supervisord to run the workers")
+
+    def restart(self, group: str, n: int) -> dict[str, int]:
+        """`supervisorctl restart group:*`, which must succeed and replace every one of its `n`
+        processes: returns the new name -> pid."""
+        before = self.running(group)
+        assert len(before) == n, before
+        self.ctl("restart", f"{group}:*")
+        after = self.wait_for(lambda: len(self.running(group)) == n and self.running(group), what=f"{n} workers")
+        assert set(after) == set(before), after
+        assert set(after.values()).isdisjoint(before.values()), f"not every worker is new: {before} -> {after}"
+        return after
 
     def states(self) -> dict[str, tuple[str, int | None]]:
         """name -> (state, pid), e.g. {'w:w_00': ('RUNNING', 123)}."""
         out = {}
-        for line in self.ctl("status").splitlines():
+        for line in self.status().splitlines():
             parts = line.split()
             if len(parts) >= 2:
                 pid = int(parts[3].rstrip(",")) if len(parts) > 3 and parts[2] == "pid" else None
@@ -78,11 +97,29 @@ class Supervised:
         return {n: pid for n, (state, pid) in self.states().items()
                 if n.startswith(program + ":") and state == "RUNNING" and pid}
 
+    def app(self) -> Any:
+        """This process's farm, on the manifest (configured once: the producer threads share it)."""
+        from farm import app
+
+        if not self.configured:
+            app.configure(self.manifest)
+            self.configured = True
+        return app
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The live workers' heartbeats."""
+        return self.app().store("main").workers()
+
+    def beating(self, pids: dict[str, int]) -> None:
+        """Wait until each of these processes has sent a heartbeat."""
+        self.wait_for(lambda: set(pids.values()) <= {w["pid"] for w in self.workers()},
+                      what=f"heartbeats from {sorted(pids)}")
+
     def dispatch(self, tags: list[str], seconds: float = 0.0, queue: str = "default") -> None:
         import farm
         from testjobs import Record
 
-        farm.configure(self.manifest)
+        self.app()
         farm.dispatch_many([Record(str(self.out), t, seconds=seconds) for t in tags], queue=queue)
 
     def tags(self) -> Counter[str]:
@@ -102,7 +139,7 @@ class Supervised:
     def shutdown(self) -> None:
         if not self.started:
             return
-        self.ctl("shutdown")
+        self.ctl("shutdown", ok=None)
         pidfile = self.root / "var" / "supervisord.pid"
         deadline = time.monotonic() + 30
         while pidfile.exists() and time.monotonic() < deadline:
@@ -139,32 +176,36 @@ TWO = """
 
 
 def test_a_rendered_farm_runs_under_supervisord_and_eats_jobs(sup):
+    # Given a rendered pipeline of two workers under supervisord, both beating
     sup.write(TWO)
     sup.start()
-    sup.wait_for(lambda: len(sup.running("w")) == 2, what="two workers")
-    assert set(sup.running("w")) == {"w:w_00", "w:w_01"}
+    pids = sup.wait_for(lambda: len(sup.running("w")) == 2 and sup.running("w"), what="two workers")
+    assert set(pids) == {"w:w_00", "w:w_01"}
+    sup.beating(pids)
+    # When 100 jobs are dispatched
     sup.dispatch([f"j{i}" for i in range(100)])
+    # Then each runs once, and status lists supervisord's two processes
     sup.wait_for(lambda: len(sup.tags()) == 100, what="100 jobs")
+    sup.ctl("stop", "w:*")
     assert set(sup.tags().values()) == {1}
-    status = sup.farmctl("status", "--json")
     import json
 
-    doc = json.loads(status.stdout)
+    doc = json.loads(sup.farmctl("status", "--json").stdout)
     assert {p["name"] for p in doc["supervisor"]} == {"w_00", "w_01"}
 
 
 def test_restarting_a_pipeline_mid_jobs_loses_none_and_runs_none_twice(sup):
+    # Given two workers running jobs of half a second
     sup.write(TWO)
     sup.start()
     sup.wait_for(lambda: len(sup.running("w")) == 2, what="two workers")
     sup.dispatch([f"s{i}" for i in range(20)], seconds=0.5)
     sup.wait_for(lambda: (sup.root / "out.txt.started").exists(), what="jobs to start")
-    before = sup.running("w")
-    sup.ctl("restart", "w:*")
-    sup.wait_for(lambda: len(sup.running("w")) == 2 and set(sup.running("w").values()).isdisjoint(before.values()),
-                 what="new workers")
+    # When the pipeline is restarted mid-job (every worker replaced by a new process)
+    sup.restart("w", 2)
+    # Then, once the workers have stopped, every job ran, none was started twice
     sup.wait_for(lambda: len(sup.tags()) == 20, timeout=60, what="all 20 jobs")
-    time.sleep(0.5)
+    sup.ctl("stop", "w:*")
     assert set(sup.tags().values()) == {1}
     started = Counter(line.split()[0] for line in (sup.root / "out.txt.started").read_text().splitlines())
     assert set(started.values()) == {1}, "no job was started twice"
@@ -178,30 +219,38 @@ def test_more_numprocs_and_an_update_restart_only_that_pipeline(sup):
       sleep: 0.2
       environment: ENV
 """
+    # Given two pipelines under supervisord
     sup.write(two_pipes)
     sup.start()
     sup.wait_for(lambda: len(sup.running("w")) == 2 and len(sup.running("other")) == 1, what="workers")
     other_pids = sup.running("other")
+    # When one pipeline gets another process, is rendered and supervisord updated
     sup.write(two_pipes.replace("numprocs: 2", "numprocs: 3"))
     assert sup.farmctl("render", "--check", check=False).returncode == 1
     sup.farmctl("render")
     assert sup.farmctl("render", "--check").returncode == 0
     sup.ctl("update")
+    # Then it runs three workers, and the other pipeline's process was left alone
     sup.wait_for(lambda: len(sup.running("w")) == 3, what="three workers")
     assert sup.running("other") == other_pids
 
 
 def test_farmctl_restart_recycles_every_worker_without_losing_a_job(sup):
+    # Given two workers that have started (their heartbeats are in: the restart stamp
+    # will be newer than their start) and 30 jobs
     sup.write(TWO)
     sup.start()
-    sup.wait_for(lambda: len(sup.running("w")) == 2, what="two workers")
-    before = set(sup.running("w").values())
+    before = sup.wait_for(lambda: len(sup.running("w")) == 2 and sup.running("w"), what="two workers")
+    sup.beating(before)
     sup.dispatch([f"r{i}" for i in range(30)], seconds=0.1)
-    time.sleep(1.1)              # the stamp must be newer than the workers' start
+    # When `farmctl restart` stamps the store
     sup.farmctl("restart")
-    sup.wait_for(lambda: len(sup.running("w")) == 2 and before.isdisjoint(sup.running("w").values()),
+    # Then every worker exits and supervisord starts a new one in its place
+    sup.wait_for(lambda: len(sup.running("w")) == 2 and set(before.values()).isdisjoint(sup.running("w").values()),
                  timeout=30, what="every worker to come back with a new pid")
+    # and, once they have stopped, every job ran exactly once
     sup.wait_for(lambda: len(sup.tags()) == 30, timeout=30, what="all 30 jobs")
+    sup.ctl("stop", "w:*")
     assert set(sup.tags().values()) == {1}
 
 
@@ -245,24 +294,39 @@ def test_the_cron_drain_command_drains_the_queue_and_exits_0(sup):
 
 
 def test_five_restarts_in_a_row_under_a_producer_run_every_job_exactly_once(sup):
+    # Given two beating workers and a producer sending 10 jobs every 50 ms until told to stop
     sup.write(TWO)
     sup.start()
-    sup.wait_for(lambda: len(sup.running("w")) == 2, what="two workers")
-    done = threading.Event()
+    sup.beating(sup.wait_for(lambda: len(sup.running("w")) == 2 and sup.running("w"), what="two workers"))
+    stop = threading.Event()
+    sent: list[str] = []
+    errors: list[BaseException] = []
 
     def produce():
-        for i in range(0, 1000, 50):
-            sup.dispatch([f"p{n}" for n in range(i, i + 50)], seconds=0.002)
-            time.sleep(0.05)
-        done.set()
+        try:
+            while len(sent) < 20000 and not (stop.is_set() and len(sent) >= 1000):
+                tags = [f"p{n}" for n in range(len(sent), len(sent) + 10)]
+                sup.dispatch(tags, seconds=0.002)
+                sent.extend(tags)
+                stop.wait(0.05)
+        except BaseException as e:
+            errors.append(e)
 
     t = threading.Thread(target=produce)
     t.start()
-    for _ in range(5):
-        sup.ctl("restart", "w:*")
-        time.sleep(0.3)
-    t.join(60)
-    assert done.is_set()
-    sup.wait_for(lambda: len(sup.tags()) == 1000, timeout=90, what="all 1000 jobs")
-    time.sleep(0.5)
-    assert len(sup.tags()) == 1000 and set(sup.tags().values()) == {1}
+    # When the pipeline is restarted five times in a row, each restart replacing every worker
+    sent_at = []
+    try:
+        for _ in range(5):
+            sent_at.append(len(sent))
+            sup.restart("w", 2)
+    finally:
+        stop.set()
+        t.join(60)
+    # Then the producer was sending all along, and finished
+    assert not t.is_alive() and errors == []
+    assert sent_at[0] < sent_at[-1] < len(sent), f"sent {sent_at} during the restarts, {len(sent)} in all"
+    # and, once the workers have stopped, every job it sent ran exactly once
+    sup.wait_for(lambda: len(sup.tags()) == len(sent), timeout=90, what=f"all {len(sent)} jobs")
+    sup.ctl("stop", "w:*")
+    assert sup.tags() == Counter(sent)

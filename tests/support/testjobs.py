@@ -167,3 +167,60 @@ class AlwaysFails(farm.Job):
     def handle(self) -> None:
         record(self.path, f"attempt {self.attempts}")
         raise RuntimeError("always")
+
+
+# -- jobs that record when things happened (tests/integration/test_worker_lifecycle.py) ----------
+
+
+class Timed(farm.Job):
+    """Writes `<tag> <attempt> <pid> <time>` to `path.started` as it starts and to `path` as it
+    ends; in between it sleeps `seconds`, or, with `gate`, waits until that file exists."""
+
+    def __init__(self, path: str, tag: str, seconds: float = 0.0, gate: str = "") -> None:
+        self.path, self.tag, self.seconds, self.gate = path, tag, seconds, gate
+
+    def handle(self) -> None:
+        record(self.path + ".started", f"{self.tag} {self.attempts} {os.getpid()} {time.time():.6f}")
+        if self.gate:
+            deadline = time.monotonic() + 50          # within the default job timeout of 60 s
+            while not os.path.exists(self.gate) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        else:
+            time.sleep(self.seconds)
+        record(self.path, f"{self.tag} {self.attempts} {os.getpid()} {time.time():.6f}")
+
+    def failed(self, exc: BaseException) -> None:
+        record(self.path + ".failed", f"{self.tag} {type(exc).__name__} {time.time():.6f}")
+
+
+class TimedFlaky(farm.Job):
+    """Raises until attempt `succeed_on`; records `attempt <n> <time>` at each start."""
+
+    tries = 3
+
+    def __init__(self, path: str, succeed_on: int = 99) -> None:
+        self.path, self.succeed_on = path, succeed_on
+
+    def handle(self) -> None:
+        record(self.path, f"attempt {self.attempts} {time.time():.6f}")
+        if self.attempts < self.succeed_on:
+            raise ValueError(f"boom on attempt {self.attempts}")
+
+    def failed(self, exc: BaseException) -> None:
+        record(self.path, f"failed {type(exc).__name__} {time.time():.6f}")
+
+
+class Hog(farm.Job):
+    """Keeps `mb` MB for the rest of its worker's life (so the RSS stays up), then sleeps `seconds`;
+    writes `<tag> <attempt> <pid>` to `path` as it ends."""
+
+    def __init__(self, path: str, tag: str, mb: int, seconds: float) -> None:
+        self.path, self.tag, self.mb, self.seconds = path, tag, mb, seconds
+
+    def handle(self) -> None:
+        _HOGGED.append(b"\x01" * (self.mb << 20))        # written, so every page is resident
+        time.sleep(self.seconds)
+        record(self.path, f"{self.tag} {self.attempts} {os.getpid()}")
+
+
+_HOGGED: list[bytes] = []
