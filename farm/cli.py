@@ -1,13 +1,14 @@
 """`farmctl`: the only module that prints or exits."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from typing import Any, Callable
 
 import click
 
-from . import app, fingerprint, payload
+from . import app, fingerprint, payload, stopwindow
 from .errors import FarmError, ManifestError
 from .log import Log
 
@@ -102,6 +103,10 @@ def work(ctx: click.Context, log_format: str, log_level: str, **flags: Any) -> N
     registry = payload.Registry(manifest.imports)
     _import_all(manifest.imports, log)
     code = fingerprint.loaded(manifest.imports)
+    if options.pipeline:                # as long as the process manager's stop window allows
+        longest, _ = stopwindow.longest_job_timeout(manifest.imports)
+        options = dataclasses.replace(
+            options, job_limit=stopwindow.job_limit(manifest.pipeline(options.pipeline), longest))
     try:
         store = app.store(options.connection)
     except FarmError:

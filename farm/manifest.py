@@ -48,6 +48,9 @@ class Pipeline:
     prefetch: int | None = None
     drain: str | None = None
     environment: tuple[tuple[str, str], ...] = ()
+    user: str | None = None           # run its workers as this user (supervisord user=, systemd User=)
+    group: str | None = None          # systemd Group= (supervisord takes the user's own group)
+    stop_wait: float | None = None    # seconds a stop may wait for a job; default: longest timeout + 30
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,24 @@ class Manifest:
     systemd_dir: Path
     schedule: dict[str, dict[str, Any]] = field(default_factory=dict)
     variables: tuple[tuple[str, str], ...] = ()   # ${VAR}s the manifest took from the environment
+    include: str | None = None        # the system supervisord's [include] glob: programs go there
+    serverurl: str | None = None      # where status talks to supervisord (default: the local socket)
+    user: str | None = None           # default user of every pipeline's workers
+    group: str | None = None
+
+    @property
+    def programs_dir(self) -> Path:
+        """Where program files go: the include glob's directory, else supervisor.dir/conf.d."""
+        return Path(self.include).parent if self.include else self.supervisor_dir / "conf.d"
+
+    @property
+    def program_suffix(self) -> str:
+        """`.conf`, or what the include glob asks for (`/etc/supervisord.d/*.ini`: `.ini`)."""
+        return Path(self.include).name[1:] if self.include else ".conf"
+
+    def user_of(self, p: Pipeline) -> tuple[str | None, str | None]:
+        """The user (and group) a pipeline's workers run as; the pipeline's own wins."""
+        return (p.user or self.user, p.group or self.group)
 
     def worker_environment(self, p: Pipeline) -> list[tuple[str, str]]:
         """What a rendered worker of `p` gets: FARM_CONFIG, the ${VAR}s as they were when it was
@@ -218,7 +239,8 @@ class _Reader:
 _CONNECTION_KEYS = {"driver", "url", "table", "failed_table", "retry_after", "store", "prefetch",
                     "heartbeat", "consumer_timeout"}
 _PIPELINE_KEYS = {"connection", "queues", "numprocs", "max_jobs", "max_time", "memory", "sleep",
-                  "timeout", "tries", "backoff", "rest", "prefetch", "drain", "environment"}
+                  "timeout", "tries", "backoff", "rest", "prefetch", "drain", "environment", "user", "group",
+                  "stop_wait"}
 _TOP_KEYS = {"imports", "default", "connections", "pipelines", "supervisor", "systemd", "schedule"}
 
 
@@ -239,7 +261,8 @@ class _Builder:
         if not isinstance(default, str) or default not in connections:
             self.r.problem("default", f"unknown connection {default!r} ({self._known(connections)})")
         pipelines = self._pipelines(doc.get("pipelines") or {}, connections, str(default))
-        sup = self._section(doc.get("supervisor") or {}, "supervisor", {"dir", "logs"})
+        sup = self._section(doc.get("supervisor") or {}, "supervisor",
+                            {"dir", "logs", "include", "serverurl", "user", "group"})
         sysd = self._section(doc.get("systemd") or {}, "systemd", {"dir"})
         schedule = doc.get("schedule") or {}
         if not isinstance(schedule, dict):
@@ -252,7 +275,39 @@ class _Builder:
             logs_dir=self._path(sup.get("logs", "var/log")),
             systemd_dir=self._path(sysd.get("dir", "systemd")),
             schedule=schedule, variables=tuple(sorted(self.r.used.items())),
+            include=self._include(sup.get("include")), serverurl=self._serverurl(sup.get("serverurl")),
+            user=self._name(sup.get("user"), "supervisor.user"), group=self._name(sup.get("group"), "supervisor.group"),
         )
+
+    def _include(self, value: Any) -> str | None:
+        """`/etc/supervisor/conf.d/*.conf`: a directory, then `*` and a file extension."""
+        if value is None:
+            return None
+        glob = str(self._path(value))
+        if not isinstance(value, str) or not re.fullmatch(r"\*\.[A-Za-z0-9]+", Path(glob).name) \
+                or any(c in str(Path(glob).parent) for c in "*?["):
+            self.r.problem("supervisor.include", f"expected the system supervisord's include glob, such as "
+                           f"/etc/supervisor/conf.d/*.conf, got {value!r}")
+            return None
+        return glob
+
+    def _serverurl(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not re.match(r"(unix://|https?://)", value):
+            self.r.problem("supervisor.serverurl", f"expected unix:///path/to/supervisor.sock or "
+                           f"http://host:port, got {value!r}")
+            return None
+        return value
+
+    def _name(self, value: Any, key: str) -> str | None:
+        """A user or group name as useradd allows it."""
+        if value is None:
+            return None
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", value):
+            self.r.problem(key, f"expected a user or group name, got {value!r}")
+            return None
+        return value
 
     def _path(self, value: Any) -> Path:
         p = Path(str(value))
@@ -394,6 +449,9 @@ class _Builder:
                 prefetch=self._number(spec, key, "prefetch", None, integer=True, minimum=1, optional=True),
                 drain=drain,
                 environment=self._environment(spec.get("environment"), f"{key}.environment"),
+                user=self._name(spec.get("user"), f"{key}.user"),
+                group=self._name(spec.get("group"), f"{key}.group"),
+                stop_wait=self._number(spec, key, "stop_wait", None, minimum=1, optional=True),
             )
         return out
 

@@ -1,4 +1,5 @@
-"""Asking the local supervisord (the one `render` configures) for its process states."""
+"""Asking supervisord for its process states: the system's (`supervisor.serverurl`) or the
+local one that `render` configures (its socket under var/)."""
 from __future__ import annotations
 
 import xmlrpc.client
@@ -7,14 +8,14 @@ from typing import Any
 from .manifest import Manifest
 
 
-def socket_path(m: Manifest) -> str:
-    return str(m.root / "var" / "supervisor.sock")
+def serverurl(m: Manifest) -> str:
+    return m.serverurl or f"unix://{m.root / 'var' / 'supervisor.sock'}"
 
 
 def proxy(m: Manifest) -> Any:
     from supervisor.xmlrpc import SupervisorTransport
 
-    transport = SupervisorTransport(None, None, f"unix://{socket_path(m)}")
+    transport = SupervisorTransport(None, None, serverurl(m))
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
 

@@ -62,6 +62,20 @@ def mysql_cli() -> list[str]:
             + ([f"-p{p['password']}"] if p["password"] else []) + [p.get("database", "test")])
 
 
+def need_tool(name: str) -> str:
+    """A program a test runs (systemd-analyze, flock): skipped locally, a failure under CI=true
+    (scripts/test installs them)."""
+    import shutil
+
+    found = shutil.which(name)
+    if found is None:
+        msg = f"{name} is not installed"
+        if IN_CI:
+            pytest.fail(msg + " (CI=true: scripts/test installs it)")
+        pytest.skip(msg)
+    return found
+
+
 def _check_pg() -> None:
     import psycopg
 

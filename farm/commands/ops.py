@@ -260,26 +260,31 @@ def restart(wait: bool, timeout: float) -> None:
     """Ask every worker on every host to exit after its current job (they are started again)."""
     m = load_manifest()
     stores = _stores()
+    code = fingerprint.on_disk(m.imports, m.root)
+    expected = len([w for w in _workers(code) if not w["lost"]])
     now = time.time()
     for _, s in stores:
         s.set_stamp("restart", now)
     click.echo(f"restart requested: workers exit after their current job ({len(stores)} store(s))")
-    if not wait:
-        return
-    code = fingerprint.on_disk(m.imports, m.root)
+    if wait:
+        _wait_for_code(code, expected, timeout)
+
+
+def _wait_for_code(code: str, expected: int, timeout: float) -> None:
+    """Until as many live workers as before the restart run `code`, and none runs other code."""
     deadline = time.monotonic() + timeout
     while True:
         live = [w for w in _workers(code) if not w["lost"]]
         stragglers = [w for w in live if w["stale"]]
-        if not stragglers:
+        if not stragglers and len(live) >= expected:
             click.echo(f"{len(live)} live worker(s) run code {code}")
             return
         if time.monotonic() >= deadline:
             for w in stragglers:
                 click.echo(f"still on {w.get('code') or 'unknown code'}: {w.get('host')} pid {w.get('pid')} "
                            f"({w.get('pipeline') or 'no pipeline'}, {w.get('state')})", err=True)
-            raise FarmError(f"{len(stragglers)} of {len(live)} live worker(s) not on code {code} "
-                            f"after {timeout:g}s")
+            raise FarmError(f"after {timeout:g}s: {len(live) - len(stragglers)} of {expected} worker(s) "
+                            f"run code {code}, {len(stragglers)} still on other code")
         time.sleep(0.5)
 
 

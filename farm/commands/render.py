@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from .. import render as renderer
+from .. import stopwindow
 from ..cli import cli, config_option, load_manifest
 
 
@@ -16,6 +17,8 @@ def render(ctx: click.Context, check: bool, show_diff: bool) -> None:
     """Write supervisor/systemd/cron files from the manifest (deterministic: same manifest, same bytes)."""
     m = load_manifest(ctx)
     plan = renderer.plan(m)
+    for problem in stopwindow.for_manifest(m)[1]:
+        click.echo(f"warning: {problem}; stop windows use the pipelines' timeouts (or set stop_wait)", err=True)
     for path in renderer.skipped(m):
         click.echo(f"skipped {path}: {renderer.owner(path)}; left as it is", err=True)
     if show_diff:

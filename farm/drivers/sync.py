@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .. import app, payload
+from .. import app, payload, waker
 from ..jobs import instantiate
 from ..manifest import Connection
 from ..worker.runner import run_inline
@@ -28,6 +28,8 @@ class SyncQueue:
             run_inline(job)
 
     def reserve(self, queues: Sequence[str], limit: int, wait: float) -> list[Reserved]:
+        """Nothing is ever queued: wait out `wait` (as every driver does), then say so."""
+        waker.wait(wait)
         return []
 
     def renew(self, jobs: Sequence[Reserved]) -> None: ...

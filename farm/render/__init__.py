@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import stopwindow
 from ..errors import FarmError
 from ..manifest import Manifest
 from . import cron, supervisor, systemd
@@ -43,11 +44,25 @@ def render(m: Manifest, farmctl: str | None = None) -> dict[Path, str]:
     """Every file the manifest asks for, with its content."""
     exe = [farmctl] if farmctl else farmctl_argv()
     _one_line_each(m, exe)
+    windows, _ = stopwindow.for_manifest(m)
+    _within_consumer_timeout(m, windows)
     files: dict[Path, str] = {}
-    files.update(supervisor.render(m, exe, header(m, ";")))
-    files.update(systemd.render(m, exe, header(m)))
+    files.update(supervisor.render(m, exe, header(m, ";"), windows))
+    files.update(systemd.render(m, exe, header(m), windows))
     files.update(cron.render(m, exe, header(m)))
     return files
+
+
+def _within_consumer_timeout(m: Manifest, windows: dict[str, int]) -> None:
+    """RabbitMQ takes a job back once it is unacked past consumer_timeout: the longest job of
+    an amqp pipeline must end well before that."""
+    for name, p in m.pipelines.items():
+        conn = m.connections.get(p.connection)
+        longest = windows[name] - stopwindow.MARGIN
+        if conn is not None and conn.driver == "amqp" and longest + 30 >= conn.consumer_timeout:
+            raise FarmError(f"pipeline {name!r}: jobs may run {longest} s, not 30 s below connection "
+                            f"{conn.name!r}'s consumer_timeout of {conn.consumer_timeout:g} s (RabbitMQ would "
+                            "take a job back while it runs): raise consumer_timeout, or lower the job timeouts")
 
 
 def _one_line_each(m: Manifest, exe: list[str]) -> None:
@@ -63,7 +78,7 @@ def _one_line_each(m: Manifest, exe: list[str]) -> None:
 def file_mode(m: Manifest, path: Path) -> int:
     """0600 for supervisord programs, systemd services and the cron file, which hold the
     pipelines' environment values (often secrets); 0644 for supervisord.conf and targets."""
-    holds_env = (path.parent == m.supervisor_dir / "conf.d" or path.suffix == ".service"
+    holds_env = (path.parent == m.programs_dir or path.suffix == ".service"
                  or path == m.supervisor_dir / "farm.cron")
     return PRIVATE if holds_env else PUBLIC
 
@@ -121,7 +136,7 @@ def _too_open(m: Manifest, path: Path) -> bool:
 
 def _candidates(m: Manifest) -> list[Path]:
     """Files a render may have written before (so may need removing)."""
-    found = list((m.supervisor_dir / "conf.d").glob("*.conf"))
+    found = list(m.programs_dir.glob(f"*{m.program_suffix}"))
     found += list(m.systemd_dir.glob("farm-*.service")) + list(m.systemd_dir.glob("farm-*.target"))
     found += [m.supervisor_dir / "farm.cron"]
     return [p for p in found if p.is_file()]
@@ -164,7 +179,7 @@ def _write(path: Path, text: str, mode: int) -> None:
 
 
 def apply(m: Manifest, p: Plan) -> None:
-    for d in (m.logs_dir, m.root / "var", m.supervisor_dir / "conf.d", m.systemd_dir):
+    for d in (m.logs_dir, m.root / "var", m.programs_dir, m.systemd_dir):
         d.mkdir(parents=True, exist_ok=True)
     for path, text in p.write.items():
         _write(path, text, file_mode(m, path))

@@ -13,13 +13,7 @@ from pathlib import Path
 from ..errors import FarmError
 from ..manifest import Manifest, Pipeline, env_value_problem
 
-STOP_MARGIN = 30          # seconds beyond the job timeout before supervisord kills
 _UNSAFE = re.compile(r"[^\w@%+=:,./-]", re.ASCII)      # shlex.quote's own notion of safe
-
-
-def stop_seconds(p: Pipeline) -> int:
-    """Longer than one job may run, so a graceful stop never cuts a job off."""
-    return int((p.timeout or 60) + STOP_MARGIN)
 
 
 def work_argv(m: Manifest, exe: Sequence[str], p: Pipeline) -> list[str]:
@@ -56,7 +50,7 @@ def _environment(m: Manifest, p: Pipeline) -> str:
     return ",".join(f"{k}={env_value(v, k)}" for k, v in pairs)
 
 
-def program(m: Manifest, exe: Sequence[str], p: Pipeline, head: str) -> str:
+def program(m: Manifest, exe: Sequence[str], p: Pipeline, head: str, stop_seconds: int) -> str:
     # stdout_logfile is %-expanded twice (supervisor/options.py: saneget, then expand), so 4 x %
     logs = ini_value(m.logs_dir, "supervisor.logs").replace("%", "%%")
     lines = [
@@ -70,7 +64,7 @@ def program(m: Manifest, exe: Sequence[str], p: Pipeline, head: str) -> str:
         "startsecs=1",
         "startretries=3",
         "stopsignal=TERM",
-        f"stopwaitsecs={stop_seconds(p)}",
+        f"stopwaitsecs={stop_seconds}",
         "stopasgroup=true",
         "killasgroup=true",
         "redirect_stderr=true",
@@ -79,6 +73,9 @@ def program(m: Manifest, exe: Sequence[str], p: Pipeline, head: str) -> str:
         "stdout_logfile_backups=5",
         f"environment={_environment(m, p)}",
     ]
+    user, _ = m.user_of(p)
+    if user:
+        lines.append(f"user={user}")
     return head + "\n".join(lines) + "\n"
 
 
@@ -108,9 +105,12 @@ files = conf.d/*.conf
 """
 
 
-def render(m: Manifest, exe: Sequence[str], head: str) -> dict[Path, str]:
-    files = {m.supervisor_dir / "supervisord.conf": supervisord_conf(m, head)}
+def render(m: Manifest, exe: Sequence[str], head: str, windows: dict[str, int]) -> dict[Path, str]:
+    """Program files where supervisord's [include] finds them; a supervisord.conf of our own
+    only for a local farm (with `include:`, the system's supervisord reads the programs)."""
+    files = {} if m.include else {m.supervisor_dir / "supervisord.conf": supervisord_conf(m, head)}
     for p in m.pipelines.values():
         if p.drain is None:
-            files[m.supervisor_dir / "conf.d" / f"{p.name}.conf"] = program(m, exe, p, head)
+            path = m.programs_dir / f"{p.name}{m.program_suffix}"
+            files[path] = program(m, exe, p, head, windows[p.name])
     return files

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import FarmError
 from ..manifest import Manifest, Pipeline
-from .supervisor import stop_seconds, work_argv
+from .supervisor import work_argv
 
 _UNSAFE = re.compile(r"[^\w@%+=:,./-]", re.ASCII)
 _NOT_IN_EXECUTABLE = re.compile(r"[\"'\\]")      # systemd refuses these in an executable's name
@@ -51,7 +51,7 @@ def working_directory(root: Path) -> str:
     return text.replace("%", "%%")
 
 
-def service(m: Manifest, exe: Sequence[str], p: Pipeline, head: str) -> str:
+def service(m: Manifest, exe: Sequence[str], p: Pipeline, head: str, stop_seconds: int) -> str:
     env = m.worker_environment(p)
     lines = [
         "[Unit]",
@@ -62,12 +62,13 @@ def service(m: Manifest, exe: Sequence[str], p: Pipeline, head: str) -> str:
         "",
         "[Service]",
         "Type=simple",
+        *_identity(m, p),
         f"WorkingDirectory={working_directory(m.root)}",
         *[f"Environment={_quote(f'{k}={v}')}" for k, v in env],
         f"ExecStart={exec_start(work_argv(m, exe, p))}",
         "KillSignal=SIGTERM",
         "KillMode=mixed",
-        f"TimeoutStopSec={stop_seconds(p)}",
+        f"TimeoutStopSec={stop_seconds}",
         "Restart=always",
         "RestartSec=1",
         f"SyslogIdentifier=farm-{p.name}",
@@ -90,10 +91,15 @@ def target(p: Pipeline, head: str) -> str:
     ]) + "\n"
 
 
-def render(m: Manifest, exe: Sequence[str], head: str) -> dict[Path, str]:
+def _identity(m: Manifest, p: Pipeline) -> list[str]:
+    user, group = m.user_of(p)
+    return ([f"User={user}"] if user else []) + ([f"Group={group}"] if group else [])
+
+
+def render(m: Manifest, exe: Sequence[str], head: str, windows: dict[str, int]) -> dict[Path, str]:
     files: dict[Path, str] = {}
     for p in m.pipelines.values():
         if p.drain is None:
-            files[m.systemd_dir / f"farm-{p.name}@.service"] = service(m, exe, p, head)
+            files[m.systemd_dir / f"farm-{p.name}@.service"] = service(m, exe, p, head, windows[p.name])
             files[m.systemd_dir / f"farm-{p.name}.target"] = target(p, head)
     return files

@@ -29,6 +29,7 @@ class WorkerOptions:
     rest: float = 0.0
     prefetch: int | None = None    # None: adapt to job length
     retry_after: float = 90.0
+    job_limit: float = 0           # a pipeline's stop window less a margin: no job runs longer; 0: none
 
     @property
     def prefetch_limit(self) -> int:
@@ -49,6 +50,9 @@ def merge(manifest: Manifest, flags: dict[str, Any]) -> WorkerOptions:
     values.update({k: v for k, v in flags.items() if v is not None and k != "pipeline"})
     values.setdefault("connection", manifest.default)
     conn = manifest.connection(values["connection"])
+    if conn.driver == "sync":
+        raise UsageError(f"connection {conn.name!r} uses the sync driver: its jobs run when they are "
+                         "dispatched, so there is nothing for a worker to take")
     values["retry_after"] = conn.retry_after
     timeout = values.get("timeout")
     if conn.driver == "amqp" and timeout and timeout + 30 >= conn.consumer_timeout:

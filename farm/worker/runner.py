@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import payload
-from ..errors import Abandon, FarmError, JobTimeout, MaxAttemptsExceeded, PayloadError
+from ..errors import Abandon, FarmError, MaxAttemptsExceeded, PayloadError
 from ..jobs import Job, instantiate, option
 from ..log import Log
 from . import retry
@@ -57,8 +57,13 @@ class Runner:
                            error=reason.splitlines()[0] if reason else "")
             return None
         job._farm_id, job._farm_attempts = reserved.id, reserved.attempts
-        timeout = doc.get("timeout") or _own(job, "timeout") or self.options.timeout
-        return Attempt(reserved, doc, job, float(timeout), time.monotonic())
+        timeout = float(doc.get("timeout") or _own(job, "timeout") or self.options.timeout)
+        limit = self.options.job_limit
+        if limit and timeout > limit:       # a deploy's stop window would SIGKILL it: end it sooner
+            self.log.warning("job.timeout_clamped", id=reserved.id, job=doc["job"], timeout=timeout,
+                             to=limit, detail="raise the pipeline's stop_wait or timeout")
+            timeout = limit
+        return Attempt(reserved, doc, job, timeout, time.monotonic())
 
     def claim(self, attempt: Attempt, who: str) -> bool:
         """Make `who` the one thread that settles the attempt; False if the other one is."""

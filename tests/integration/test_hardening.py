@@ -3,18 +3,17 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sqlite3
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 import farm
 from conftest import DB_BACKENDS, PG_URL
 from farm.drivers.base import Outgoing
+from tcpproxy import Proxy, free_port
 from testjobs import Record, SlowFailedHook, Sleeper
 
 
@@ -133,63 +132,13 @@ def test_issue_12_the_heart_threads_connection_errors_never_drop_the_main_thread
     assert backend_pid() == before
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Proxy:
-    """A TCP forwarder on loopback, started late: the database 'comes up' when it starts."""
-
-    def __init__(self, port: int, target: tuple[str, int]) -> None:
-        self.port, self.target = port, target
-        self.server = socket.socket()
-        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socks: list[socket.socket] = [self.server]
-
-    def start(self) -> None:
-        self.server.bind(("127.0.0.1", self.port))
-        self.server.listen(16)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            self.socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        for s in self.socks:
-            s.close()
-
-
 def test_issue_12_a_worker_started_before_its_database_waits_for_it_and_then_works(make_farm, tmp_path):
     from sqlalchemy.engine import make_url
 
     make_farm("postgresql")                    # checks the server is there (fails under CI if not)
     real = make_url(PG_URL)
-    port = _free_port()
-    proxy = _Proxy(port, (real.host or "127.0.0.1", real.port or 5432))
+    port = free_port()
+    proxy = Proxy(port, (real.host or "127.0.0.1", real.port or 5432))
     conf = tmp_path / "late" / "conf"
     conf.mkdir(parents=True)
     table = "late" + uuid.uuid4().hex[:8]

@@ -169,6 +169,74 @@ class AlwaysFails(farm.Job):
         raise RuntimeError("always")
 
 
+class SlowFailedHook(farm.Job):
+    """Fails itself at once; its failed() hook takes `seconds` (a window for a second signal)."""
+
+    def __init__(self, path: str, seconds: float) -> None:
+        self.path, self.seconds = path, seconds
+
+    def handle(self) -> None:
+        record(self.path, f"handle {os.getpid()}")
+        self.fail("on purpose")
+
+    def failed(self, exc: BaseException) -> None:
+        record(self.path, "failed-start")
+        time.sleep(self.seconds)
+        record(self.path, "failed-end")
+
+
+class Outer(farm.Job):
+    """A job class nested in another: `testjobs:Outer.Inner` is a job, `Outer.helper` is not."""
+
+    class Inner(farm.Job):
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        def handle(self) -> None:
+            record(self.path, "inner")
+
+    def helper(self, path: str) -> None:
+        record(path, "helper ran")
+
+
+def _private(path: str) -> None:
+    record(path, "private ran")
+
+
+from shutil import rmtree as imported_function  # noqa: E402  (a function NOT defined here)
+
+
+class ClosesItsChannel(farm.Job):
+    """amqp: on its first attempt, has RabbitMQ close its worker's consuming channel (an ack of
+    a delivery tag the broker never sent: PRECONDITION_FAILED, as a consumer_timeout would)."""
+
+    def __init__(self, path: str, tag: str) -> None:
+        self.path, self.tag = path, tag
+
+    def handle(self) -> None:
+        record(self.path, f"{self.tag} {self.attempts} {os.getpid()}")
+        if self.attempts == 1:
+            from farm import app
+
+            consumer = app.queue()._consumer
+            with consumer.lock:
+                consumer.channels["default"].basic_ack(delivery_tag=999_999)
+            time.sleep(1.0)          # the channel is gone before the job ends
+
+
+class KillsItsWorker(farm.Job):
+    """SIGKILLs the worker running it, on every attempt."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def handle(self) -> None:
+        import signal
+
+        record(self.path, f"start {self.attempts} {os.getpid()}")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # -- jobs that record when things happened (tests/integration/test_worker_lifecycle.py) ----------
 
 
@@ -224,3 +292,19 @@ class Hog(farm.Job):
 
 
 _HOGGED: list[bytes] = []
+
+
+class RaisesBaseException(farm.Job):
+    """Raises what is not an Exception (asyncio's CancelledError, as asyncio.run can)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def handle(self) -> None:
+        import asyncio
+
+        record(self.path, f"attempt {self.attempts}")
+        raise asyncio.CancelledError("cancelled inside the job")
+
+    def failed(self, exc: BaseException) -> None:
+        record(self.path, f"failed {type(exc).__name__}")

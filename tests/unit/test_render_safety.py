@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import stat
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import need_tool
 from farm import manifest, render
 
 # Values no quoting scheme gets right by accident: quotes of one kind, %, $, backslashes,
@@ -106,8 +106,8 @@ def _as_cron_runs_it(line: str) -> str:
     return "".join(out)
 
 
-@pytest.mark.skipif(not shutil.which("flock"), reason="the cron line runs flock")
 def test_hardening_the_cron_drain_gets_its_arguments_and_the_pipelines_environment(tmp_path):
+    need_tool("flock")
     # Given a drain pipeline with awkward values, at an awkward path, with a stub farmctl
     root = _project(tmp_path, drain=True)
     m = manifest.load(root / "conf" / "farm.yaml")
@@ -151,9 +151,9 @@ def _verify(unit: Path) -> None:
     assert cp.returncode == 0 and complaints == [], cp.stderr
 
 
-@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
 @pytest.mark.parametrize("bindir", ["bin 50% $x;y", "bin it's \"q\" a\\b"])
 def test_hardening_systemd_analyze_accepts_the_unit_and_finds_the_executable(tmp_path, bindir):
+    need_tool("systemd-analyze")
     # Given a farmctl at an awkward path (systemd refuses ' " \ in an executable's name)
     root = _project(tmp_path)
     m = manifest.load(root / "conf" / "farm.yaml")
@@ -239,6 +239,7 @@ def test_hardening_variables_the_manifest_takes_from_the_environment_reach_rende
     (program,) = _supervisord_programs(root / "supervisor" / "supervisord.conf")
     assert program.environment["FARM_RENDER_DB"] == "sqlite:////srv/it's 100%.db"
     (line,) = [x for x in (root / "supervisor" / "farm.cron").read_text().splitlines() if "--pipeline d" in x]
+    need_tool("flock")
     cp = subprocess.run(["sh", "-c", _as_cron_runs_it(line)], env={"PATH": "/usr/bin:/bin"}, cwd="/", timeout=60)
     assert cp.returncode == 0
     assert json.loads((root / "var" / "log" / "d.log").read_text())["env"]["FARM_RENDER_DB"] == "own"
