@@ -68,12 +68,20 @@ class Job:
         Data may only set public data attributes: never a private name (`_farm_id`), an option
         (`queue`, `tries`, ...) or anything the class defines as a method or property.
         """
+        known = _DATA_KEYS.setdefault(cls, set())
         for key in data:
+            if key in known:
+                continue
             if key.startswith("_") or key in OPTIONS or _is_behaviour(cls, key):
                 raise PayloadError(f"data: {key[:50]!r} is not a payload attribute of {cls.__qualname__}")
+            if len(known) < 256:        # the hot path checks a class's usual keys once
+                known.add(key)
         job = cls.__new__(cls)
         job.__dict__.update(data)
         return job
+
+
+_DATA_KEYS: dict[type, set[str]] = {}     # per job class: payload keys already found allowed
 
 
 def _is_behaviour(cls: type, key: str) -> bool:

@@ -144,10 +144,7 @@ def check_shape(doc: Any) -> None:
         raise PayloadError(f"'job' must be 'module:Qualname', got {doc['job'][:100]!r}")
     for key, (kinds, low) in _OPTIONAL.items():
         value = doc.get(key)
-        if value is None:
-            continue
-        values = value if isinstance(value, list) else [value]
-        if not isinstance(value, kinds) or not all(_in_range(v, low) for v in values) or len(values) > 1000:
+        if value is not None and not _valid(value, kinds, low):
             raise PayloadError(f"the job document's {key!r} has the wrong type or range: {repr(value)[:100]}")
     if doc.get("queue") == "" or len(doc.get("queue") or "") > 191:
         raise PayloadError("'queue' must be 1 to 191 characters")
@@ -158,12 +155,15 @@ def check_shape(doc: Any) -> None:
             raise PayloadError(f"'retry_until' is not an ISO 8601 time: {doc['retry_until'][:50]!r}") from None
 
 
-def _in_range(value: Any, low: float | None) -> bool:
-    if isinstance(value, bool):
+def _valid(value: Any, kinds: Any, low: float | None) -> bool:
+    """A field's value: a string, a number (not a bool, finite, in low.._MAX), or a short list of them."""
+    if not isinstance(value, kinds) or value is True or value is False:
         return False
     if low is None:
-        return isinstance(value, str)
-    return isinstance(value, (int, float)) and low <= value <= _MAX and value == value
+        return True                     # kinds is str
+    if isinstance(value, list):
+        return len(value) <= 1000 and all(_valid(v, (int, float), low) for v in value)
+    return low <= value <= _MAX         # NaN and inf fail this too
 
 
 def dumps(doc: dict[str, Any]) -> str:

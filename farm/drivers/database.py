@@ -252,6 +252,8 @@ class DatabaseQueue:
                 with self._cursor("fast") as cur:
                     cur.execute(self.sql.claim_returning, (until, self.token, queue, now, want))
                     rows = sorted(cur.fetchall())
+                if self.dialect == "sqlite":
+                    rows = [(r[0], r[1], _utf8(r[2]), r[3]) for r in rows]
             out.extend(Reserved(id=r[1], queue=queue, body=r[2], attempts=r[3], handle=r[0]) for r in rows)
         return out
 
@@ -469,6 +471,14 @@ def _is_disconnect(e: BaseException, dialect: str) -> bool:
 def _is_refused(e: BaseException | None) -> bool:
     text = str(e).lower()
     return "refused" in text or "could not connect" in text or "can't connect" in text
+
+
+def _utf8(raw: bytes) -> str | bytes:
+    """SQLite's payload as text; bytes that are not UTF-8 stay bytes (the worker fails the job)."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
 
 
 def _close_quietly(conn: Any) -> None:
