@@ -4,10 +4,8 @@ A farm queue `Q` is the durable RabbitMQ queue `Q`; a delay is a durable TTL que
 `Q.delay.<ms>` dead-lettering back to `Q` (stock RabbitMQ, no plugin). Failed jobs, stamps
 and heartbeats live in the connection's `store:` (a database connection).
 
-pika's BlockingConnection is single-threaded and answers heartbeats only while called: the
-consuming connection (`_Consumer`) is used by the worker's thread inside the driver and by a
-keeper thread while a job runs. Publishing uses a second connection with publisher confirms,
-waited for once per chunk (`_Confirms`).
+The pika plumbing (confirms, frames, the consuming connection and its keeper thread) is in
+`amqp_io`; this module is the driver's verbs and the bookkeeping in the store.
 
 The channel's prefetch count follows the batch the worker asks for (one job at a time while
 jobs are slow), so a handful of long jobs spreads over the workers. Every failure of the
@@ -17,405 +15,22 @@ holds are stale and never run (`AmqpQueue.is_stale`).
 from __future__ import annotations
 
 import collections
-import contextlib
-import itertools
 import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import pika
 import pika.exceptions
 
-from .. import waker
 from ..errors import DriverUnavailable, FarmError
 from ..manifest import Connection
+from .amqp_io import (PIKA_ERRORS, Buffered, Confirms, Consumer, Delivery, close_quietly, declare,
+                      delay_bucket, describe_error)
 from .base import FailedJob, Outgoing, Reserved
 
 DEFAULT_PREFETCH = 100
-QUEUE_ARGS = {"x-queue-version": 2}
-PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
-
-
-def declare(connection: Any, channel: Any, name: str, arguments: dict[str, Any] | None = None) -> None:
-    """Make sure the durable queue `name` exists. New queues are classic v2 queues (about 1.7x
-    the confirmed-publish rate of v1 here); a queue that already exists is used as it is, since
-    redeclaring it with other arguments would be refused by the broker."""
-    probe = connection.channel()
-    try:
-        probe.queue_declare(name, durable=True, passive=True)
-        return
-    except pika.exceptions.ChannelClosedByBroker as e:
-        if e.reply_code != 404:
-            raise
-    finally:
-        if probe.is_open:
-            probe.close()
-    channel.queue_declare(name, durable=True, arguments={**QUEUE_ARGS, **(arguments or {})})
-
-
-def delay_bucket(seconds: float) -> int:
-    """Milliseconds of the TTL queue for a delay, rounded so queues stay few (about 5% at most)."""
-    ms = max(1, int(seconds * 1000))
-    step = 100 if ms < 10_000 else 1000 if ms < 120_000 else 10_000 if ms < 3_600_000 else 60_000
-    return -(-ms // step) * step
-
-
-@contextlib.contextmanager
-def one_write(connection: pika.BlockingConnection) -> Iterator[None]:
-    """Hand the frames of every method sent inside to the socket as one write (pika makes one
-    write per frame: three per message). Only for methods that need no reply."""
-    impl = connection._impl
-    frames: list[bytes] = []
-    impl._output_marshaled_frames = frames.extend      # shadows pika's method meanwhile
-    try:
-        yield
-    finally:
-        del impl._output_marshaled_frames
-        if frames:
-            data = b"".join(frames)
-            impl.bytes_sent += len(data)
-            impl.frames_sent += len(frames)
-            impl._adapter_emit_data(data)
-
-
-def send_now(connection: pika.BlockingConnection, channel_number: int, method: Any) -> None:
-    """Write a method that needs no reply (an ack) straight to the socket when nothing else is
-    waiting to be written; pika would instead arm its I/O loop for one write (several system
-    calls per ack). Whatever the socket does not take is left to pika to write."""
-    impl = connection._impl
-    data = pika.frame.Method(channel_number, method).marshal()
-    transport = impl._transport
-    if transport is None:
-        raise pika.exceptions.StreamLostError("not connected")
-    if transport.get_write_buffer_size() == 0:
-        try:
-            sent = transport._sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        impl.bytes_sent += sent
-        data = data[sent:]
-    impl.frames_sent += 1
-    if data:
-        impl._adapter_emit_data(data)
-
-
-class _Confirms:
-    """A publishing channel in confirm mode that waits once per batch, not once per message
-    (pika's blocking confirm mode waits after each publish). Uses pika's own `_flush_output`,
-    the loop its blocking channel waits in."""
-
-    def __init__(self, connection: pika.BlockingConnection) -> None:
-        self.connection = connection
-        self.channel = connection.channel()
-        self.outstanding: set[int] = set()
-        self.next_tag = 1
-        self.nacked = 0
-        ready: list[bool] = []
-        self.channel._impl.confirm_delivery(ack_nack_callback=self._on_confirm,
-                                            callback=lambda _frame: ready.append(True))
-        connection._flush_output(lambda: bool(ready))
-
-    @property
-    def is_open(self) -> bool:
-        return bool(self.channel.is_open)
-
-    def _on_confirm(self, frame: Any) -> None:
-        m = frame.method
-        if isinstance(m, pika.spec.Basic.Nack):
-            self.nacked += 1
-        if m.multiple:
-            self.outstanding = {t for t in self.outstanding if t > m.delivery_tag}
-        else:
-            self.outstanding.discard(m.delivery_tag)
-
-    def publish(self, messages: Sequence[tuple[str, bytes, pika.BasicProperties]]) -> None:
-        with one_write(self.connection):
-            for routing_key, body, props in messages:
-                self.channel._impl.basic_publish("", routing_key, body, props)
-                self.outstanding.add(self.next_tag)
-                self.next_tag += 1
-
-    def wait(self) -> None:
-        """Until the broker has confirmed every message published so far."""
-        self.connection._flush_output(lambda: not self.outstanding)
-        if self.nacked:
-            self.nacked = 0
-            raise pika.exceptions.AMQPError("the broker refused (nacked) a message")
-
-
-_GENERATIONS = itertools.count(1)       # one number per consuming connection of this process
-
-
-@dataclass
-class _Delivery:
-    tag: int
-    channel: int             # the number of the channel it came on, where its ack goes
-    generation: int          # the consuming connection it came on: stale once it is gone
-    redelivered: bool
-    body: bytes
-    message_id: str | None = None
-    arrived: float = field(default_factory=time.monotonic)
-    deaths: int = 0          # starts of this message that ended unacked, as counted in the store
-
-
-Buffered = list[tuple[str, _Delivery]]
-
-
-class _Consumer:
-    """The consuming connection. pika is single-threaded: whoever holds `lock` may call it.
-
-    Each queue is consumed on a channel of its own, whose prefetch count (basic.qos global,
-    which unlike a consumer's own applies at once when changed) follows the worker's batch:
-    each queue gets its own slots, so a message of the first-listed queue is never kept out
-    by ones of a later queue.
-
-    The worker's thread holds it inside the driver (waiting for deliveries, acking), so a
-    delivery reaches a waiting worker and an ack reaches the socket with no thread hand-off:
-    the ack is written before the next job starts. While a job runs, the keeper thread takes
-    the lock every 50 ms to answer heartbeats, buffer deliveries, notice a channel the broker
-    closed, and hand back deliveries buffered too long, so a job may run far longer than the
-    heartbeat interval.
-    """
-
-    KEEP_EVERY = 0.05
-    REFILL = 0.02        # seconds the broker may take to send a message into a slot an ack freed
-
-    def __init__(self, params: pika.URLParameters, queues: Sequence[str], qos: int, ceiling: int,
-                 buffer_wait: float, hand_back: Callable[[_Consumer, Buffered], None]) -> None:
-        self.params, self.queues = params, list(queues)
-        self.qos = qos                       # each channel's prefetch count (basic.qos global)
-        self.ceiling = ceiling               # each consumer's own: the connection's `prefetch`
-        self.buffer_wait = buffer_wait       # how long a delivery may wait in a buffer, seconds
-        self.hand_back = hand_back           # republishes deliveries nobody started
-        self.buffers: dict[str, collections.deque[_Delivery]] = {q: collections.deque() for q in queues}
-        self.lock = threading.RLock()
-        self.generation = next(_GENERATIONS)
-        self.connection: pika.BlockingConnection | None = None
-        self.channels: dict[str, Any] = {}   # queue -> the channel it is consumed on
-        self.tags: dict[str, str] = {}       # queue -> our consumer; none while suspended
-        self.freed_at: dict[int, float] = {}  # channel number -> when an ack last freed a slot
-        self.cancelled_by_broker = False
-        self.error: str | None = None        # why the last channel went, until reported
-        self.halt = threading.Event()
-        self.keeper = threading.Thread(target=self._keep_alive, name="farm-amqp", daemon=True)
-
-    # everything below runs with `lock` held
-    def connected(self) -> None:
-        """Connect and open the consuming channels unless all are open; pika's errors propagate."""
-        if self.open() and not self.cancelled_by_broker:
-            return
-        self.lost()
-        connection = pika.BlockingConnection(self.params)
-        try:
-            channels = {q: self._channel_for(connection, q) for q in self.queues}
-        except BaseException:
-            _close_quietly(connection)
-            raise
-        self.connection, self.channels = connection, channels
-        if not self.keeper.is_alive():
-            self.keeper.start()
-
-    def _channel_for(self, connection: pika.BlockingConnection, queue: str) -> Any:
-        channel = connection.channel()
-        channel.basic_qos(prefetch_count=self.ceiling)
-        channel.basic_qos(prefetch_count=self.qos, global_qos=True)
-        channel.add_on_cancel_callback(self._on_cancelled)
-        declare(connection, channel, queue)      # a queue must exist before basic_consume
-        return channel
-
-    def consuming(self) -> None:
-        """Connected, and consuming every queue (again, after a suspend)."""
-        self.connected()
-        if not self.tags:
-            self.tags = {q: ch.basic_consume(q, self._on_message(q, self.generation))
-                         for q, ch in self.channels.items()}
-
-    def _on_message(self, queue: str, gen: int) -> Callable[..., None]:
-        buf = self.buffers[queue]
-
-        def on_message(ch: Any, method: Any, props: Any, body: bytes) -> None:
-            buf.append(_Delivery(method.delivery_tag, ch.channel_number, gen, method.redelivered, body,
-                                 props.message_id))
-        return on_message
-
-    def _on_cancelled(self, frame: Any) -> None:
-        self.cancelled_by_broker = True      # its queue was deleted: `check` raises, we reconnect
-
-    def open(self) -> bool:
-        return bool(self.connection is not None and self.connection.is_open and self.channels
-                    and all(ch.is_open for ch in self.channels.values()))
-
-    def is_stale(self, d: _Delivery) -> bool:
-        """The delivery came on a channel that is gone; the broker has requeued its message."""
-        return d.generation != self.generation or not self.open()
-
-    def check(self) -> None:
-        """Raise what closed a channel, or cancelled a consumer, while the connection stayed
-        open (consumer_timeout, an ack the broker refused, a deleted queue): pika only notes it."""
-        for ch in self.channels.values():
-            if not ch.is_open:
-                raise getattr(ch, "_closing_reason", None) or pika.exceptions.ChannelClosed(0, "closed")
-        if self.cancelled_by_broker:
-            raise pika.exceptions.ConsumerCancelled("the broker cancelled the consumer: was its queue deleted?")
-
-    def lost(self, error: BaseException | None = None) -> None:
-        """The broker requeues everything unacked when a channel goes: our copies are void.
-        Any channel going takes the whole connection, which is simpler to start again."""
-        if error is not None and self.connection is not None:
-            self.error = f"consumer lost: {_reason(error)}"
-        conn, self.connection, self.channels, self.tags = self.connection, None, {}, {}
-        self.freed_at.clear()
-        self.cancelled_by_broker = False
-        self.generation = next(_GENERATIONS)
-        for buf in self.buffers.values():
-            buf.clear()
-        if conn is not None:
-            _close_quietly(conn)
-
-    def buffered(self) -> bool:
-        return any(self.buffers[q] for q in self.queues)
-
-    def pump(self, seconds: float) -> None:
-        """Read from the broker for up to `seconds`, returning early once deliveries arrived."""
-        self.connection.process_data_events(time_limit=seconds)
-        self.check()
-
-    def wait_for(self, limit: int, deadline: float) -> Buffered:
-        """Up to `limit` deliveries as soon as there are some; none at `deadline` or a signal."""
-        while True:
-            if self.buffered():
-                refill = self._refilling()
-                if refill <= 0:
-                    return self.take(limit)
-                self.pump(refill)
-                continue
-            left = deadline - time.monotonic()
-            if left <= 0 or waker.signalled():
-                return []
-            self.pump(min(left, 0.1))
-
-    def _refilling(self) -> float:
-        """How long to wait before handing out only deliveries of later-listed queues: an
-        earlier queue whose slot an ack just freed may have its next message on the wire
-        (with a prefetch of one, a priority list relies on it)."""
-        first = next(i for i, q in enumerate(self.queues) if self.buffers[q])
-        now = time.monotonic()
-        return max((self.freed_at.get(self.channels[q].channel_number, 0.0) + self.REFILL - now
-                    for q in self.queues[:first]), default=0.0)
-
-    def take(self, limit: int) -> Buffered:
-        """Up to `limit` buffered deliveries, the first-listed queue first."""
-        out: Buffered = []
-        for q in self.queues:
-            buf = self.buffers[q]
-            while buf and len(out) < limit:
-                out.append((q, buf.popleft()))
-        return out
-
-    def follow(self, wanted: int) -> Buffered:
-        """Make basic.qos follow the batch the worker asks for (1 while jobs are slow, so other
-        workers get the rest); a change within a factor of two is not worth a round trip.
-        Returns, for handing back, what is buffered beyond it (basic.qos does not take back
-        what the broker has sent) and what has waited too long."""
-        if wanted > self.qos or wanted * 2 < self.qos:
-            self.limit_to(wanted)
-        return self._beyond(self.qos) + self.overdue()
-
-    def _beyond(self, keep: int) -> Buffered:
-        """Each queue's buffered deliveries past its first `keep`."""
-        out: Buffered = []
-        for q in self.queues:
-            buf = self.buffers[q]
-            surplus = [buf.pop() for _ in range(len(buf) - keep)]
-            out.extend((q, d) for d in reversed(surplus))
-        return out
-
-    def overdue(self) -> Buffered:
-        """Buffered deliveries that have waited `buffer_wait`: the broker's consumer_timeout
-        would close the channel over one left unacked much longer."""
-        since = time.monotonic() - self.buffer_wait
-        out: Buffered = []
-        for q in self.queues:
-            buf = self.buffers[q]
-            while buf and buf[0].arrived < since:
-                out.append((q, buf.popleft()))
-        return out
-
-    def shed_overdue(self) -> Buffered:
-        """`overdue()`, with basic.qos lowered to 1 first so they do not come straight back: a
-        worker that left them waiting this long while busy had prefetched too many."""
-        overdue = self.overdue()
-        if overdue and self.qos > 1:
-            self.limit_to(1)
-        return overdue
-
-    def limit_to(self, count: int) -> None:
-        """Set each channel's prefetch count. A consumer's own count (basic.qos, not global) is
-        fixed when it starts consuming; a channel's applies at once."""
-        for ch in self.channels.values():
-            ch.basic_qos(prefetch_count=count, global_qos=True)
-        self.qos = count
-
-    def ack(self, d: _Delivery) -> bool:
-        """Written at once (no reply to wait for). False, and nothing written, for a stale
-        delivery: an ack on a channel the broker closed would close the connection too."""
-        if self.is_stale(d):
-            return False
-        try:
-            send_now(self.connection, d.channel, pika.spec.Basic.Ack(delivery_tag=d.tag))
-        except PIKA_ERRORS as e:
-            self.lost(e)
-            return False
-        self.freed_at[d.channel] = time.monotonic()
-        return True
-
-    def stop_consuming(self) -> Buffered:
-        """Cancel our consumers; return what they had buffered. A basic.qos of 1 first: past it
-        the broker sends nothing more while we hold a delivery, so little is on the wire during
-        the cancel (pika rejects what arrives then, which marks it redelivered)."""
-        if not self.tags or not self.open():
-            return []
-        self.limit_to(1)
-        self.connection.process_data_events(time_limit=0)
-        for q, tag in self.tags.items():
-            self.channels[q].basic_cancel(tag)
-        self.tags = {}
-        return self._beyond(0)
-
-    def sync(self) -> None:
-        """One round trip on each consuming channel: every delivery the broker sent before it
-        is in our buffers afterwards (a channel is ordered)."""
-        self.limit_to(self.qos)
-        self.connection.process_data_events(time_limit=0)
-        self.check()
-
-    def _keep_alive(self) -> None:
-        while not self.halt.wait(self.KEEP_EVERY):
-            if not self.lock.acquire(blocking=False):
-                continue                 # the worker's thread is using the connection
-            try:
-                if self.connection is not None:
-                    self.pump(0)
-                    self.hand_back(self, self.shed_overdue())
-            except (*PIKA_ERRORS, FarmError) as e:
-                self.lost(e)             # the worker reconnects on its next reserve
-            finally:
-                self.lock.release()
-
-    def stop(self) -> None:
-        self.halt.set()
-        with self.lock:
-            self.lost()
-
-
-def _close_quietly(conn: Any) -> None:
-    try:
-        conn.close()
-    except Exception:
-        pass
 
 
 class AmqpQueue:
@@ -444,7 +59,7 @@ class AmqpQueue:
         self._channels: dict[str, Any] = {}
         self._declared: set[str] = set()
         self._lock = threading.RLock()
-        self._consumer: _Consumer | None = None
+        self._consumer: Consumer | None = None
         self._queue_prefix = f"amqp-queue:{conn.name}:"
         self._deaths_prefix = f"amqp-deaths:{conn.name}:"
         self._publish_channel()          # a wrong url or a broker that is down shows at once
@@ -459,9 +74,9 @@ class AmqpQueue:
             try:
                 self._publisher = pika.BlockingConnection(self.params)
             except PIKA_ERRORS as e:
-                raise DriverUnavailable(f"connection {self.name!r}: cannot connect to RabbitMQ: {_reason(e)}") from e
+                raise DriverUnavailable(f"connection {self.name!r}: cannot connect to RabbitMQ: {describe_error(e)}") from e
             self._channels, self._declared = {}, set()
-        ch = self._channels[kind] = _Confirms(self._publisher) if kind == "confirm" else self._publisher.channel()
+        ch = self._channels[kind] = Confirms(self._publisher) if kind == "confirm" else self._publisher.channel()
         return ch
 
     def _declare(self, channel: Any, queue: str, delay_ms: int = 0) -> str:
@@ -499,7 +114,7 @@ class AmqpQueue:
                 except PIKA_ERRORS as e:
                     self._reset_publisher()
                     if attempt == 1:
-                        raise DriverUnavailable(f"connection {self.name!r}: {what}: {_reason(e)}") from e
+                        raise DriverUnavailable(f"connection {self.name!r}: {what}: {describe_error(e)}") from e
 
     def _publish(self, items: Sequence[Outgoing]) -> None:
         now = time.time()
@@ -517,15 +132,15 @@ class AmqpQueue:
     def _reset_publisher(self) -> None:
         conn, self._publisher, self._channels, self._declared = self._publisher, None, {}, set()
         if conn is not None:
-            _close_quietly(conn)
+            close_quietly(conn)
 
     # -- consuming ------------------------------------------------------------------------
-    def _consumer_for(self, queues: Sequence[str], qos: int) -> _Consumer:
+    def _consumer_for(self, queues: Sequence[str], qos: int) -> Consumer:
         c = self._consumer
         if c is None or c.queues != list(queues):
             if c is not None:
                 c.stop()
-            c = self._consumer = _Consumer(self.params, queues, qos, self.prefetch, self.buffer_wait,
+            c = self._consumer = Consumer(self.params, queues, qos, self.prefetch, self.buffer_wait,
                                                 self._hand_back)
         return c
 
@@ -545,10 +160,10 @@ class AmqpQueue:
                 got = c.wait_for(limit, self._deadline(c, queues, wait))
             except PIKA_ERRORS as e:
                 c.lost()
-                raise DriverUnavailable(f"connection {self.name!r}: {_reason(e)}") from e
+                raise DriverUnavailable(f"connection {self.name!r}: {describe_error(e)}") from e
             return [self._handed_out(q, d) for q, d in got]
 
-    def _deadline(self, c: _Consumer, queues: Sequence[str], wait: float) -> float:
+    def _deadline(self, c: Consumer, queues: Sequence[str], wait: float) -> float:
         """When to stop waiting. A `wait` of 0 asks "is it empty?": ask the broker for ready
         messages, then make sure none it sent us is still on the wire."""
         now = time.monotonic()
@@ -561,14 +176,14 @@ class AmqpQueue:
             c.sync()
         return now
 
-    def _handed_out(self, queue: str, d: _Delivery) -> Reserved:
+    def _handed_out(self, queue: str, d: Delivery) -> Reserved:
         job = self._reserved(queue, d)
         if d.redelivered:
             d.deaths = self._count_death(job.id)
             job.attempts += d.deaths
         return job
 
-    def _reserved(self, queue: str, d: _Delivery) -> Reserved:
+    def _reserved(self, queue: str, d: Delivery) -> Reserved:
         """The delivery as a job; attempts are the starts its document says ended, plus this
         one. A body that is not UTF-8 is handed out as bytes: the worker fails it, saying so."""
         try:
@@ -654,7 +269,7 @@ class AmqpQueue:
         for j in live:
             self._ack(j)
 
-    def _hand_back(self, c: _Consumer, buffered: Buffered) -> None:
+    def _hand_back(self, c: Consumer, buffered: Buffered) -> None:
         """Give back deliveries the consumer buffered and nobody took; when that fails, drop
         the consuming connection instead (the broker requeues them, marked redelivered)."""
         if not buffered:
@@ -786,8 +401,3 @@ def _with_attempts(body: str, attempts: int) -> str:
     doc = json.loads(body)
     doc["attempts"] = attempts
     return json.dumps(doc, separators=(",", ":"))
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e) or repr(e)
-    return f"{type(e).__name__}: {text}".splitlines()[0]

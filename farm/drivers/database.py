@@ -422,6 +422,10 @@ class DatabaseQueue:
             if cur.rowcount == 0:
                 cur.execute(self.sql.set_stamp_insert, (name, value))
 
+    def delete_stamp(self, name: str) -> None:
+        with self._cursor("renew") as cur:
+            cur.execute(self.sql.delete_stamp, (name,))
+
     def stamp(self, name: str) -> float | None:
         with self._cursor("renew") as cur:
             cur.execute(self.sql.stamp, (name,))

@@ -115,6 +115,7 @@ class Queries:
         self.set_stamp_update = q(f"UPDATE {j}_stamps SET value = %s WHERE name = %s")
         self.set_stamp_insert = q(f"INSERT INTO {j}_stamps (name, value) VALUES (%s, %s)")
         self.stamp = q(f"SELECT value FROM {j}_stamps WHERE name = %s")
+        self.delete_stamp = q(f"DELETE FROM {j}_stamps WHERE name = %s")
         self.stamps = q(f"SELECT name, value FROM {j}_stamps WHERE name LIKE %s ORDER BY name")
         self.beat_update = q(f"UPDATE {j}_workers SET doc = %s, heartbeat = %s WHERE id = %s")
         self.beat_insert = q(f"INSERT INTO {j}_workers (id, doc, heartbeat) VALUES (%s, %s, %s)")
