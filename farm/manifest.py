@@ -9,7 +9,9 @@ from typing import Any
 
 import yaml
 
+from . import kubeconf
 from .errors import ManifestError
+from .kubeconf import Kubernetes, Scale
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -51,6 +53,8 @@ class Pipeline:
     user: str | None = None           # run its workers as this user (supervisord user=, systemd User=)
     group: str | None = None          # systemd Group= (supervisord takes the user's own group)
     stop_wait: float | None = None    # seconds a stop may wait for a job; default: longest timeout + 30
+    scale: Scale | None = None        # Kubernetes: a KEDA ScaledObject scales its Deployment min..max
+    env_templates: tuple[tuple[str, str], ...] = ()   # `environment:` values holding ${VAR}, as written
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class Manifest:
     serverurl: str | None = None      # where status talks to supervisord (default: the local socket)
     user: str | None = None           # default user of every pipeline's workers
     group: str | None = None
+    kubernetes: Kubernetes | None = None   # render Kubernetes objects too
 
     @property
     def programs_dir(self) -> Path:
@@ -182,6 +187,7 @@ class _Reader:
         self.text: dict[str, str] = {}          # each scalar as written (after ${VAR} substitution)
         self.substituted: set[str] = set()      # plain scalars that held a ${VAR}: typed by their key
         self.used: dict[str, str] = {}           # ${VAR}s whose value came from the environment
+        self.raw: dict[str, str] = {}            # scalars that hold a ${VAR}, as written
 
     def problem(self, key: str, message: str) -> None:
         """Record a problem at `key`'s line, or its nearest parent's when `key` is absent."""
@@ -216,6 +222,7 @@ class _Reader:
             except yaml.YAMLError as e:         # e.g. an unknown !!tag
                 self.problem(key, f"not a valid value: {getattr(e, 'problem', None) or e}")
                 return None
+        self.raw[key] = node.value
         raw = _VAR.sub(lambda m: self._variable(m, key), node.value)
         self.text[key] = raw
         if node.style is None:      # plain: `numprocs: ${N:-2}` is read as a number by _number
@@ -240,8 +247,8 @@ _CONNECTION_KEYS = {"driver", "url", "table", "failed_table", "retry_after", "st
                     "heartbeat", "consumer_timeout"}
 _PIPELINE_KEYS = {"connection", "queues", "numprocs", "max_jobs", "max_time", "memory", "sleep",
                   "timeout", "tries", "backoff", "rest", "prefetch", "drain", "environment", "user", "group",
-                  "stop_wait"}
-_TOP_KEYS = {"imports", "default", "connections", "pipelines", "supervisor", "systemd", "schedule"}
+                  "stop_wait", "scale"}
+_TOP_KEYS = {"imports", "default", "connections", "pipelines", "supervisor", "systemd", "schedule", "kubernetes"}
 
 
 class _Builder:
@@ -268,6 +275,8 @@ class _Builder:
         if not isinstance(schedule, dict):
             self.r.problem("schedule", "expected a mapping of schedule entries")
             schedule = {}
+        kube = kubeconf.section(self, doc.get("kubernetes") or {}) if "kubernetes" in doc else None
+        kubeconf.check(self, kube, pipelines, connections)
         return Manifest(
             path=self.path, root=self.root, imports=tuple(imports), default=str(default),
             connections=connections, pipelines=pipelines,
@@ -277,6 +286,7 @@ class _Builder:
             schedule=schedule, variables=tuple(sorted(self.r.used.items())),
             include=self._include(sup.get("include")), serverurl=self._serverurl(sup.get("serverurl")),
             user=self._name(sup.get("user"), "supervisor.user"), group=self._name(sup.get("group"), "supervisor.group"),
+            kubernetes=kube,
         )
 
     def _include(self, value: Any) -> str | None:
@@ -452,6 +462,8 @@ class _Builder:
                 user=self._name(spec.get("user"), f"{key}.user"),
                 group=self._name(spec.get("group"), f"{key}.group"),
                 stop_wait=self._number(spec, key, "stop_wait", None, minimum=1, optional=True),
+                scale=kubeconf.scale(self, spec.get("scale"), f"{key}.scale"),
+                env_templates=self._templates(spec.get("environment"), f"{key}.environment"),
             )
         return out
 
@@ -485,6 +497,11 @@ class _Builder:
                 self.r.problem(where, problem)
             out.append((name, text))
         return tuple(sorted(out))
+
+    def _templates(self, value: Any, key: str) -> tuple[tuple[str, str], ...]:
+        """The `environment:` values that held a ${VAR}, as written (Kubernetes resolves them in the pod)."""
+        names = value if isinstance(value, dict) else {}
+        return tuple(sorted((n, self.r.raw[f"{key}.{n}"]) for n in names if f"{key}.{n}" in self.r.raw))
 
     def _backoff(self, value: Any, key: str) -> tuple[float, ...] | None:
         if value is None:

@@ -1,4 +1,5 @@
-"""`farmctl render`: the manifest as supervisord programs, systemd units and cron drains.
+"""`farmctl render`: the manifest as supervisord programs, systemd units, cron drains and,
+with a `kubernetes:` section, Kubernetes objects.
 
 Renderers are pure (Manifest -> {path: text}); `plan` compares with the disk and `apply`
 writes. Files carry a header naming the manifest: only files whose header names this
@@ -19,7 +20,7 @@ from pathlib import Path
 from .. import stopwindow
 from ..errors import FarmError
 from ..manifest import Manifest
-from . import cron, supervisor, systemd
+from . import cron, kubernetes, supervisor, systemd
 
 MARK = "Rendered by farmctl render"
 PRIVATE = 0o600       # files holding environment values, which may be secrets
@@ -50,6 +51,7 @@ def render(m: Manifest, farmctl: str | None = None) -> dict[Path, str]:
     files.update(supervisor.render(m, exe, header(m, ";"), windows))
     files.update(systemd.render(m, exe, header(m), windows))
     files.update(cron.render(m, exe, header(m)))
+    files.update(kubernetes.render(m, header(m), windows))
     return files
 
 
@@ -77,7 +79,8 @@ def _one_line_each(m: Manifest, exe: list[str]) -> None:
 
 def file_mode(m: Manifest, path: Path) -> int:
     """0600 for supervisord programs, systemd services and the cron file, which hold the
-    pipelines' environment values (often secrets); 0644 for supervisord.conf and targets."""
+    pipelines' environment values (often secrets); 0644 for supervisord.conf and targets, and
+    for Kubernetes objects (their pods take the secrets from env_secret, never from the file)."""
     holds_env = (path.parent == m.programs_dir or path.suffix == ".service"
                  or path == m.supervisor_dir / "farm.cron")
     return PRIVATE if holds_env else PUBLIC
@@ -139,7 +142,13 @@ def _candidates(m: Manifest) -> list[Path]:
     found = list(m.programs_dir.glob(f"*{m.program_suffix}"))
     found += list(m.systemd_dir.glob("farm-*.service")) + list(m.systemd_dir.glob("farm-*.target"))
     found += [m.supervisor_dir / "farm.cron"]
+    found += list(kubernetes_dir(m).glob("*.yaml"))
     return [p for p in found if p.is_file()]
+
+
+def kubernetes_dir(m: Manifest) -> Path:
+    """kubernetes.dir, or where it was by default (so dropping the section removes our files)."""
+    return m.kubernetes.dir if m.kubernetes else m.root / "kubernetes"
 
 
 def plan(m: Manifest, farmctl: str | None = None) -> Plan:
