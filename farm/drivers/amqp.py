@@ -55,6 +55,7 @@ class AmqpQueue:
         self.params.blocked_connection_timeout = 60
         self.prefetch = conn.prefetch or DEFAULT_PREFETCH     # the most a worker's basic.qos asks
         self.buffer_wait = conn.consumer_timeout / 2
+        self.longest_job = 60.0          # the longest a job may run; the worker sets it (timeout, stop window)
         self._publisher: pika.BlockingConnection | None = None
         self._channels: dict[str, Any] = {}
         self._declared: set[str] = set()
@@ -177,11 +178,7 @@ class AmqpQueue:
         return now
 
     def _handed_out(self, queue: str, d: Delivery) -> Reserved:
-        job = self._reserved(queue, d)
-        if d.redelivered:
-            d.deaths = self._count_death(job.id)
-            job.attempts += d.deaths
-        return job
+        return self._reserved(queue, d)
 
     def _reserved(self, queue: str, d: Delivery) -> Reserved:
         """The delivery as a job; attempts are the starts its document says ended, plus this
@@ -228,6 +225,30 @@ class AmqpQueue:
                 self.store.set_stamp(name, 0)     # as good as none: the next count starts at 1
         except FarmError:
             pass
+
+    def starting(self, job: Reserved) -> bool:
+        """Called by the worker just before it starts a held job; False: do not start it.
+
+        A stale delivery is dropped (the broker has requeued it). One held so long that it
+        might not finish before RabbitMQ's consumer_timeout is handed back (the broker's clock
+        starts again). A redelivered one that does start counts a death in the store, so a job
+        that kills its worker every time is failed after a few (deaths of messages that were
+        requeued before they started are not counted)."""
+        if self.is_stale(job):
+            return False
+        d: Delivery = job.handle
+        if time.monotonic() - d.arrived > self._start_by():
+            self.give_back([job])
+            return False
+        if d.redelivered and not d.deaths:
+            d.deaths = self._count_death(job.id)
+            job.attempts += d.deaths
+        return True
+
+    def _start_by(self) -> float:
+        """Seconds a delivery may wait before it starts: its job must end before consumer_timeout."""
+        room = self.config.consumer_timeout - self.longest_job - 60
+        return max(5.0, min(self.buffer_wait, room))
 
     def is_stale(self, job: Reserved) -> bool:
         """The job's delivery came on a consuming channel that is gone: the broker has requeued

@@ -232,8 +232,9 @@ class Consumer:
         self.cancelled_by_broker = True      # its queue was deleted: `check` raises, we reconnect
 
     def open(self) -> bool:
-        return bool(self.connection is not None and self.connection.is_open and self.channels
-                    and all(ch.is_open for ch in self.channels.values()))
+        connection, channels = self.connection, self.channels     # the keeper may reset them meanwhile
+        return bool(connection is not None and connection.is_open and channels
+                    and all(ch.is_open for ch in list(channels.values())))
 
     def is_stale(self, d: Delivery) -> bool:
         """The delivery came on a channel that is gone; the broker has requeued its message."""

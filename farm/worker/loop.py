@@ -54,6 +54,8 @@ class Worker:
         self.batch = Batch(options.prefetch_limit)
         if options.prefetch and hasattr(queue, "prefetch"):
             queue.prefetch = options.prefetch        # amqp: the channel's basic.qos
+        if hasattr(queue, "longest_job"):            # amqp: how long a delivery may wait to start
+            queue.longest_job = options.job_limit or options.timeout
         self.heart = Heart(self)
         self.failures = 0
 
@@ -116,7 +118,7 @@ class Worker:
             if not self.held:
                 return StopReason.EMPTY if (self.options.stop_when_empty or self.options.once) else None
         reserved = self.held.pop(0)
-        if self._stale(reserved):
+        if not self._starting(reserved):
             return None
         try:
             self._run(reserved)
@@ -143,14 +145,15 @@ class Worker:
             raise
         self.batch.record(time.monotonic() - attempt.started)
 
-    def _stale(self, reserved: Any) -> bool:
-        """amqp: a delivery from before a reconnect was requeued by the broker; never run it."""
-        is_stale = getattr(self.queue, "is_stale", None)
-        if is_stale is None or not is_stale(reserved):
-            return False
+    def _starting(self, reserved: Any) -> bool:
+        """amqp: a delivery from before a reconnect was requeued by the broker, and one held
+        too long to end before consumer_timeout is handed back; neither is started."""
+        starting = getattr(self.queue, "starting", None)
+        if starting is None or starting(reserved):
+            return True
         self.log.warning("job.stale", id=reserved.id, queue=reserved.queue,
-                         detail="its connection was lost; the broker has requeued it")
-        return True
+                         detail="its delivery is stale or was held too long; the broker has it again")
+        return False
 
     def _shut_down(self) -> None:
         """Whatever ended the loop: hand back, say goodbye, settle the acks, close."""
