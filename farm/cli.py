@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
 from typing import Any, Callable
 
 import click
 
+from . import __version__ as farm_version
 from . import app, fingerprint, payload, stopwindow
 from .errors import FarmError, ManifestError
 from .log import Log
@@ -33,6 +35,8 @@ def load_manifest(ctx: click.Context | None = None) -> Any:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(farm_version, "--version", prog_name="farmctl",
+                      message="%(prog)s (jobfarm) %(version)s")
 @config_option
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 @click.pass_context
@@ -104,14 +108,25 @@ def work(ctx: click.Context, log_format: str, log_level: str, **flags: Any) -> N
     _import_all(manifest.imports, log)
     code = fingerprint.loaded(manifest.imports)
     if options.pipeline:                # as long as the process manager's stop window allows
-        longest, _ = stopwindow.longest_job_timeout(manifest.imports)
-        options = dataclasses.replace(
-            options, job_limit=stopwindow.job_limit(manifest.pipeline(options.pipeline), longest))
+        options = _limited(options, manifest, log)
     try:
         store = app.store(options.connection)
     except FarmError:
         store = None
     ctx.exit(Worker(queue, store, options, registry, log, code=code).run())
+
+
+def _limited(options: Any, manifest: Any, log: Log) -> Any:
+    """No job may outlast the stop window: the one render wrote for this worker, else the one
+    it would write now. Code that asks for longer than the rendered window is logged."""
+    pipeline = manifest.pipeline(options.pipeline)
+    window = stopwindow.window_from_environment()
+    longest = stopwindow.longest_loaded(manifest.imports)
+    limit = stopwindow.job_limit(pipeline, longest, window)
+    if window and stopwindow.stop_seconds(pipeline, longest) > window:
+        log.warning("worker.stop_window", window=window, wanted=stopwindow.stop_seconds(pipeline, longest),
+                    detail="a job's timeout is longer than the rendered stop window: run farmctl render")
+    return dataclasses.replace(options, job_limit=limit)
 
 
 def _import_all(modules: tuple[str, ...], log: Log) -> None:
@@ -128,14 +143,26 @@ def _import_all(modules: tuple[str, ...], log: Log) -> None:
 
 @cli.command()
 @click.option("--connection", help="The connection (default: the manifest's default).")
+@click.option("--apply", "apply_", is_flag=True, help="Create the tables that are missing instead of printing.")
 @config_option
-def schema(connection: str | None) -> None:
-    """Print the SQL that creates the tables, for migrations managed by hand."""
-    load_manifest()
-    q = app.queue(connection)
-    if not hasattr(q, "ddl"):
-        raise FarmError(f"connection {q.name!r} keeps no tables")
-    click.echo(q.ddl(), nl=False)
+def schema(connection: str | None, apply_: bool) -> None:
+    """Print the SQL that creates the tables (touching no database); --apply creates them."""
+    from .drivers import database
+
+    m = load_manifest()
+    conn = m.connection(connection)
+    note = ""
+    if conn.driver == "amqp" and conn.store:       # its failed jobs, stamps and heartbeats
+        note = f"-- connection {conn.name!r} keeps its failed jobs, stamps and heartbeats in {conn.store!r}\n\n"
+        conn = m.connection(conn.store)
+    if conn.driver != "database":
+        raise FarmError(f"connection {conn.name!r} ({conn.driver}) keeps no tables")
+    if not apply_:
+        click.echo(note + database.ddl(conn), nl=False)
+        return
+    app.queue(conn.name)                # opening the queue creates whatever is missing
+    t = conn.table
+    click.echo(f"tables ready on connection {conn.name!r}: {t}, {conn.failed_table}, {t}_stamps, {t}_workers")
 
 
 @cli.command()
@@ -145,15 +172,22 @@ def schema(connection: str | None) -> None:
 @click.argument("document")
 @config_option
 def push(queue: str | None, connection: str | None, delay: float, document: str) -> None:
-    """Enqueue a raw v1 job document (JSON); prints its id."""
+    """Enqueue a raw v1 job document (JSON); prints its id (a new UUID when it has none)."""
+    from .dispatch import new_id
     from .drivers.base import Outgoing
 
     try:
-        doc = payload.parse(document)
+        doc = json.loads(document)
+        if isinstance(doc, dict):
+            if doc.get("id") is None:
+                doc["id"] = new_id()
+            doc["queue"] = queue or doc.get("queue") or "default"
+        payload.check_shape(doc)
+    except (ValueError, RecursionError) as e:
+        raise click.UsageError(f"the job document is not JSON: {e}") from None
     except FarmError as e:
         raise click.UsageError(str(e)) from None
     load_manifest()
-    doc["queue"] = queue or doc.get("queue") or "default"
     doc.setdefault("attempts", 0)
     doc.setdefault("dispatched_at", payload.utcnow_iso())
     app.queue(connection).push([Outgoing(id=doc["id"], queue=doc["queue"], body=payload.dumps(doc),

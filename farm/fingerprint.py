@@ -7,13 +7,12 @@ list the modules whose changes must recycle the farm.
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 import zlib
 from pathlib import Path
 from typing import Iterable
 
-from . import __version__
+from . import __version__, modsource
 
 
 def of_files(paths: Iterable[tuple[str, str | None]]) -> str:
@@ -39,23 +38,5 @@ def loaded(modules: Iterable[str]) -> str:
 
 
 def on_disk(modules: Iterable[str], root: Path) -> str:
-    """The fingerprint a worker started now would report (the modules are located, not run)."""
-    added = str(root) not in sys.path
-    if added:
-        sys.path.insert(0, str(root))
-    try:
-        return of_files((m, _origin(m)) for m in modules)
-    finally:
-        if added:
-            sys.path.remove(str(root))
-
-
-def _origin(module: str) -> str | None:
-    loaded_module = sys.modules.get(module)
-    if loaded_module is not None:
-        return getattr(loaded_module, "__file__", None)
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    return spec.origin if spec is not None and spec.has_location else None
+    """The fingerprint a worker started now would report; the files are found, not run."""
+    return of_files((m, str(p) if (p := modsource.locate(m, root)) else None) for m in modules)

@@ -67,7 +67,7 @@ def deployment(m: Manifest, k: Kubernetes, p: Pipeline, grace: int) -> dict[str,
     spec.update({
         "selector": {"matchLabels": labels},
         "template": {"metadata": {"labels": labels},
-                     "spec": _pod([_worker(m, k, p, [])], terminationGracePeriodSeconds=grace)},
+                     "spec": _pod([_worker(m, k, p, [], grace)], terminationGracePeriodSeconds=grace)},
     })
     return {"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": _metadata(k, object_name(p.name), labels), "spec": spec}
@@ -78,7 +78,7 @@ def cronjob(m: Manifest, k: Kubernetes, p: Pipeline, grace: int) -> dict[str, An
     and a failed drain is not retried before its next run (backoffLimit 0), as under cron."""
     labels = _worker_labels(p)
     pod = {"metadata": {"labels": labels},
-           "spec": _pod([_worker(m, k, p, ["--stop-when-empty"])], restartPolicy="Never",
+           "spec": _pod([_worker(m, k, p, ["--stop-when-empty"], grace)], restartPolicy="Never",
                         terminationGracePeriodSeconds=grace)}
     return {"apiVersion": "batch/v1", "kind": "CronJob",
             "metadata": _metadata(k, object_name(p.name), labels),
@@ -117,9 +117,9 @@ def memory_limit(mb: int) -> int:
     return mb + max(HEADROOM_MIN, int(mb * HEADROOM))
 
 
-def _worker(m: Manifest, k: Kubernetes, p: Pipeline, extra: list[str]) -> dict[str, Any]:
+def _worker(m: Manifest, k: Kubernetes, p: Pipeline, extra: list[str], grace: int) -> dict[str, Any]:
     args = ["work", "--config", k.config, "--pipeline", p.name, *extra]
-    container = _container(k, "worker", args, _environment(p))
+    container = _container(k, "worker", args, _environment(p) + [("FARM_STOP_WINDOW", str(grace))])
     if p.memory:
         container["resources"] = {"requests": {"memory": f"{p.memory}Mi"},
                                   "limits": {"memory": f"{memory_limit(p.memory)}Mi"}}

@@ -45,8 +45,8 @@ def env_value(value: str, what: str) -> str:
     return quote + value.replace("%", "%%") + quote
 
 
-def _environment(m: Manifest, p: Pipeline) -> str:
-    pairs = m.worker_environment(p)
+def _environment(m: Manifest, p: Pipeline, stop_seconds: int) -> str:
+    pairs = m.worker_environment(p) + [("FARM_STOP_WINDOW", str(stop_seconds))]
     return ",".join(f"{k}={env_value(v, k)}" for k, v in pairs)
 
 
@@ -71,7 +71,7 @@ def program(m: Manifest, exe: Sequence[str], p: Pipeline, head: str, stop_second
         f"stdout_logfile={logs}/%(program_name)s_%(process_num)02d.log",
         "stdout_logfile_maxbytes=50MB",
         "stdout_logfile_backups=5",
-        f"environment={_environment(m, p)}",
+        f"environment={_environment(m, p, stop_seconds)}",
     ]
     user, _ = m.user_of(p)
     if user:

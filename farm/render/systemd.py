@@ -52,7 +52,7 @@ def working_directory(root: Path) -> str:
 
 
 def service(m: Manifest, exe: Sequence[str], p: Pipeline, head: str, stop_seconds: int) -> str:
-    env = m.worker_environment(p)
+    env = m.worker_environment(p) + [("FARM_STOP_WINDOW", str(stop_seconds))]
     lines = [
         "[Unit]",
         f"Description=jobfarm worker %i of pipeline {p.name}",

@@ -78,11 +78,33 @@ def test_the_stop_window_covers_a_job_class_whose_timeout_is_three_times_its_pip
     assert "stopwaitsecs=90" in render.render(manifest.load(path2), "/x")[tmp_path / "b" / "supervisor" / "conf.d" / "mail.conf"]
 
 
-def test_render_warns_when_a_job_module_cannot_be_read_and_uses_the_pipelines_timeouts(tmp_path):
-    path = _project(tmp_path, "pipelines:\n  mail: {queues: [mail], timeout: 20}\n", jobs="raise ImportError('no db')\n")
-    m = manifest.load(path)
-    windows, problems = stopwindow.for_manifest(m)
-    assert windows == {"mail": 50} and "no db" in problems[0]
+def test_render_reads_job_timeouts_from_the_source_without_running_application_code(tmp_path):
+    # Given a job module whose import has side effects (render often runs as root)
+    marker = tmp_path / "imported"
+    path = _project(tmp_path, "pipelines:\n  mail: {queues: [mail], timeout: 20}\n",
+                    jobs=f"open({str(marker)!r}, 'w').close()\n" + LONG_JOB
+                    + "@farm.job(timeout=400)\ndef slow(): pass\n")
+    # When the stop windows are worked out
+    windows, problems = stopwindow.for_manifest(manifest.load(path))
+    # Then the longest literal timeout counts, and the module never ran
+    assert windows == {"mail": 430} and problems == [] and not marker.exists()
+
+
+def test_render_warns_when_a_job_module_cannot_be_found_and_uses_the_pipelines_timeouts(tmp_path):
+    path = _project(tmp_path, "pipelines:\n  mail: {queues: [mail], timeout: 20}\n")
+    path.write_text(path.read_text().replace("imports: [", "imports: [nowhere_to_be_found, "))
+    windows, problems = stopwindow.for_manifest(manifest.load(path))
+    assert windows == {"mail": 50} and "nowhere_to_be_found" in problems[0]
+
+
+def test_rendered_workers_know_their_stop_window_and_clamp_to_it(tmp_path, monkeypatch):
+    path = _project(tmp_path, "pipelines:\n  mail: {queues: [mail], timeout: 60}\n", jobs=LONG_JOB)
+    files = render.render(manifest.load(path), "/x")
+    assert "FARM_STOP_WINDOW=\"210\"" in files[tmp_path / "supervisor" / "conf.d" / "mail.conf"]
+    assert 'Environment="FARM_STOP_WINDOW=210"' in files[tmp_path / "systemd" / "farm-mail@.service"]
+    monkeypatch.setenv("FARM_STOP_WINDOW", "90")        # rendered before the class got longer
+    assert stopwindow.job_limit(manifest.Pipeline(name="mail", connection="main", timeout=60), 180.0,
+                                stopwindow.window_from_environment()) == 80
 
 
 def test_an_amqp_pipeline_whose_jobs_outlast_consumer_timeout_is_refused_at_render(tmp_path):

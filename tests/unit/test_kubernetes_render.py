@@ -290,7 +290,8 @@ def test_pods_take_variables_from_the_secret_never_from_the_render_machine(tmp_p
     assert container["env"] == [{"name": "FARM_CONFIG", "value": "/srv/app/farm.yaml"},
                                 {"name": "API", "value": "https://$(KUBE_API_HOST)/v1"},
                                 {"name": "PRICE", "value": "$$(5) and $$$"},
-                                {"name": "TOKEN", "value": "$(KUBE_TOKEN)"}]
+                                {"name": "TOKEN", "value": "$(KUBE_TOKEN)"},
+                                {"name": "FARM_STOP_WINDOW", "value": "90"}]
     assert container["args"][:3] == ["work", "--config", "/srv/app/farm.yaml"]
 
 

@@ -80,7 +80,7 @@ def test_hardening_supervisord_reads_back_command_directory_and_environment_byte
     # Then supervisord runs exactly that farmctl, there, with exactly those values
     assert shlex.split(program.command) == [exe, "work", "--config", str(m.path), "--pipeline", "w"]
     assert program.directory == str(root)
-    assert program.environment == _expected_env(m)
+    assert program.environment == {**_expected_env(m), "FARM_STOP_WINDOW": "90"}
     assert program.stdout_logfile == f"{root}/var/log/w_00.log"
 
 
