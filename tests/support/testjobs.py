@@ -308,3 +308,37 @@ class RaisesBaseException(farm.Job):
 
     def failed(self, exc: BaseException) -> None:
         record(self.path, f"failed {type(exc).__name__}")
+
+
+# -- jobs for the guarantee tests (tests/integration/test_guarantees.py) and random-kill ledgers ----
+
+
+class Ledger(farm.Job):
+    """Appends `start <tag> <attempt> <pid>` as it starts and `end <tag> <attempt> <pid> <how>`
+    as the attempt ends, `how` being `ok`, `release` (first attempt only, then `ok`), `raise`
+    (every attempt) or `fail` (fails itself): the ledger of tests that kill workers at random."""
+
+    tries = 3
+    backoff = 0
+
+    def __init__(self, path: str, tag: str, how: str = "ok", seconds: float = 0.0) -> None:
+        self.path, self.tag, self.how, self.seconds = path, tag, how, seconds
+
+    def handle(self) -> None:
+        pid = os.getpid()
+        record(self.path, f"start {self.tag} {self.attempts} {pid}")
+        if self.seconds:
+            time.sleep(self.seconds)
+        how = "ok" if self.how == "release" and self.attempts > 1 else self.how
+        record(self.path, f"end {self.tag} {self.attempts} {pid} {how}")
+        if how == "release":
+            self.release(0)
+        elif how == "raise":
+            raise RuntimeError(f"{self.tag} raises on purpose")
+        elif how == "fail":
+            self.fail(f"{self.tag} fails itself")
+
+
+def started_after_insert(path: str, tag: str, inserted: float) -> None:
+    """For rows another program inserts: writes `<tag> <inserted> <now>` (epoch seconds)."""
+    record(path, f"{tag} {inserted:.6f} {time.time():.6f}")
