@@ -1,12 +1,13 @@
 """jobfarm: a job queue and a supervisor-managed worker farm."""
 from .app import configure
+from .consumer import Reservation, reserve
 from .dispatch import dispatch, dispatch_many, dispatch_sync
 from .errors import (DriverUnavailable, FarmError, JobTimeout, ManifestError, MaxAttemptsExceeded,
                      PayloadError, SerializationError)
 from .jobs import Job, job
 
 __all__ = [
-    "Job", "job", "dispatch", "dispatch_many", "dispatch_sync", "configure",
+    "Job", "job", "dispatch", "dispatch_many", "dispatch_sync", "configure", "reserve", "Reservation",
     "FarmError", "ManifestError", "SerializationError", "DriverUnavailable", "PayloadError",
     "JobTimeout", "MaxAttemptsExceeded",
 ]

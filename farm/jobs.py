@@ -21,6 +21,7 @@ class Job:
     backoff: int | float | list[float] | None = None
     timeout: float | None = None
     max_exceptions: int | None = None
+    delay: Any = None         # seconds, a timedelta or an aware datetime
 
     def handle(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__}.handle() is not written")

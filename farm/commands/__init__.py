@@ -1,2 +1,2 @@
 """farmctl subcommands beyond `work`, each module adding its own to `farm.cli.cli`."""
-from . import listen, ops, render  # noqa: F401
+from . import init, listen, ops, render  # noqa: F401

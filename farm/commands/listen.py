@@ -60,16 +60,19 @@ class Listener:
         return any(counts.get(q, {}).get("ready", 0) > 0 for q in self.options.queues)
 
     def run(self) -> int:
+        """Run children until a limit; `--once`: one job (or none, after one wait), as `work --once`."""
         o = self.options
-        started, runs, status = time.monotonic(), 0, 0
+        started, runs, status, waited = time.monotonic(), 0, 0, False
         self.log.info("listener.start", queues=",".join(o.queues), connection=o.connection)
         while not self.stops:
-            if (o.max_jobs and runs >= o.max_jobs) or (o.max_time and time.monotonic() - started >= o.max_time):
+            if ((o.max_jobs and runs >= o.max_jobs) or (o.once and runs)
+                    or (o.max_time and time.monotonic() - started >= o.max_time)):
                 break
             if not self.ready():
-                if o.stop_when_empty:
+                if o.stop_when_empty or (o.once and waited):
                     break
                 waker.wait(min(o.sleep, 1.0))
+                waited = True
                 continue
             self.child = subprocess.Popen(self.command, env=self.env)
             while True:

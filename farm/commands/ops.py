@@ -106,6 +106,11 @@ def failed_show(job_id: str, as_json: bool) -> None:
 @config_option
 def retry(ids: tuple[str, ...], queue: str | None, onto: str | None) -> None:
     """Put failed jobs back on their queue, attempts reset: `retry ID...` or `retry all`."""
+    if "all" in ids and len(ids) > 1:
+        raise click.UsageError("`retry all` takes no ids; `retry ID...` retries those ids")
+    if queue is not None and ids != ("all",):
+        raise click.UsageError("--queue picks the failed jobs of one queue for `retry all`; with ids it "
+                               "would be ignored (use --onto Q to put them on another queue)")
     total = 0
     if ids == ("all",):
         stores = _stores()
@@ -179,11 +184,25 @@ def forget(ids: tuple[str, ...]) -> None:
     click.echo(f"{n} failed job(s) forgotten")
 
 
+def _confirm(question: Callable[[], str], force: bool) -> None:
+    """Ask on a terminal (a `y` goes ahead); scripts and cron (no TTY) and --force never are."""
+    if force or not sys.stdin.isatty():
+        return
+    if not click.confirm(question(), default=False):
+        raise FarmError("nothing deleted")
+
+
+FORCE_HELP = "Do not ask (a command without a terminal never asks)."
+
+
 @cli.command()
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @config_option
-def flush() -> None:
+def flush(force: bool) -> None:
     """Delete every failed job."""
-    n = sum(s.prune_failed(time.time() + 1) for _, s in _stores())
+    stores = _stores()
+    _confirm(lambda: f"Delete all {sum(s.count_failed() for _, s in stores)} failed job(s)?", force)
+    n = sum(s.prune_failed(time.time() + 1) for _, s in stores)
     click.echo(f"{n} failed job(s) deleted")
 
 
@@ -199,11 +218,15 @@ def prune_failed(hours: float) -> None:
 @cli.command()
 @click.option("--queue", default="default", show_default=True)
 @click.option("--connection", help="The connection (default: the manifest's default).")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @config_option
-def clear(queue: str, connection: str | None) -> None:
+def clear(queue: str, connection: str | None, force: bool) -> None:
     """Delete the ready jobs of a queue (reserved and delayed ones stay)."""
-    load_manifest()
-    n = app.queue(connection).clear(queue)
+    m = load_manifest()
+    q = app.queue(connection)
+    _confirm(lambda: f"Delete the {q.counts().get(queue, {}).get('ready') or 0} ready job(s) of queue "
+                     f"{queue!r} on connection {m.connection(connection).name!r}?", force)
+    n = q.clear(queue)
     click.echo(f"{n} job(s) cleared from {queue}")
 
 
@@ -234,15 +257,32 @@ def status_doc() -> dict[str, Any]:
             "supervisor": process_states(m)}
 
 
+FORGET_AFTER = 600.0      # seconds: a lost worker's heartbeat is deleted after max(3 x retry_after, this)
+
+
+def forget_after(retry_after: float) -> float:
+    """How long a silent worker stays in `status` (as `lost`) before its heartbeat is deleted:
+    a worker killed without a goodbye (SIGKILL, a crash, a host gone) leaves no row for ever."""
+    return max(3 * retry_after, FORGET_AFTER)
+
+
 def _workers(code: str) -> list[dict[str, Any]]:
     """Every worker's last heartbeat; `lost` when silent past retry_after, `stale` when the code
-    it runs is not the code on disk (`code` is that fingerprint)."""
+    it runs is not the code on disk (`code` is that fingerprint). Heartbeats silent for longer
+    than forget_after(retry_after) are deleted."""
     m = app.manifest()
     workers = []
     now = time.time()
     for conn_name, s in _stores():
         retry_after = m.connections[conn_name].retry_after
+        gone = now - forget_after(retry_after)
+        try:
+            s.prune_workers(gone)
+        except FarmError:
+            pass                        # a read-only store: they are still left out below
         for w in s.workers():
+            if w["heartbeat"] < gone:
+                continue
             w["lost"] = now - w["heartbeat"] > retry_after
             if w["lost"]:
                 w["state"] = "lost"
@@ -322,11 +362,17 @@ def status_view(doc: dict[str, Any]) -> Any:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--watch", is_flag=True, help="Refresh in place every 2 s until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object (with --watch: one per refresh, a line each).")
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
 @config_option
-def status(as_json: bool, watch: bool) -> None:
+def status(as_json: bool, watch: bool, interval: float) -> None:
     """Queues, live workers and supervisord's processes."""
+    if as_json and watch:
+        _watch_json(interval)
+        return
     if as_json:
         click.echo(json.dumps(status_doc(), indent=2, default=str))
         return
@@ -341,7 +387,23 @@ def status(as_json: bool, watch: bool) -> None:
     try:
         with Live(status_view(status_doc()), console=console, refresh_per_second=4) as live:
             while True:
-                time.sleep(2)
+                time.sleep(interval)
                 live.update(status_view(status_doc()))
     except KeyboardInterrupt:
         pass
+
+
+def _watch_json(interval: float) -> None:
+    """One status object per line, flushed, every `interval` seconds until Ctrl-C or the reader
+    goes away (`farmctl status --json --watch | jq -c .queues`)."""
+    import os
+
+    try:
+        while True:
+            sys.stdout.write(json.dumps(status_doc(), default=str, separators=(",", ":")) + "\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:             # the reader has gone: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -21,6 +21,9 @@ from . import dbapi, pgacks, sql
 from .base import FailedJob, Outgoing, Reserved
 
 
+DEFAULT_URL = "sqlite:///var/farm.db"
+
+
 class DatabaseQueue:
     supports_notify = False
 
@@ -29,7 +32,7 @@ class DatabaseQueue:
         self.config = conn
         self.retry_after = float(conn.retry_after)
         try:
-            self.target = dbapi.parse(conn.url or "sqlite:///var/farm.db")
+            self.target = dbapi.parse(conn.url or DEFAULT_URL)
         except FarmError as e:
             raise FarmError(f"connection {conn.name!r}: {e}") from None
         self.dialect = self.target.dialect
@@ -192,17 +195,7 @@ class DatabaseQueue:
 
     def ddl(self) -> str:
         """The CREATE statements, for users who manage migrations themselves."""
-        from sqlalchemy.schema import CreateIndex, CreateTable
-
-        md, *_ = sql.tables(self.config.table, self.config.failed_table)
-        engine = dbapi.sqlalchemy_engine(self.target)
-        out = []
-        for table in md.sorted_tables:
-            out.append(str(CreateTable(table).compile(engine)).strip() + ";")
-            out.extend(str(CreateIndex(ix).compile(engine)).strip() + ";" for ix in table.indexes)
-        if self.dialect == "postgresql":
-            out.append(sql.PG_NOTIFY.format(t=self.config.table).strip())
-        return "\n\n".join(out) + "\n"
+        return ddl(self.config)
 
     # -- the queue ---------------------------------------------------------------------
     def push(self, items: Sequence[Outgoing]) -> None:
@@ -457,6 +450,28 @@ class DatabaseQueue:
         with self._cursor() as cur:
             cur.execute(self.sql.prune_workers, (before,))
             return int(cur.rowcount)
+
+
+def ddl(conn: Connection) -> str:
+    """The CREATE statements for a connection's tables (and PostgreSQL's wake-up trigger),
+    compiled for its dialect without opening, or creating, anything."""
+    from sqlalchemy.dialects import mysql, postgresql, sqlite
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    try:
+        name = dbapi.dialect_of(conn.url or DEFAULT_URL)
+    except FarmError as e:
+        raise FarmError(f"connection {conn.name!r}: {e}") from None
+    dialect = {"sqlite": sqlite.dialect, "postgresql": postgresql.psycopg.dialect,
+               "mysql": mysql.pymysql.dialect}[name]()
+    md, *_ = sql.tables(conn.table, conn.failed_table)
+    out = []
+    for table in md.sorted_tables:
+        out.append(str(CreateTable(table).compile(dialect=dialect)).strip() + ";")
+        out.extend(str(CreateIndex(ix).compile(dialect=dialect)).strip() + ";" for ix in table.indexes)
+    if name == "postgresql":
+        out.append(sql.PG_NOTIFY.format(t=conn.table).strip())
+    return "\n\n".join(out) + "\n"
 
 
 def _is_disconnect(e: BaseException, dialect: str) -> bool:

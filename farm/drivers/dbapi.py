@@ -42,12 +42,24 @@ class Target:
                             f"(pip install 'jobfarm[{self.extra}]')") from None
 
 
-def parse(url: str) -> Target:
-    """`postgresql+psycopg://user:pw@host:5432/db?sslmode=require` -> a Target."""
-    scheme, sep, rest = url.partition("://")
+def dialect_of(url: str) -> str:
+    """sqlite, postgresql or mysql, from the URL alone (nothing is opened or created)."""
+    return _SCHEMES[_scheme(url)][0]
+
+
+def _scheme(url: str) -> str:
+    scheme, sep, _ = url.partition("://")
     if not sep or scheme not in _SCHEMES:
         known = "sqlite:///PATH, postgresql+psycopg://..., mysql+pymysql://..."
         raise FarmError(f"unsupported database URL {_hide(url)!r} (use {known})")
+    return scheme
+
+
+def parse(url: str) -> Target:
+    """`postgresql+psycopg://user:pw@host:5432/db?sslmode=require` -> a Target (for SQLite,
+    the file's directory is created)."""
+    scheme = _scheme(url)
+    rest = url.partition("://")[2]
     dialect, module_name, extra = _SCHEMES[scheme]
     if dialect == "sqlite":
         path = rest[1:] if rest.startswith("/") else rest
