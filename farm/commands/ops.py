@@ -307,25 +307,7 @@ def restart(wait: bool, timeout: float) -> None:
         s.set_stamp("restart", now)
     click.echo(f"restart requested: workers exit after their current job ({len(stores)} store(s))")
     if wait:
-        _wait_for_code(code, expected, timeout)
-
-
-def _wait_for_code(code: str, expected: int, timeout: float) -> None:
-    """Until as many live workers as before the restart run `code`, and none runs other code."""
-    deadline = time.monotonic() + timeout
-    while True:
-        live = [w for w in _workers(code) if not w["lost"]]
-        stragglers = [w for w in live if w["stale"]]
-        if not stragglers and len(live) >= expected:
-            click.echo(f"{len(live)} live worker(s) run code {code}")
-            return
-        if time.monotonic() >= deadline:
-            for w in stragglers:
-                click.echo(f"still on {w.get('code') or 'unknown code'}: {w.get('host')} pid {w.get('pid')} "
-                           f"({w.get('pipeline') or 'no pipeline'}, {w.get('state')})", err=True)
-            raise FarmError(f"after {timeout:g}s: {len(live) - len(stragglers)} of {expected} worker(s) "
-                            f"run code {code}, {len(stragglers)} still on other code")
-        time.sleep(0.5)
+        _wait_for_code(code, now, expected, timeout)
 
 
 def status_view(doc: dict[str, Any]) -> Any:
@@ -359,6 +341,34 @@ def status_view(doc: dict[str, Any]) -> Any:
             sp.add_row(f"{p['group']}:{p['name']}", p["state"], str(p["pid"] or "-"))
         parts.append(sp)
     return Group(*parts)
+
+
+SETTLE = 10.0      # seconds to wait for the farm to be back to its size once no straggler is left
+
+
+def _wait_for_code(code: str, stamp: float, expected: int, timeout: float) -> None:
+    """Until no live worker started before the restart or runs other code than `code`, and as
+    many are live as before (or SETTLE seconds have passed since the last straggler went: a
+    farm that shrank, or a worker that was killed, does not hold this up)."""
+    deadline = time.monotonic() + timeout
+    cleared: float | None = None
+    while True:
+        live = [w for w in _workers(code) if not w["lost"]]
+        stragglers = [w for w in live if w["stale"] or float(w.get("started") or 0) < stamp]
+        if stragglers:
+            cleared = None
+        else:
+            cleared = cleared or time.monotonic()
+            if len(live) >= expected or time.monotonic() - cleared >= SETTLE:
+                click.echo(f"{len(live)} live worker(s) run code {code}")
+                return
+        if time.monotonic() >= deadline:
+            for w in stragglers:
+                click.echo(f"still on {w.get('code') or 'unknown code'}: {w.get('host')} pid {w.get('pid')} "
+                           f"({w.get('pipeline') or 'no pipeline'}, {w.get('state')})", err=True)
+            raise FarmError(f"after {timeout:g}s: {len(live) - len(stragglers)} of {expected} worker(s) "
+                            f"restarted on code {code}, {len(stragglers)} not yet")
+        time.sleep(0.5)
 
 
 @cli.command()
