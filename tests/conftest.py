@@ -66,6 +66,14 @@ def mysql_cli() -> list[str]:
             + ([f"-p{p['password']}"] if p["password"] else []) + [p.get("database", "test")])
 
 
+def require(ok: bool, why: str) -> None:
+    """A condition a test needs (root, a system Python): skipped locally, a failure under CI=true."""
+    if not ok:
+        if IN_CI:
+            pytest.fail(why + " (CI=true: this test must run)")
+        pytest.skip(why)
+
+
 def need_tool(name: str) -> str:
     """A program a test runs (systemd-analyze, flock): skipped locally, a failure under CI=true
     (scripts/test installs them)."""

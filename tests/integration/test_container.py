@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import yaml
 
-from conftest import (IN_CI, PG_URL, ROOT, SUPPORT, _check_amqp, _check_pg, amqp_url, drop_vhosts,
+from conftest import (PG_URL, require, ROOT, SUPPORT, _check_amqp, _check_pg, amqp_url, drop_vhosts,
                       need_server, need_tool, new_vhost, pg_conninfo)
 from podman_helper import BASE_IMAGE, Podman, ensure_base_image, pip_build_args
 
@@ -49,16 +49,9 @@ print(json.dumps(procs))
 """
 
 
-def _require(ok: bool, why: str) -> None:
-    if not ok:
-        if IN_CI:
-            pytest.fail(why + " (CI=true: this test must run)")
-        pytest.skip(why)
-
-
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
-    _require(os.geteuid() == 0, "podman here runs as root (the base image is made with debootstrap)")
+    require(os.geteuid() == 0, "podman here runs as root (the base image is made with debootstrap)")
     need_tool("podman")
     need_tool("runc")
     return Podman(tmp_path_factory.mktemp("podman"))

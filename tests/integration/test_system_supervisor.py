@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import psutil
 import pytest
 
-from conftest import IN_CI, PG_URL, ROOT, need_server, _check_pg
+from conftest import PG_URL, ROOT, _check_pg, need_server, require
 from tcpproxy import Proxy, free_port
 
 USER = "jobfarm-test"
@@ -27,18 +27,11 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 VENV = ROOT / ".venv-system"          # the repo's jobfarm, installed with the system's Python
 
 
-def _require(ok: bool, why: str) -> None:
-    if not ok:
-        if IN_CI:
-            pytest.fail(why + " (CI=true: this test must run)")
-        pytest.skip(why)
-
-
 @pytest.fixture(scope="module")
 def system_venv() -> Path:
     """A venv any user can run (the development venv's Python may live under /root)."""
-    _require(os.geteuid() == 0, "needs root to create a user and run supervisord as a server does")
-    _require(Path(SYSTEM_PYTHON).exists(), f"needs the system's {SYSTEM_PYTHON}")
+    require(os.geteuid() == 0, "needs root to create a user and run supervisord as a server does")
+    require(Path(SYSTEM_PYTHON).exists(), f"needs the system's {SYSTEM_PYTHON}")
     farmctl = VENV / "bin" / "farmctl"
     if not farmctl.exists():
         subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(VENV)], check=True, timeout=300)
