@@ -51,8 +51,8 @@ def store(name: str | None = None) -> Any:
     """Where a connection's failed jobs, stamps and heartbeats live."""
     m = manifest()
     conn = m.connection(name)
-    if conn.driver == "database":
-        return queue(conn.name)
+    if conn.driver == "database" or (conn.driver == "redis" and not conn.store):
+        return queue(conn.name)         # redis keeps them in Redis unless `store:` says otherwise
     if conn.store:
         return queue(conn.store)
     raise FarmError(f"connection {conn.name!r} has no store: add `store: <a database connection>` to it")
@@ -68,6 +68,10 @@ def open_queue(m: Manifest, name: str) -> Any:
         from .drivers.amqp import AmqpQueue
 
         return AmqpQueue(conn, store=queue(conn.store) if conn.store else None)
+    if conn.driver == "redis":
+        from .drivers.redis import RedisQueue
+
+        return RedisQueue(conn, store=queue(conn.store) if conn.store else None)
     from .drivers.sync import SyncQueue
 
     return SyncQueue(conn)

@@ -16,7 +16,7 @@ from .kubeconf import Kubernetes, Scale
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")      # every control character but tab
-DRIVERS = ("database", "amqp", "sync")
+DRIVERS = ("database", "amqp", "redis", "sync")
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,11 @@ class Connection:
     table: str = "jobs"
     failed_table: str = "failed_jobs"
     retry_after: float = 90.0
-    store: str | None = None          # amqp: the database connection holding failed jobs etc.
+    store: str | None = None          # amqp, redis: the database connection holding failed jobs etc.
     prefetch: int | None = None       # amqp: unacked messages per worker
     heartbeat: int = 60               # amqp: broker heartbeat seconds
     consumer_timeout: float = 1800    # amqp: the broker's consumer_timeout (RabbitMQ's default, 30 min)
+    prefix: str = "farm"              # redis: the first part of every key (`farm:{queue}:ready`)
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,8 @@ class _Reader:
 
 
 _CONNECTION_KEYS = {"driver", "url", "table", "failed_table", "retry_after", "store", "prefetch",
-                    "heartbeat", "consumer_timeout"}
+                    "heartbeat", "consumer_timeout", "prefix"}
+_REDIS_SCHEMES = ("redis://", "rediss://", "redis+sentinel://", "unix://")
 _PIPELINE_KEYS = {"connection", "queues", "numprocs", "max_jobs", "max_time", "memory", "sleep",
                   "timeout", "tries", "backoff", "rest", "prefetch", "drain", "environment", "user", "group",
                   "stop_wait", "scale"}
@@ -385,6 +387,12 @@ class _Builder:
                 url = self._database_url(url or "sqlite:///var/farm.db", f"{key}.url")
             elif driver == "amqp" and not isinstance(url, str):
                 self.r.problem(f"{key}.url", "an amqp connection needs a url (amqp://user:pass@host:port/vhost)")
+            elif driver == "redis" and not (isinstance(url, str) and url.startswith(_REDIS_SCHEMES)):
+                self.r.problem(f"{key}.url", "a redis connection needs a url: redis://[:password@]host:port/db, "
+                               f"rediss://..., or redis+sentinel://host:port[,host:port]/service, got {url!r}")
+            prefix = spec.get("prefix", "farm")
+            if not (isinstance(prefix, str) and re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix)):
+                self.r.problem(f"{key}.prefix", f"expected a key prefix of letters, digits, _ . : and -, got {prefix!r}")
             for tname in ("table", "failed_table"):
                 t = spec.get(tname)
                 if t is not None and not (isinstance(t, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,50}", t)):
@@ -398,6 +406,7 @@ class _Builder:
                 prefetch=self._number(spec, key, "prefetch", None, integer=True, minimum=1, optional=True),
                 heartbeat=self._number(spec, key, "heartbeat", 60, integer=True, minimum=0),
                 consumer_timeout=self._number(spec, key, "consumer_timeout", 1800, minimum=1),
+                prefix=str(prefix),
             )
         for conn in out.values():
             self._store(conn, out)

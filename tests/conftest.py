@@ -19,13 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SUPPORT = ROOT / "tests" / "support"
 sys.path.insert(0, str(SUPPORT))
 
-# Tests of a known bug, kept until it is fixed (then moved back into integration/): a job that
-# sat unstarted in a SIGKILLed worker's batch counts that death (attempts are counted per claim).
-collect_ignore = ["pending"]
-
 PG_URL = os.environ.get("FARM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MY_URL = os.environ.get("FARM_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
 AMQP_URL = os.environ.get("FARM_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")
+REDIS_URL = os.environ.get("FARM_TEST_REDIS", "redis://127.0.0.1:6379/0")
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -106,8 +103,15 @@ def _check_amqp() -> None:
     pika.BlockingConnection(pika.URLParameters(AMQP_URL + "?connection_attempts=1&socket_timeout=3")).close()
 
 
+def _check_redis() -> None:
+    import redis
+
+    redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping()
+
+
 DB_BACKENDS = ["sqlite", "postgresql", "mysql"]
-BACKENDS = DB_BACKENDS + ["amqp"]
+BACKENDS = DB_BACKENDS + ["amqp", "redis"]
+LEASE_BACKENDS = DB_BACKENDS + ["redis"]    # a reservation not renewed lapses after retry_after
 VHOSTS: list[str] = []
 
 
@@ -149,6 +153,23 @@ def pika_user() -> str:
     import pika
 
     return pika.URLParameters(AMQP_URL).credentials.username
+
+
+REDIS_PREFIXES: list[str] = []
+
+
+def drop_redis_keys() -> None:
+    """Delete the keys of the tests' redis prefixes (each test has its own)."""
+    if not REDIS_PREFIXES:
+        return
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    while REDIS_PREFIXES:
+        keys = list(client.scan_iter(match=REDIS_PREFIXES.pop() + ":*", count=1000))
+        if keys:
+            client.delete(*keys)
+    client.close()
 
 
 def drop_vhosts() -> None:
@@ -196,6 +217,16 @@ def connection_yaml(backend: str, tmp: Path, name: str, retry_after: float = 90,
             url: sqlite:///{tmp}/store.db
             table: t{suffix}
             failed_table: f{suffix}
+        """)
+    elif backend == "redis":
+        need_server("Redis", _check_redis)
+        REDIS_PREFIXES.append(f"t{suffix}")
+        return textwrap.dedent(f"""\
+          {name}:
+            driver: redis
+            url: {REDIS_URL}
+            prefix: t{suffix}
+            retry_after: {retry_after}
         """)
     else:
         raise ValueError(backend)
@@ -282,6 +313,7 @@ class Farm:
 
         app._close_all()
         drop_vhosts()
+        drop_redis_keys()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ def _stores() -> list[tuple[str, Any]]:
     m = load_manifest()
     seen: dict[int, tuple[str, Any]] = {}
     for name, conn in m.connections.items():
-        if conn.driver == "database" or (conn.driver == "amqp" and conn.store):
+        if conn.driver in ("database", "redis") or (conn.driver == "amqp" and conn.store):
             s = app.store(name)
             seen.setdefault(id(s), (name, s))
     return list(seen.values())

@@ -17,8 +17,8 @@ from ..errors import FarmError
 from ..kubeconf import Scale, object_name, queue_kind
 from ..manifest import Connection, Manifest, Pipeline
 
-# the redis driver's ready list of a queue (issue 18; provisional until that driver lands)
-REDIS_READY = "farm:{{{queue}}}:ready"
+# the redis driver's ready list of a queue (farm/drivers/redis_lua.py: `<prefix>:{Q}:ready`)
+REDIS_READY = "{prefix}:{{{queue}}}:ready"
 
 
 def connection_variable(conn: Connection) -> str:
@@ -61,7 +61,7 @@ def triggers(conn: Connection, queues: Sequence[str], scale: Scale) -> list[dict
     if kind == "redis":
         tls = "true" if (conn.url or "").startswith("rediss://") else "false"
         return [{"type": "redis", "metadata": {
-            "addressFromEnv": var, "passwordFromEnv": f"{var}_PASSWORD", "listName": REDIS_READY.format(queue=q),
+            "addressFromEnv": var, "passwordFromEnv": f"{var}_PASSWORD", "listName": REDIS_READY.format(prefix=conn.prefix, queue=q),
             "listLength": per, "enableTLS": tls}} for q in queues]
     raise FarmError(f"connection {conn.name!r} has no queue KEDA can count ({kind})")
 

@@ -186,11 +186,18 @@ def test_issue_14_a_worker_that_died_without_a_goodbye_leaves_status_after_ten_m
     for wid in ("recent:1:x", "ancient:2:y"):
         store.beat({"id": wid, "host": wid.split(":")[0], "pid": 1, "pipeline": None, "queues": ["default"],
                     "state": "busy", "job": None, "done": 0, "rss_mb": 1.0})
-    table = f"{store.config.table}_workers"
-    with store._cursor() as cur:
-        for wid, age in (("recent:1:x", 300), ("ancient:2:y", 660)):
-            sql = f"UPDATE {table} SET heartbeat = heartbeat - %s WHERE id = %s"
-            cur.execute(sql.replace("%s", "?") if store.dialect == "sqlite" else sql, (age, wid))
+    ages = (("recent:1:x", 300), ("ancient:2:y", 660))
+    if backend == "redis":          # a hash of JSON documents, the heartbeat in each
+        key = f"{store.prefix}:workers"
+        for wid, age in ages:
+            doc = json.loads(store.client.hget(key, wid))
+            store.client.hset(key, wid, json.dumps(dict(doc, heartbeat=doc["heartbeat"] - age)))
+    else:
+        table = f"{store.config.table}_workers"
+        with store._cursor() as cur:
+            for wid, age in ages:
+                sql = f"UPDATE {table} SET heartbeat = heartbeat - %s WHERE id = %s"
+                cur.execute(sql.replace("%s", "?") if store.dialect == "sqlite" else sql, (age, wid))
     # When status looks
     workers = json.loads(f.farmctl("status", "--json", check=True).stdout)["workers"]
     # Then the recent one is shown as lost, and the ancient one is gone, its row deleted

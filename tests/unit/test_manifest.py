@@ -30,7 +30,7 @@ def test_every_problem_is_reported_with_its_line(tmp_path):
         imports: [app.jobs]
         connections:
           database: {driver: database, url: "sqlite:///x.db"}
-          bad: {driver: redis}
+          bad: {driver: kafka}
         pipelines:
           email_worker:
             numprocs: 0
@@ -44,7 +44,7 @@ def test_every_problem_is_reported_with_its_line(tmp_path):
         manifest.load(p)
     problems = e.value.problems
     text = "\n".join(problems)
-    assert ":4: connections.bad.driver: unknown driver 'redis'" in text
+    assert ":4: connections.bad.driver: unknown driver 'kafka'" in text
     assert ":7: pipelines.email_worker.numprocs: expected a positive integer, got 0" in text
     assert ":9: pipelines.email_worker.colour: unknown key" in text
     assert ":11: pipelines.reports.connection: unknown connection 'rabit'" in text
