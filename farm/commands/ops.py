@@ -235,11 +235,13 @@ def status_doc() -> dict[str, Any]:
     m = load_manifest()
     queues: dict[str, dict[str, int]] = {}
     per_conn: dict[str, dict[str, dict[str, int]]] = {}
+    notes: list[str] = []
     for name, conn in m.connections.items():
         if conn.driver == "sync":
             continue
         try:
             counts = app.queue(name).counts()
+            notes.extend(getattr(app.queue(name), "notes", list)())    # redis: persistence off
         except FarmError as e:
             raise FarmError(f"connection {name!r}: {e}") from None
         per_conn[name] = counts
@@ -254,7 +256,7 @@ def status_doc() -> dict[str, Any]:
     from ..supervisor_client import process_states
 
     return {"queues": queues, "connections": per_conn, "workers": _workers(code), "code": code,
-            "supervisor": process_states(m)}
+            "supervisor": process_states(m), "notes": notes}
 
 
 FORGET_AFTER = 600.0      # seconds: a lost worker's heartbeat is deleted after max(3 x retry_after, this)
@@ -330,7 +332,7 @@ def status_view(doc: dict[str, Any]) -> Any:
                   x.get("job") or "-", f"{x['job_seconds']:.0f}s" if x.get("job_seconds") is not None else "-",
                   str(x.get("done")), f"{x.get('rss_mb')}MB", f"{now - x['heartbeat']:.0f}s ago",
                   "STALE" if x.get("stale") else "current")
-    parts: list[Any] = [q, w]
+    parts: list[Any] = [*(f"warning: {n}" for n in doc.get("notes", [])), q, w]
     if doc["supervisor"] is None:
         parts.append("supervisord: not reachable")
     else:

@@ -141,6 +141,7 @@ class RedisQueue:
         deadline = time.monotonic() + wait
         limit = max(1, min(limit, self.prefetch))
         with self._calling("cannot claim"):
+            self._register(queues)      # a queue only other programs push to shows in status too
             while True:
                 jobs, soonest = self._claim(queues, limit)
                 if jobs:

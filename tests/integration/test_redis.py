@@ -1,0 +1,199 @@
+"""Issue 18: the redis driver with real workers, a raw producer, and a Redis of the test's own
+that is killed and started again mid-run (AOF on, `appendfsync always`)."""
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import conftest
+import farm
+from conftest import need_tool
+from testjobs import Record, Timed
+
+
+class OwnRedis:
+    """A redis-server on a free port, its data (AOF) in a temp dir; `kill()` is a SIGKILL."""
+
+    def __init__(self, tmp: Path, persistence: bool = True) -> None:
+        self.dir = tmp / "redis-data"
+        self.dir.mkdir(exist_ok=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = [need_tool("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+                     "--dir", str(self.dir), "--save", ""]
+        self.args += ["--appendonly", "yes", "--appendfsync", "always"] if persistence else ["--appendonly", "no"]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if client.ping() and not client.info("persistence").get("loading"):
+                    break
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+        client.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path)
+    monkeypatch.setattr(conftest, "REDIS_URL", server.url)     # make_farm("redis") uses it
+    yield server
+    server.stop()
+
+
+def finished(p, timeout: float = 30) -> int:
+    return p.wait(timeout)
+
+
+def test_nothing_queued_delayed_or_reserved_is_lost_when_redis_is_killed_and_started_again(own_redis, make_farm):
+    # Given a ready job, a delayed one, and one reserved and started by a worker (retry_after 2 s)
+    f = make_farm("redis", retry_after=2)
+    q = f.queue()
+    ready = farm.dispatch(Record(str(f.out), "ready"))
+    delayed = farm.dispatch(Record(str(f.out), "delayed"), delay=2)
+    held = farm.dispatch(Record(str(f.out), "held"), queue="other")
+    (r,) = q.reserve(["other"], 1, 1.0)
+    assert r.id == held and q.starting(r)
+    # When Redis is SIGKILLed and started again on the same data
+    own_redis.kill()
+    own_redis.start()
+    # Then every job is still there, in the state it was in
+    counts = q.counts()
+    assert (counts["default"]["ready"], counts["default"]["delayed"], counts["other"]["reserved"]) == (1, 1, 1)
+    # and a worker runs all three: the held one once its reservation lapsed, as a second start
+    p = f.worker("--queue", "default,other", "--sleep", "0.1")
+    f.wait_for(lambda: len(f.lines()) >= 3, timeout=30, what="the three jobs")
+    p.send_signal(signal.SIGTERM)
+    assert finished(p) == 0
+    runs = {line.split()[0]: line.split()[1] for line in f.lines()}
+    assert runs == {"ready": "1", "delayed": "1", "held": "2"}
+    assert {ready, delayed, held} and f.store().failed() == []
+
+
+def test_a_worker_loses_no_job_and_runs_none_twice_while_redis_is_killed_mid_run(own_redis, make_farm):
+    # Given a worker running 150 short jobs, 10 more delayed by 2 s (retry_after 3 s)
+    f = make_farm("redis", retry_after=3)
+    farm.dispatch_many([Record(str(f.out), f"j{i}", seconds=0.02) for i in range(150)])
+    farm.dispatch_many([Record(str(f.out), f"d{i}") for i in range(10)], delay=2)
+    p = f.worker("--sleep", "0.1")
+    f.wait_for(lambda: len(f.lines()) >= 20, timeout=30, what="20 jobs done")
+    # When Redis is SIGKILLed mid-run and started again a second later
+    own_redis.kill()
+    time.sleep(1.0)
+    own_redis.start()
+    # Then the worker goes on, and every job runs exactly once
+    f.wait_for(lambda: len(f.lines()) >= 160, timeout=90, what="160 jobs")
+    time.sleep(3.5)                 # a reservation lapsing now would run a job a second time
+    p.send_signal(signal.SIGTERM)
+    assert finished(p) == 0
+    tags = Counter(line.split()[0] for line in f.lines())
+    assert len(tags) == 160 and set(tags.values()) == {1}, [t for t, n in tags.items() if n > 1]
+    assert f.store().failed() == []
+    assert all(c["ready"] == c["delayed"] == c["reserved"] == 0 for c in f.queue().counts().values())
+
+
+def test_a_v1_document_lpushed_by_another_program_is_run(make_farm):
+    # Given a v1 document written onto the ready list by another program (redis-cli LPUSH)
+    f = make_farm("redis")
+    prefix = f.queue().prefix
+    jid = str(uuid.uuid4())
+    document = json.dumps({"v": 1, "id": jid, "job": "testjobs:Record", "queue": "default", "attempts": 0,
+                           "data": {"path": str(f.out), "tag": "raw", "seconds": 0}})
+    host, port, db = _address(conftest.REDIS_URL)
+    subprocess.run([need_tool("redis-cli"), "-h", host, "-p", port, "-n", db, "LPUSH", f"{prefix}:{{default}}:ready",
+                    document], check=True, capture_output=True)
+    # When a worker drains the queue
+    p = f.worker("--stop-when-empty")
+    assert finished(p) == 0
+    # Then the job ran, under the id its producer gave it
+    assert [line.split()[:2] for line in f.lines()] == [["raw", "1"]]
+    assert f.queue().counts()["default"]["ready"] == 0
+
+
+def test_an_idle_worker_starts_a_pushed_job_at_once(make_farm):
+    # Given an idle worker whose sleep is long (it waits on pub/sub, not by polling)
+    f = make_farm("redis")
+    p = f.worker("--sleep", "10")
+    f.wait_for(lambda: f.store().workers(), what="the worker's heartbeat")
+    time.sleep(0.5)
+    # When a job is pushed
+    pushed = time.time()
+    farm.dispatch(Timed(str(f.out), "now"))
+    # Then it starts within a fraction of a second
+    f.wait_for(lambda: f.lines(f.tmp / "out.txt.started"), timeout=5, what="the job to start")
+    started = float(f.lines(f.tmp / "out.txt.started")[0].split()[-1])
+    assert started - pushed < 0.5
+    p.send_signal(signal.SIGTERM)
+    assert finished(p) == 0
+
+
+def test_status_warns_when_redis_keeps_nothing_on_disk(make_farm, tmp_path, monkeypatch):
+    # Given a Redis with no AOF and no snapshots
+    server = OwnRedis(tmp_path, persistence=False)
+    try:
+        monkeypatch.setattr(conftest, "REDIS_URL", server.url)
+        f = make_farm("redis")
+        # When status looks, Then it says that a restart of Redis loses every job
+        doc = json.loads(f.farmctl("status", "--json", check=True).stdout)
+        assert any("persistence off" in n for n in doc["notes"]), doc["notes"]
+        assert "persistence off" in f.farmctl("status", check=True).stdout
+        # and with AOF on it says nothing
+        f.queue().client.config_set("appendonly", "yes")
+        assert json.loads(f.farmctl("status", "--json", check=True).stdout)["notes"] == []
+        f.close()
+    finally:
+        server.stop()
+
+
+def _address(url: str) -> tuple[str, str, str]:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    return u.hostname or "127.0.0.1", str(u.port or 6379), (u.path.strip("/") or "0")
+
+
+def test_farmctl_works_a_redis_connection_end_to_end(make_farm):
+    # Given jobs pushed with farmctl, one of which fails
+    f = make_farm("redis")
+    ok = f.farmctl("push", json.dumps({"v": 1, "job": "testjobs:Record",
+                                       "data": {"path": str(f.out), "tag": "pushed", "seconds": 0}}), check=True)
+    bad = f.farmctl("push", json.dumps({"v": 1, "job": "testjobs:Flaky", "tries": 1,
+                                        "data": {"path": str(f.out), "succeed_on": 9}}), check=True)
+    p = f.worker("--stop-when-empty")
+    assert finished(p) == 0
+    bad_id = bad.stdout.strip()
+    # Then failed lists the failure, retry puts it back, forget and flush remove it
+    assert [r["id"] for r in json.loads(f.farmctl("failed", "--json", check=True).stdout)] == [bad_id]
+    assert ok.stdout.strip() and "1 job(s) pushed back" in f.farmctl("retry", "all", check=True).stdout
+    assert f.queue().counts()["default"]["ready"] == 1
+    assert "1 job(s) cleared" in f.farmctl("clear", "--queue", "default", check=True).stdout
+    assert f.farmctl("failed", "show", bad_id).returncode == 1
