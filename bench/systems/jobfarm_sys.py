@@ -17,6 +17,7 @@ URLS = {
     "postgresql": os.environ.get("FARM_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
     "mysql": os.environ.get("FARM_BENCH_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test"),
     "amqp": os.environ.get("FARM_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F"),
+    "redis": os.environ.get("FARM_BENCH_REDIS", "redis://127.0.0.1:6379/0"),
 }
 
 
@@ -31,6 +32,8 @@ class Jobfarm:
             conn = (f"  main: {{driver: amqp, url: '{URLS['amqp']}', store: store}}\n"
                     f"  store: {{driver: database, url: 'sqlite:///{tmp}/store.db', table: {table}, "
                     f"failed_table: f{table}}}\n")
+        elif backend == "redis":         # its keys under a prefix of the run's own, deleted after it
+            conn = f"  main: {{driver: redis, url: '{URLS['redis']}', prefix: {table}}}\n"
         else:
             url = URLS.get(backend) or f"sqlite:///{tmp}/farm.db"
             conn = f"  main: {{driver: database, url: '{url}', table: {table}, failed_table: f{table}}}\n"
@@ -65,6 +68,14 @@ class Jobfarm:
             conn = pika.BlockingConnection(pika.URLParameters(URLS["amqp"]))
             conn.channel().queue_delete(self.queue)
             conn.close()
+        elif self.backend == "redis":
+            import redis
+
+            client = redis.Redis.from_url(URLS["redis"])
+            keys = list(client.scan_iter(match=f"{self.table}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+            client.close()
         elif self.backend != "sqlite":
             self._drop_tables()
 

@@ -320,16 +320,20 @@ class RedisQueue:
         """What `farmctl status` should warn about: a server that keeps nothing on disk."""
         try:
             info = self.client.info("persistence")
-            save = self.client.config_get("save").get("save", "?")
+            config = self.client.config_get("save") | self.client.config_get("maxmemory-policy")
         except rx.RedisError:
             return []           # CONFIG may be refused (managed Redis): nothing to say
-        if not info.get("aof_enabled") and not str(save).strip():
-            return [f"connection {self.name!r}: Redis runs with persistence off (no AOF, no RDB "
-                    "snapshots): a restart of Redis loses every queued, delayed and reserved job"]
-        if not info.get("aof_enabled"):
-            return [f"connection {self.name!r}: Redis runs without AOF (appendonly no): a restart "
-                    "of Redis loses the jobs pushed since its last RDB snapshot"]
-        return []
+        out = []
+        if not info.get("aof_enabled") and not str(config.get("save", "?")).strip():
+            out.append(f"connection {self.name!r}: Redis runs with persistence off (no AOF, no RDB "
+                       "snapshots): a restart of Redis loses every queued, delayed and reserved job")
+        elif not info.get("aof_enabled"):
+            out.append(f"connection {self.name!r}: Redis runs without AOF (appendonly no): a restart "
+                       "of Redis loses the jobs pushed since its last RDB snapshot")
+        if config.get("maxmemory-policy", "noeviction") != "noeviction":
+            out.append(f"connection {self.name!r}: maxmemory-policy is {config['maxmemory-policy']}: "
+                       "Redis may evict queued jobs when it is full; set it to noeviction")
+        return out
 
     def close(self) -> None:
         self._close_pubsub()
