@@ -103,6 +103,16 @@ class RedisQueue:
     def _run(self, script: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
         return self._scripts[script](keys=keys, args=args, client=client)
 
+    def _run_all(self, calls: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
+        """Several script calls in one round trip. A cluster runs them one by one: its
+        pipelines would not reload a script a restarted node has forgotten."""
+        if self.cluster or len(calls) == 1:
+            return [self._run(*call) for call in calls]
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            self._run(*call, client=pipe)
+        return pipe.execute()
+
     def _keys(self, queue: str) -> list[str]:
         return lua.keys(self.prefix, queue)
 
@@ -129,11 +139,8 @@ class RedisQueue:
             by_queue.setdefault(o.queue, []).extend([o.id, repr(o.available_at), o.attempts, o.body])
         with self._calling("push failed"):
             self._register(list(by_queue))
-            pipe = self.client.pipeline(transaction=False)
-            for queue, args in by_queue.items():
-                k = self._keys(queue)
-                self._run("PUSH", [k[0], k[1], k[3], k[5]], [repr(now), self._wake(queue), *args], pipe)
-            pipe.execute()
+            self._run_all([("PUSH", [k[0], k[1], k[3], k[5]], [repr(now), self._wake(queue), *args])
+                           for queue, args in by_queue.items() for k in [self._keys(queue)]])
 
     def reserve(self, queues: Sequence[str], limit: int, wait: float) -> list[Reserved]:
         """Up to `limit` jobs (at most `prefetch`), high-priority queues first; waits up to
@@ -227,11 +234,8 @@ class RedisQueue:
             by_queue.setdefault(j.queue, []).extend([j.id, j.handle])
         until = repr(time.time() + self.retry_after)
         with self._calling("cannot renew"):
-            pipe = self.client.pipeline(transaction=False)
-            for queue, args in by_queue.items():
-                k = self._keys(queue)
-                self._run("RENEW", [k[2], k[4]], [until, *args], pipe)
-            pipe.execute()
+            self._run_all([("RENEW", [k[2], k[4]], [until, *args])
+                           for queue, args in by_queue.items() for k in [self._keys(queue)]])
 
     def starting(self, job: Reserved) -> bool:
         """Write the job's start before it runs (unless its predecessor's ack did): a death
@@ -268,11 +272,9 @@ class RedisQueue:
         if not jobs:
             return
         with self._calling("cannot give back"):
-            pipe = self.client.pipeline(transaction=False)
-            for job in reversed(jobs):
-                self._run("SETTLE", self._keys(job.queue), ["give_back", job.id, job.handle, repr(time.time()),
-                                                            self._wake(job.queue), self._settled(job)], pipe)
-            pipe.execute()
+            self._run_all([("SETTLE", self._keys(job.queue), ["give_back", job.id, job.handle, repr(time.time()),
+                                                              self._wake(job.queue), self._settled(job)])
+                           for job in reversed(jobs)])
 
     def fail(self, job: Reserved, body: str, error: str) -> bool:
         """To the failed jobs (Redis, or the store); False if this worker no longer holds it."""
@@ -321,8 +323,8 @@ class RedisQueue:
         try:
             info = self.client.info("persistence")
             config = self.client.config_get("save") | self.client.config_get("maxmemory-policy")
-        except rx.RedisError:
-            return []           # CONFIG may be refused (managed Redis): nothing to say
+        except (rx.RedisError, AttributeError, TypeError):
+            return []           # CONFIG refused (managed Redis), or a cluster's per-node replies
         out = []
         if not info.get("aof_enabled") and not str(config.get("save", "?")).strip():
             out.append(f"connection {self.name!r}: Redis runs with persistence off (no AOF, no RDB "

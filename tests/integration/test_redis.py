@@ -197,3 +197,101 @@ def test_farmctl_works_a_redis_connection_end_to_end(make_farm):
     assert f.queue().counts()["default"]["ready"] == 1
     assert "1 job(s) cleared" in f.farmctl("clear", "--queue", "default", check=True).stdout
     assert f.farmctl("failed", "show", bad_id).returncode == 1
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _wait_until(check, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _servers(tmp: Path, argvs: list[list[str]]) -> list[subprocess.Popen[bytes]]:
+    return [subprocess.Popen([need_tool("redis-server"), *argv], cwd=tmp, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL) for argv in argvs]
+
+
+def _run_three_jobs(f, queues: list[str]) -> None:
+    """Dispatch one job per queue, drain them with a worker, and check status sees them go."""
+    for q in queues:
+        farm.dispatch(Record(str(f.out), q), queue=q)
+    assert {q: c["ready"] for q, c in f.queue().counts().items() if q in queues} == {q: 1 for q in queues}
+    p = f.worker("--queue", ",".join(queues), "--stop-when-empty")
+    assert finished(p) == 0, p.stderr.read()
+    assert [line.split()[0] for line in f.lines()] == queues        # in priority order
+    status = json.loads(f.farmctl("status", "--json", check=True).stdout)
+    assert all(status["queues"][q]["ready"] == 0 for q in queues)
+
+
+def test_a_sentinel_url_finds_the_primary_and_works_the_queue(make_farm, tmp_path, monkeypatch):
+    # Given a Redis primary and a Sentinel that monitors it as `mymaster`
+    primary, sentinel = _free_ports(2)
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {sentinel}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {primary} 1\n")
+    procs = _servers(tmp_path, [["--port", str(primary), "--bind", "127.0.0.1", "--save", ""],
+                                [str(conf), "--sentinel"]])
+    try:
+        import redis
+
+        _wait_until(lambda: redis.Redis(port=sentinel).sentinel_get_master_addr_by_name("mymaster"), "the sentinel")
+        # When a connection names the Sentinel, the service and a database
+        monkeypatch.setattr(conftest, "REDIS_URL", f"redis+sentinel://127.0.0.1:{sentinel}/mymaster/3")
+        f = make_farm("redis")
+        # Then jobs go to the primary's database 3 and a worker runs them
+        _run_three_jobs(f, ["a", "b", "c"])
+        assert redis.Redis(port=primary, db=3).exists(f"{f.queue().prefix}:queues")
+        f.close()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
+
+
+def test_a_cluster_runs_queues_spread_over_its_nodes(make_farm, tmp_path, monkeypatch):
+    # Given a Redis Cluster of three primaries
+    ports = _free_ports(3)
+    procs = _servers(tmp_path, [["--port", str(p), "--bind", "127.0.0.1", "--save", "", "--cluster-enabled", "yes",
+                                 "--cluster-config-file", f"nodes-{p}.conf"] for p in ports])
+    try:
+        import redis
+
+        for p in ports:
+            _wait_until(lambda p=p: redis.Redis(port=p).ping(), "the nodes")
+        subprocess.run([need_tool("redis-cli"), "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=60)
+        _wait_until(lambda: all("cluster_state:ok" in subprocess.run(
+            [need_tool("redis-cli"), "-p", str(p), "cluster", "info"], capture_output=True, text=True).stdout
+            for p in ports), "the cluster")
+        # When a connection names one node, with queues whose slots lie on different nodes
+        monkeypatch.setattr(conftest, "REDIS_URL", f"redis://127.0.0.1:{ports[0]}/0")
+        f = make_farm("redis")
+        assert f.queue().cluster
+        queues = ["q1", "q2", "q3", "q4", "q5"]
+        _run_three_jobs(f, queues)
+        # Then a failed job is kept in the cluster, and retry puts it back
+        jid = farm.dispatch(Record(str(f.out), "x"), queue="q2")
+        (r,) = f.queue().reserve(["q2"], 1, 1.0)
+        assert f.queue().fail(r, r.body, "ValueError: no") and [x.id for x in f.store().failed()] == [jid]
+        assert "1 job(s) pushed back" in f.farmctl("retry", "all", check=True).stdout
+        assert f.queue().counts()["q2"]["ready"] == 1
+        f.close()
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
