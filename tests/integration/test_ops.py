@@ -180,7 +180,7 @@ def test_a_mariadb_insert_from_another_program_is_run(make_farm):
     assert f.lines() == ["plain mysql"]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "amqp"])
+@pytest.mark.parametrize("backend", ["sqlite", "amqp", "redis"])
 def test_listen_runs_each_job_in_a_fresh_process_with_the_code_on_disk(make_farm, backend):
     f = make_farm(backend)
     mod = f"edited_{uuid.uuid4().hex[:6]}"

@@ -415,9 +415,10 @@ def test_sigusr2_pauses_and_sigcont_resumes(make_farm):
     assert finished(p) == 0
 
 
-def test_the_restart_stamp_ends_workers_after_their_job(make_farm):
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_the_restart_stamp_ends_workers_after_their_job(make_farm, backend):
     # Given a worker running a job that goes on until the test opens its gate, another job behind it
-    f = make_farm("sqlite")
+    f = make_farm(backend)
     gate = f.tmp / "gate"
     farm.dispatch(Timed(str(f.out), "running", gate=str(gate)))
     farm.dispatch(Timed(str(f.out), "next"))
