@@ -17,7 +17,7 @@ import pytest
 import conftest
 import farm
 from conftest import need_tool
-from testjobs import Record, Timed
+from testjobs import Flaky, Record, Timed
 
 
 class OwnRedis:
@@ -295,3 +295,25 @@ def test_a_cluster_runs_queues_spread_over_its_nodes(make_farm, tmp_path, monkey
         for p in procs:
             p.kill()
             p.wait(10)
+
+
+def test_with_a_store_failed_jobs_stamps_and_heartbeats_live_in_the_database(make_farm):
+    # Given a redis connection whose `store:` is a SQLite database
+    f = make_farm("redis")
+    f.manifest.write_text(f.manifest.read_text().replace("    driver: redis\n", "    driver: redis\n    store: store\n")
+                          + f"  store: {{driver: database, url: 'sqlite:///{f.tmp}/store.db'}}\n")
+    f.app = farm.configure(f.manifest)
+    from farm import app
+
+    assert type(app.store("main")).__name__ == "DatabaseQueue"
+    # When a job fails for good on a worker
+    jid = farm.dispatch(Flaky(str(f.out)), tries=1)
+    p = f.worker("--stop-when-empty")
+    assert finished(p) == 0
+    # Then its entry is in the database, status counts it on the redis connection, and retry
+    # puts it back onto its Redis queue
+    assert [e.id for e in app.queue("store").failed()] == [jid]
+    status = json.loads(f.farmctl("status", "--json", check=True).stdout)
+    assert status["connections"]["main"]["default"]["failed"] == 1
+    assert "1 job(s) pushed back" in f.farmctl("retry", jid, check=True).stdout
+    assert f.queue().counts()["default"] == {"ready": 1, "delayed": 0, "reserved": 0, "failed": 0}
