@@ -253,6 +253,22 @@ _PIPELINE_KEYS = {"connection", "queues", "numprocs", "max_jobs", "max_time", "m
 _TOP_KEYS = {"imports", "default", "connections", "pipelines", "supervisor", "systemd", "schedule", "kubernetes"}
 
 
+def _redis_url_ok(url: str) -> bool:
+    """Ports and the database number are numbers (redis-py would fail on them at first use)."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    if u.scheme == "unix":
+        return bool(u.path)
+    hosts = u.netloc.rpartition("@")[2].split(",")
+    ports_ok = all(re.fullmatch(r"[^:]+(:\d{1,5})?", h) or re.fullmatch(r"\[[0-9a-fA-F:]+\](:\d{1,5})?", h)
+                   for h in hosts)
+    parts = u.path.strip("/").split("/") if u.path.strip("/") else []
+    if u.scheme == "redis+sentinel":
+        return ports_ok and 1 <= len(parts) <= 2 and (len(parts) == 1 or parts[1].isdigit())
+    return ports_ok and len(hosts) == 1 and len(parts) <= 1 and all(p.isdigit() for p in parts)
+
+
 class _Builder:
     def __init__(self, reader: _Reader, path: Path) -> None:
         self.r = reader
@@ -387,9 +403,10 @@ class _Builder:
                 url = self._database_url(url or "sqlite:///var/farm.db", f"{key}.url")
             elif driver == "amqp" and not isinstance(url, str):
                 self.r.problem(f"{key}.url", "an amqp connection needs a url (amqp://user:pass@host:port/vhost)")
-            elif driver == "redis" and not (isinstance(url, str) and url.startswith(_REDIS_SCHEMES)):
+            elif driver == "redis" and not (isinstance(url, str) and url.startswith(_REDIS_SCHEMES)
+                                            and _redis_url_ok(url)):
                 self.r.problem(f"{key}.url", "a redis connection needs a url: redis://[:password@]host:port/db, "
-                               f"rediss://..., or redis+sentinel://host:port[,host:port]/service, got {url!r}")
+                               f"rediss://..., or redis+sentinel://host:port[,host:port]/service[/db], got {url!r}")
             prefix = spec.get("prefix", "farm")
             if not (isinstance(prefix, str) and re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix)):
                 self.r.problem(f"{key}.prefix", f"expected a key prefix of letters, digits, _ . : and -, got {prefix!r}")

@@ -1,6 +1,6 @@
 """The Celery app the celery peer's workers load (`celery -A celery_app worker`).
 
-Broker: RabbitMQ ($BENCH_AMQP_URL). No result backend is configured, so results are not stored
+Broker: RabbitMQ or Redis ($BENCH_AMQP_URL, whichever URL it names). No result backend is configured, so results are not stored
 (Celery's DisabledBackend). The queue is $BENCH_QUEUE, made the default queue so that
 `tick.delay(n)` is routed to it; everything else is Celery's default configuration.
 """

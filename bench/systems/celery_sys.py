@@ -1,4 +1,4 @@
-"""Celery 5.7 on RabbitMQ: the `celery -A celery_app worker` CLI, prefork pool, `task.delay`."""
+"""Celery 5.7 on RabbitMQ or Redis: the `celery -A celery_app worker` CLI, prefork pool, `task.delay`."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,9 @@ from typing import Sequence
 import harness
 
 CELERY = str(Path(sys.executable).parent / "celery")
-URLS = {"amqp": os.environ.get("FARM_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")}
+URLS = {"amqp": os.environ.get("FARM_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F"),
+        # a Redis database of its own, as RQ's (bench/systems/rq_sys.py)
+        "redis": os.environ.get("FARM_BENCH_CELERY_REDIS", "redis://127.0.0.1:6379/10")}
 
 
 class CelerySystem:

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 import redis.exceptions as rx
+from redis.sentinel import MasterNotFoundError
 
 from .. import waker
 from ..errors import DriverUnavailable, FarmError
@@ -95,6 +96,9 @@ class RedisQueue:
         replica, or loading), FarmError when it refuses a command."""
         try:
             yield
+        except MasterNotFoundError as e:       # its message holds the whole client's repr
+            raise DriverUnavailable(f"connection {self.name!r}: {what}: no Sentinel named answers "
+                                    "with a primary for the service") from e
         except UNAVAILABLE as e:
             raise DriverUnavailable(f"connection {self.name!r}: {what}: {_first_line(e)}") from e
         except rx.RedisError as e:

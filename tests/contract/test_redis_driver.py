@@ -143,6 +143,9 @@ def test_every_key_of_a_queue_shares_one_cluster_slot():
 @pytest.mark.parametrize("entry, problem", [
     ("{driver: redis}", "a redis connection needs a url"),
     ("{driver: redis, url: 'http://x'}", "a redis connection needs a url"),
+    ("{driver: redis, url: 'redis://h:port/0'}", "a redis connection needs a url"),
+    ("{driver: redis, url: 'redis://h:6379/zero'}", "a redis connection needs a url"),
+    ("{driver: redis, url: 'redis+sentinel://h:26379'}", "a redis connection needs a url"),
     ("{driver: redis, url: 'redis://h/0', prefix: 'a b'}", "expected a key prefix"),
     ("{driver: redis, url: 'redis://h/0', store: nowhere}", "'nowhere' is not a database connection"),
 ])
@@ -166,6 +169,8 @@ def test_sentinel_and_tls_urls_are_accepted(tmp_path):
         connections:
           a: {driver: redis, url: "redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/mymaster/2"}
           b: {driver: redis, url: "rediss://:pw@cache.internal:6380/1", prefix: "app1"}
+          c: {driver: redis, url: "unix:///run/redis/redis.sock?db=2"}
+          d: {driver: redis, url: "redis://[::1]:6379"}
         """))
     m = manifest.load(path)
     assert m.connections["b"].prefix == "app1" and m.connections["a"].prefix == "farm"
