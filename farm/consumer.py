@@ -42,6 +42,9 @@ def reserve(queues: str | Sequence[str] = "default", *, timeout: float = 0.0,
         return None
     if len(got) > 1:
         q.give_back(got[1:])
+    starting = getattr(q, "starting", None)
+    if starting is not None and not starting(got[0]):   # amqp: a stale delivery, handed out again
+        return None
     return Reservation(q, conn.name, got[0])
 
 

@@ -22,7 +22,7 @@ class Reserved:
     id: str               # the job's uuid (the id dispatch returned)
     queue: str
     body: str | bytes     # the v1 document; bytes only when they are not UTF-8 (failed as such)
-    attempts: int         # starts so far, this one included
+    attempts: int         # starts so far, this one included (written by `starting`)
     handle: Any = field(default=None, repr=False)   # the driver's own (row id, delivery tag)
 
 
@@ -42,6 +42,8 @@ class Queue(Protocol):
 
     def push(self, items: Sequence[Outgoing]) -> None: ...
     def reserve(self, queues: Sequence[str], limit: int, wait: float) -> list[Reserved]: ...
+    def starting(self, job: Reserved) -> bool: ...                # about to run it: its start is written
+                                                                   # (False: it must not run, see amqp)
     def renew(self, jobs: Sequence[Reserved]) -> None: ...          # heartbeat of held jobs
     def ack(self, job: Reserved) -> None: ...                      # done: delete
     def release(self, job: Reserved, delay: float, body: str) -> None: ...   # try again later

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from .. import waker
 from ..errors import DriverUnavailable, FarmError, SerializationError
@@ -44,6 +44,10 @@ class DatabaseQueue:
         self._opened: list[Any] = []
         self._lock = threading.Lock()
         self._poll = 0.01
+        # a job's start is written before it runs (see sql.Queries.start): these jobs' starts
+        # are, and a claimed job's successor in its batch gets its start written with its ack
+        self._started: set[int] = set()
+        self._successor: dict[int, Reserved] = {}
         self._errors = dbapi.errors(self.target)
         self._any_error = dbapi.any_error(self.target)
         self._ensure_schema()
@@ -58,7 +62,7 @@ class DatabaseQueue:
         conn = self._local.__dict__.get(role)
         if conn is None:
             try:
-                conn = dbapi.connect(self.target)
+                conn = dbapi.connect(self.target, multi=role == "fast")
                 self._setup(conn, role)
             except self._errors as e:
                 raise DriverUnavailable(f"connection {self.name!r}: cannot connect: {_first_line(e)}") from e
@@ -129,13 +133,15 @@ class DatabaseQueue:
             cursors = self._local.cursors = {}
         return cursors
 
-    def _pg_ack(self, row_id: int) -> None:
-        """PostgreSQL: the DELETE is on the socket when this returns; its reply is read later."""
+    def _pipelined(self, send: Callable[[pgacks.PipelinedAcks], None]) -> None:
+        """PostgreSQL: acks and starts are on the socket when this returns; replies are read later."""
         acks = self._local.__dict__.get("ack_pipeline")
         if acks is None:
+            if send is _settle:
+                return
             acks = self._local.ack_pipeline = pgacks.PipelinedAcks(lambda: self._raw("acks"), self.config.table)
         try:
-            acks.send(int(row_id), self.token)
+            send(acks)
         except self._errors as e:
             pending = acks.pending
             self._drop("acks")
@@ -240,14 +246,14 @@ class DatabaseQueue:
                     if rows:
                         ids = ", ".join(str(int(r[0])) for r in rows)
                         cur.execute(self.sql.claim_update.format(ids=ids), (until, self.token))
-                rows = [(r[0], r[1], r[2], r[3] + 1) for r in rows]
             else:
                 with self._cursor("fast") as cur:
                     cur.execute(self.sql.claim_returning, (until, self.token, queue, now, want))
                     rows = sorted(cur.fetchall())
                 if self.dialect == "sqlite":
                     rows = [(r[0], r[1], _utf8(r[2]), r[3]) for r in rows]
-            out.extend(Reserved(id=r[1], queue=queue, body=r[2], attempts=r[3], handle=r[0]) for r in rows)
+            out.extend(Reserved(id=r[1], queue=queue, body=r[2], attempts=r[3] + 1, handle=r[0]) for r in rows)
+        self._successor = {a.handle: b for a, b in zip(out, out[1:])}
         return out
 
     def _idle(self, queues: Sequence[str], remaining: float) -> None:
@@ -290,27 +296,75 @@ class DatabaseQueue:
         with self._cursor("renew") as cur:
             cur.execute(self.sql.renew_ids([j.handle for j in jobs]), (time.time() + self.retry_after, self.token))
 
+    def starting(self, job: Reserved) -> bool:
+        """Write the job's start before it runs (unless its predecessor's ack did): a death
+        counts against the job that was running, not the rest of the dead worker's batch."""
+        row = job.handle
+        if row not in self._started:
+            if self.dialect == "postgresql":
+                self._pipelined(lambda acks: acks.start(int(row), self.token))
+            else:
+                with self._cursor("fast") as cur:
+                    cur.execute(self.sql.start, (row, self.token))
+            self._started.add(row)
+        return True
+
     def ack(self, job: Reserved) -> None:
+        """Delete the job, and write the start of the next job of its batch in the same
+        transaction (the worker starts it next, or hands it back, which takes the start back)."""
+        row = job.handle
+        self._started.discard(row)
+        after = self._successor.pop(row, None)
+        start = None if after is None or after.handle in self._started else after.handle
         if self.dialect == "postgresql":
-            self._pg_ack(job.handle)
-            return
-        with self._cursor("fast") as cur:
-            cur.execute(self.sql.ack, (job.handle, self.token))
+            self._pipelined(lambda acks: acks.send(int(row), self.token, start))
+        elif start is None:
+            with self._cursor("fast") as cur:
+                cur.execute(self.sql.ack, (row, self.token))
+        elif self.dialect == "mysql":       # one round trip, one commit
+            with self._cursor("fast") as cur:
+                try:
+                    cur.execute(self.sql.ack_and_start, (row, self.token, start, self.token))
+                    while cur.nextset():
+                        pass
+                except BaseException:
+                    _rollback_quietly(cur)
+                    raise
+        else:
+            with self._cursor("fast", tx=True) as cur:
+                cur.execute(self.sql.ack, (row, self.token))
+                cur.execute(self.sql.start, (start, self.token))
+        if start is not None:
+            self._started.add(start)
+
+    def _settled(self, job: Reserved) -> int:
+        """Forget the job's start (1 if it was written); PostgreSQL's pipelined starts land
+        first, so that a statement on another connection cannot overtake them."""
+        self._successor.pop(job.handle, None)
+        if self.dialect == "postgresql":
+            self._pipelined(_settle)
+        if job.handle in self._started:
+            self._started.discard(job.handle)
+            return 1
+        return 0
 
     def release(self, job: Reserved, delay: float, body: str) -> None:
+        self._settled(job)
         with self._cursor() as cur:
             cur.execute(self.sql.release, (time.time() + delay, body, job.handle, self.token))
 
     def give_back(self, jobs: Sequence[Reserved]) -> None:
+        """Unstarted (or abandoned) jobs: ready again at once, their start taken back."""
         if not jobs:
             return
         now = time.time()
         with self._cursor(tx=len(jobs) > 1) as cur:
             for job in jobs:
-                cur.execute(self.sql.give_back, (now, job.handle, self.token))
+                cur.execute(self.sql.give_back, (now, self._settled(job), job.handle, self.token))
 
     def fail(self, job: Reserved, body: str, error: str) -> bool:
         """Move the job to the failed table; False if this worker no longer holds it."""
+        self._settled(job)
         with self._cursor(tx=True) as cur:
             cur.execute(self.sql.ack, (job.handle, self.token))
             if cur.rowcount != 1:
@@ -498,6 +552,17 @@ def _utf8(raw: bytes) -> str | bytes:
         return raw.decode()
     except UnicodeDecodeError:
         return raw
+
+
+def _rollback_quietly(cur: Any) -> None:
+    try:
+        cur.execute("ROLLBACK")
+    except Exception:
+        pass
+
+
+def _settle(acks: pgacks.PipelinedAcks) -> None:
+    acks.settle()
 
 
 def _close_quietly(conn: Any) -> None:

@@ -83,8 +83,10 @@ def parse(url: str) -> Target:
     return Target(url, dialect, module_name, extra, kwargs)
 
 
-def connect(target: Target, autocommit: bool = True) -> Any:
-    """A new DBAPI connection (sqlite: always autocommit, transactions begun by hand)."""
+def connect(target: Target, autocommit: bool = True, multi: bool = False) -> Any:
+    """A new DBAPI connection (sqlite: always autocommit, transactions begun by hand).
+    `multi`: MySQL accepts several statements in one round trip (the worker's ack and the
+    next job's start, one transaction; every value is still sent escaped)."""
     mod = target.module
     if target.dialect == "sqlite":
         return mod.connect(target.kwargs["database"], timeout=60, isolation_level=None,
@@ -92,8 +94,8 @@ def connect(target: Target, autocommit: bool = True) -> Any:
     if target.dialect == "mysql":       # UPDATE's rowcount is rows matched, as on the others
         from pymysql.constants import CLIENT
 
-        return mod.connect(autocommit=autocommit, connect_timeout=10, client_flag=CLIENT.FOUND_ROWS,
-                           **target.kwargs)
+        flags = CLIENT.FOUND_ROWS | (CLIENT.MULTI_STATEMENTS if multi else 0)
+        return mod.connect(autocommit=autocommit, connect_timeout=10, client_flag=flags, **target.kwargs)
     return mod.connect(autocommit=autocommit, connect_timeout=10, **target.kwargs)
 
 

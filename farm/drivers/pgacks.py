@@ -8,6 +8,10 @@ closes. Each DELETE has its own Sync, so it commits on its own (synchronous_comm
 for claims: a server crash may rerun a job, a worker crash never). A failed ack surfaces as
 an error on the next call; the job is then handed out again after retry_after.
 
+The start of the worker's next job rides on the same statement (a data-modifying CTE), or
+goes alone when there is no ack before it: a job's start is written before it runs, at no
+extra round trip.
+
 So a job counts as done once its DELETE is on the socket: if the worker is killed before the
 server has read it, or the connection drops before the server answers, the job is
 at-least-once in that window (it runs again after retry_after). On a clean exit every
@@ -19,20 +23,39 @@ import select
 import time
 from typing import Any, Callable
 
-_NAME = b"farm_ack"
+_ACK, _ACK_START, _START = b"farm_ack", b"farm_ack_start", b"farm_start"
 
 
 class PipelinedAcks:
     def __init__(self, connect: Callable[[], Any], table: str) -> None:
         self._connect = connect          # a new psycopg connection, autocommit, set up
-        self._sql = f"DELETE FROM {table} WHERE id = $1 AND reserved_by = $2".encode()
+        def start(param: str) -> str:
+            return f"UPDATE {table} SET attempts = attempts + 1 WHERE id = {param} AND reserved_by = $2"
+
+        self._statements = {
+            _ACK: f"DELETE FROM {table} WHERE id = $1 AND reserved_by = $2",
+            _ACK_START: f"WITH done AS (DELETE FROM {table} WHERE id = $1 AND reserved_by = $2) " + start("$3"),
+            _START: start("$1"),
+        }
         self._pg: Any = None
         self.pending = 0                 # acks sent whose reply is not read yet
 
-    def send(self, row_id: int, token: str) -> None:
-        """Put the ack on the socket; read whatever replies have come in meanwhile."""
+    def send(self, row_id: int, token: str, start: int | None = None) -> None:
+        """Put the ack (and the next job's start) on the socket; read whatever replies have
+        come in meanwhile."""
+        args = [b"%d" % row_id, token.encode()]
+        if start is None:
+            self._send(_ACK, args)
+        else:
+            self._send(_ACK_START, args + [b"%d" % start])
+
+    def start(self, row_id: int, token: str) -> None:
+        """Put a job's start on the socket (a job no ack came before)."""
+        self._send(_START, [b"%d" % row_id, token.encode()])
+
+    def _send(self, name: bytes, args: list[bytes]) -> None:
         pg = self._pg or self._open()
-        pg.send_query_prepared(_NAME, [b"%d" % row_id, token.encode()])
+        pg.send_query_prepared(name, args)
         pg.pipeline_sync()
         self.pending += 1
         while pg.flush() == 1:           # the kernel's buffer is full: let the server catch up
@@ -65,8 +88,8 @@ class PipelinedAcks:
 
     def _open(self) -> Any:
         pg = self._connect().pgconn
-        res = pg.prepare(_NAME, self._sql)
-        _check(res)
+        for name, text in self._statements.items():
+            _check(pg.prepare(name, text.encode()))
         pg.enter_pipeline_mode()
         pg.nonblocking = 1
         self._pg = pg

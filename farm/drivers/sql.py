@@ -80,22 +80,26 @@ class Queries:
         # sqlite hands the payload over as bytes: a row another program wrote with bytes that are
         # not UTF-8 must reach the worker (which fails it), not break the claim of its batch
         self.claim_returning = q(
-            f"UPDATE {j} SET available_at = %s, reserved_by = %s, attempts = attempts + 1 "
+            f"UPDATE {j} SET available_at = %s, reserved_by = %s "
             f"WHERE id IN (SELECT id FROM {j} WHERE queue = %s AND available_at <= %s "
             f"ORDER BY available_at, id LIMIT %s{' FOR UPDATE SKIP LOCKED' if dialect == 'postgresql' else ''}) "
             f"RETURNING id, uuid, {'CAST(payload AS BLOB)' if dialect == 'sqlite' else 'payload'}, attempts")
         # mariadb has no UPDATE ... RETURNING: select with SKIP LOCKED, then update, in one transaction
         self.claim_select = (f"SELECT id, uuid, payload, attempts FROM {j} WHERE queue = %s AND available_at <= %s "
                              "ORDER BY available_at, id LIMIT %s FOR UPDATE SKIP LOCKED")
-        self.claim_update = (f"UPDATE {j} SET available_at = %s, reserved_by = %s, attempts = attempts + 1 "
-                             "WHERE id IN ({ids})")
+        self.claim_update = f"UPDATE {j} SET available_at = %s, reserved_by = %s WHERE id IN ({{ids}})"
+        # `attempts` counts starts, not claims: a claimed job's start is written before it runs
+        # (with the previous job's ack when there is one), so a worker killed with a batch in
+        # hand has used an attempt only of the job it was running
+        self.start = q(f"UPDATE {j} SET attempts = attempts + 1 WHERE id = %s AND reserved_by = %s")
         # ack, release, fail and renew touch a row only while this worker's token holds it: a
         # reservation that lapsed and was claimed by another worker is that worker's now
         self.renew = f"UPDATE {j} SET available_at = %s WHERE id IN ({{ids}}) AND reserved_by = %s"
         self.ack = q(f"DELETE FROM {j} WHERE id = %s AND reserved_by = %s")
+        self.ack_and_start = f"START TRANSACTION; {self.ack}; {self.start}; COMMIT"   # mysql only
         self.release = q(f"UPDATE {j} SET available_at = %s, reserved_by = NULL, payload = %s "
                          "WHERE id = %s AND reserved_by = %s")
-        self.give_back = q(f"UPDATE {j} SET available_at = %s, reserved_by = NULL, attempts = attempts - 1 "
+        self.give_back = q(f"UPDATE {j} SET available_at = %s, reserved_by = NULL, attempts = attempts - %s "
                            "WHERE id = %s AND reserved_by = %s")
         self.insert_failed = q(f"INSERT INTO {f} (id, connection, queue, payload, exception, failed_at) "
                                "VALUES (%s, %s, %s, %s, %s, %s)")

@@ -32,6 +32,9 @@ class SyncQueue:
         waker.wait(wait)
         return []
 
+    def starting(self, job: Reserved) -> bool:
+        return True
+
     def renew(self, jobs: Sequence[Reserved]) -> None: ...
     def ack(self, job: Reserved) -> None: ...
     def release(self, job: Reserved, delay: float, body: str) -> None: ...

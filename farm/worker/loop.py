@@ -118,7 +118,12 @@ class Worker:
             if not self.held:
                 return StopReason.EMPTY if (self.options.stop_when_empty or self.options.once) else None
         reserved = self.held.pop(0)
-        if not self._starting(reserved):
+        try:
+            go = self._starting(reserved)
+        except FarmError:
+            self.held.insert(0, reserved)    # not started: handed back like the rest
+            raise
+        if not go:
             return None
         try:
             self._run(reserved)
@@ -146,7 +151,8 @@ class Worker:
         self.batch.record(time.monotonic() - attempt.started)
 
     def _starting(self, reserved: Any) -> bool:
-        """amqp: a delivery from before a reconnect was requeued by the broker, and one held
+        """The driver writes the job's start (a death counts only against a started job).
+        amqp: a delivery from before a reconnect was requeued by the broker, and one held
         too long to end before consumer_timeout is handed back; neither is started."""
         starting = getattr(self.queue, "starting", None)
         if starting is None or starting(reserved):

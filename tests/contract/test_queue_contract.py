@@ -163,6 +163,7 @@ def test_release_puts_the_job_back_after_its_delay_keeping_its_attempts(farm_):
     q = farm_.queue()
     q.push([doc()])
     (r,) = drain(q)
+    assert q.starting(r)
     body = json.loads(r.body)
     body["attempts"] = 1
     # When it is released with a delay of 1 s
@@ -188,6 +189,44 @@ def test_a_job_given_back_unstarted_uses_no_attempt(farm_):
     assert [r.attempts for r in again] == [1, 1]
     for r in again:
         q.ack(r)
+
+
+def test_a_started_job_given_back_takes_its_start_back(farm_):
+    # Given a job whose start was written (the worker was stopped while running it, and
+    # abandons it), and one more claimed behind it
+    q = farm_.queue()
+    q.push([doc(), doc()])
+    got = q.reserve(["default"], 10, 1.0)
+    assert len(got) == 2 and q.starting(got[0])
+    # When both are handed back
+    q.give_back(got)
+    # Then neither has used an attempt
+    again = drain(q)
+    assert sorted((r.id, r.attempts) for r in again) == sorted((r.id, 1) for r in got)
+    for r in again:
+        q.ack(r)
+
+
+def test_a_dead_workers_batch_counts_a_start_only_for_the_job_it_was_running(db_farm):
+    from farm import app
+
+    # Given a worker (retry_after 2 s) that claimed four jobs, ran the first to its ack (which
+    # writes the second's start), started the second, and died running it
+    q = db_farm.queue()
+    other = app.open_queue(app.manifest(), "main")
+    q.push([doc(tag=str(i)) for i in range(4)])
+    first, second, *rest = q.reserve(["default"], 4, 1.0)
+    assert len(rest) == 2
+    assert q.starting(first)
+    q.ack(first)
+    assert q.starting(second)
+    q.close()
+    # When another worker gets them after retry_after
+    again = {r.id: r.attempts for r in other.reserve(["default"], 10, 2.0 + 3.0)}
+    # Then only the one that was running comes back as a second attempt (one death); the two
+    # never started come back as first attempts, as though never claimed
+    assert again == {second.id: 2, rest[0].id: 1, rest[1].id: 1}
+    other.close()
 
 
 def test_a_failed_job_leaves_the_queue_for_the_failed_table(farm_):
@@ -233,11 +272,12 @@ def test_two_consumers_never_get_the_same_job(farm_):
 def test_a_reservation_not_renewed_is_handed_out_again_after_retry_after(db_farm):
     from farm import app
 
-    # Given a job reserved by one worker, which never renews it (retry_after is 2 s)
+    # Given a job reserved and started by one worker, which never renews it (retry_after is 2 s)
     q = db_farm.queue()
     other = app.open_queue(app.manifest(), "main")
     q.push([doc()])
     (r,) = q.reserve(["default"], 1, 1.0)
+    assert q.starting(r)
     reserved = time.time()
     # When another worker waits for it
     assert other.reserve(["default"], 1, 0) == []
@@ -279,6 +319,7 @@ def test_a_worker_whose_reservation_lapsed_cannot_ack_release_or_fail_the_job_an
     o = doc()
     a.push([o])
     (ra,) = a.reserve(["default"], 1, 1.0)
+    assert a.starting(ra)
     (rb,) = b.reserve(["default"], 1, 1.0 + 3.0)
     assert (rb.id, rb.attempts) == (o.id, 2)
     held = row(f, o.id)
