@@ -22,7 +22,7 @@ PEERS_PY = ROOT / ".bench-venv" / "bin" / "python"
 
 BACKENDS = ["sqlite", "postgresql", "mysql", "amqp", "redis"]
 PEERS = {"amqp": ["celery", "dramatiq"], "sqlite": ["huey"], "postgresql": ["pgqueuer", "procrastinate"],
-         "redis": ["rq", "celery"], "mysql": []}
+         "redis": ["rq", "celery", "dramatiq"], "mysql": []}
 # not a peer's default, so never the "best peer": the same guarantee as farm.dispatch, for reference
 VARIANTS = {"amqp": ["dramatiq_confirm"]}
 LABELS = {"sqlite": "SQLite", "postgresql": "PostgreSQL", "mysql": "MariaDB", "amqp": "RabbitMQ", "redis": "Redis"}

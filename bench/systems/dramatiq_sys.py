@@ -1,4 +1,4 @@
-"""Dramatiq 2.2 on RabbitMQ: the `dramatiq` CLI (processes x 8 threads), `actor.send`."""
+"""Dramatiq 2.2 on RabbitMQ or Redis: the `dramatiq` CLI (processes x 8 threads), `actor.send`."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,9 @@ from typing import Sequence
 import harness
 
 DRAMATIQ = str(Path(sys.executable).parent / "dramatiq")
-URLS = {"amqp": os.environ.get("FARM_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F")}
+URLS = {"amqp": os.environ.get("FARM_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2F"),
+        # a Redis database of its own, as RQ's (bench/systems/rq_sys.py)
+        "redis": os.environ.get("FARM_BENCH_DRAMATIQ_REDIS", "redis://127.0.0.1:6379/11")}
 
 
 class DramatiqSystem:
@@ -21,6 +23,8 @@ class DramatiqSystem:
         if backend not in URLS:
             raise SystemExit(f"dramatiq: no backend {backend!r} here (only {', '.join(URLS)})")
         self.backend = backend
+        if backend == "redis":
+            self.how = self.how.replace("RabbitmqBroker", "RedisBroker")
         self.queue = "dramatiq_" + uuid.uuid4().hex[:8]
         self.env = harness.worker_env(out, BENCH_QUEUE=self.queue, BENCH_AMQP_URL=URLS[backend])
         import dramatiq_app
@@ -30,7 +34,10 @@ class DramatiqSystem:
 
     def reset(self) -> None:
         b = self.mod.broker
-        b.declare_queue(self.queue, ensure=True)
+        if self.backend == "redis":
+            b.declare_queue(self.queue)
+        else:
+            b.declare_queue(self.queue, ensure=True)
         b.flush(self.queue)                     # purges Q, Q.DQ and Q.XQ
 
     def worker_commands(self, workers: int) -> list[list[str]]:
@@ -53,6 +60,10 @@ class DramatiqSystem:
         from dramatiq.common import dq_name, xq_name
 
         b = self.mod.broker
+        if self.backend == "redis":
+            b.flush_all()                       # its database is the run's own
+            b.close()
+            return
         ch = b.channel
         for q in (self.queue, dq_name(self.queue), xq_name(self.queue)):
             ch.queue_delete(q)
