@@ -53,7 +53,7 @@ def connect(url: str) -> Any:
                 "password": unquote(u.password) if u.password else None}
         sentinel_auth = {"password": query["sentinel_password"]} if "sentinel_password" in query else {}
         sentinel = Sentinel(hosts, sentinel_kwargs={"socket_connect_timeout": 5, **sentinel_auth},
-                            ssl=query.get("ssl") == "true", **{k: v for k, v in common.items()})
+                            ssl=query.get("ssl") == "true", **common)
         return sentinel.master_for(service or "mymaster", db=int(db or 0), **auth)
     client = redis.Redis.from_url(url, **common)
     try:
@@ -166,19 +166,19 @@ class RedisQueue:
 
     def _claim(self, queues: Sequence[str], limit: int) -> tuple[list[Reserved], float | None]:
         now = time.time()
-        self._claims += 1
-        args = [repr(now), repr(now + self.retry_after), f"{self.token}:{self._claims}"]
         # a standalone server claims from every queue in one script; a cluster one queue a call
         groups = [[q] for q in queues] if self.cluster else [list(queues)]
         out: list[Reserved] = []
         soonest: float | None = None
         for group in groups:
+            self._claims += 1
+            claim = f"{self.token}:{self._claims}"      # the script numbers its jobs claim:1, claim:2, ...
             keys = [k for q in group for k in self._keys(q)]
-            reply = self._run("CLAIM", keys, [*args, limit - len(out)])
-            for i in range(1, len(reply), 4):
-                q, jid, body, n = reply[i:i + 4]
-                out.append(Reserved(id=jid, queue=group[int(q)], body=_body(body), attempts=int(n),
-                                    handle=f"{args[2]}:{len(out) + 1}"))
+            reply = self._run("CLAIM", keys, [repr(now), repr(now + self.retry_after), claim, limit - len(out)])
+            for n, i in enumerate(range(1, len(reply), 4), start=1):
+                q, jid, body, starts = reply[i:i + 4]
+                out.append(Reserved(id=jid, queue=group[int(q)], body=_body(body), attempts=int(starts),
+                                    handle=f"{claim}:{n}"))
             if reply[0]:
                 soonest = float(reply[0]) if soonest is None else min(soonest, float(reply[0]))
             if len(out) >= limit:

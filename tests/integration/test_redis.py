@@ -284,6 +284,16 @@ def test_a_cluster_runs_queues_spread_over_its_nodes(make_farm, tmp_path, monkey
         assert f.queue().cluster
         queues = ["q1", "q2", "q3", "q4", "q5"]
         _run_three_jobs(f, queues)
+        # and a batch claimed across those nodes is settled, every job of it
+        q = f.queue()
+        for name in queues:
+            farm.dispatch(Record(str(f.out), name), queue=name)
+        got = q.reserve(queues, 5, 1.0)
+        assert sorted(r.queue for r in got) == queues
+        for r in got:
+            assert q.starting(r)
+            q.ack(r)
+        assert all(c["ready"] == c["reserved"] == 0 for c in q.counts().values())
         # Then a failed job is kept in the cluster, and retry puts it back
         jid = farm.dispatch(Record(str(f.out), "x"), queue="q2")
         (r,) = f.queue().reserve(["q2"], 1, 1.0)
