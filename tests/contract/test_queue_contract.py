@@ -1,7 +1,7 @@
 """One driver contract, run against every backend on this machine (the real servers).
 
-`farm_` runs a test on every queue backend; `db_farm` on the database dialects only, for what
-depends on retry_after (AMQP redelivers when a connection dies, never by time: tested with
+`farm_` runs a test on every queue backend; `db_farm` on the database dialects and redis, for
+what depends on retry_after (AMQP redelivers when a connection dies, never by time: tested with
 SIGKILL in the integration suite); `any_farm` adds the `sync` driver, whose push runs the job
 at once, so it only meets the parts of the contract about an empty queue.
 """
@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from conftest import BACKENDS, DB_BACKENDS
+from conftest import BACKENDS, LEASE_BACKENDS
 from farm.drivers.base import FailedJob, Outgoing
 
 EPS = 0.02          # clock granularity: a wait or a delay may end this much early, never more
@@ -26,7 +26,7 @@ def farm_(request, make_farm):
     return make_farm(request.param, retry_after=2)
 
 
-@pytest.fixture(params=DB_BACKENDS)
+@pytest.fixture(params=LEASE_BACKENDS)
 def db_farm(request, make_farm):
     return make_farm(request.param, retry_after=2)
 
@@ -54,11 +54,17 @@ def job_doc(job: str, data: dict, queue: str = "default") -> Outgoing:
 
 
 def row(f, jid: str):
-    """The job's row as stored (every column), or None: read beside the queue under test."""
+    """The job's row as stored (every column), or None: read beside the queue under test. On
+    redis: every key of the queue that mentions the job."""
     from farm import app
 
-    table = app.manifest().connections["main"].table
     q = f.queue()
+    if f.backend == "redis":
+        k, c = q._keys("default"), q.client
+        keys = (c.zscore(k[2], jid), c.hget(k[3], jid), c.hget(k[4], jid), c.hget(k[5], jid),
+                c.zscore(k[1], jid), c.hget(k[6], jid), tuple(b for b in c.lrange(k[0], 0, -1) if jid in b))
+        return None if keys == (None,) * 6 + ((),) else keys
+    table = app.manifest().connections["main"].table
     sql = f"SELECT id, uuid, queue, payload, attempts, available_at, reserved_by FROM {table} WHERE uuid = %s"
     with q._cursor() as cur:
         cur.execute(sql.replace("%s", "?") if q.dialect == "sqlite" else sql, (jid,))
@@ -307,7 +313,7 @@ def test_a_renewed_reservation_is_kept_past_retry_after(db_farm):
     other.close()
 
 
-@pytest.mark.parametrize("backend", DB_BACKENDS)
+@pytest.mark.parametrize("backend", LEASE_BACKENDS)
 def test_a_worker_whose_reservation_lapsed_cannot_ack_release_or_fail_the_job_another_worker_holds(
         make_farm, backend):
     from farm import app

@@ -1,8 +1,8 @@
-"""Issue 18: what the redis driver promises beyond the shared contract (which runs on it too).
+"""Issue 18: what the redis driver promises beyond the shared contract (which runs on it too,
+leases included: `db_farm`).
 
-Reservations lapse after retry_after unless renewed, and a worker whose reservation lapsed
-settles nothing; a batch claim fills up from the queues in priority order; every key of a
-queue shares its hash tag (Redis Cluster); a bad manifest entry is one line.
+A batch claim fills up from the queues in priority order; every key of a queue shares its
+hash tag (Redis Cluster); a bad manifest entry is one line.
 """
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from farm import manifest
 from farm.drivers.base import Outgoing
 from farm.errors import ManifestError
 
-EPS = 0.02
-
 
 @pytest.fixture
 def rfarm(make_farm):
@@ -30,93 +28,6 @@ def doc(queue: str = "default", tag: str = "x") -> Outgoing:
     body = json.dumps({"v": 1, "id": jid, "job": "testjobs:Noop", "data": {"tag": tag}, "queue": queue,
                        "attempts": 0})
     return Outgoing(id=jid, queue=queue, body=body, available_at=time.time())
-
-
-def state(q, jid: str, queue: str = "default") -> tuple:
-    """Every key of the queue that mentions the job, as stored."""
-    k, c = q._keys(queue), q.client
-    return (c.zscore(k[2], jid), c.hget(k[3], jid), c.hget(k[4], jid), c.hget(k[5], jid), c.zscore(k[1], jid),
-            c.hget(k[6], jid), [b for b in c.lrange(k[0], 0, -1) if jid in b])
-
-
-def other(rfarm):
-    from farm import app
-
-    return app.open_queue(app.manifest(), "main")
-
-
-def test_a_started_reservation_not_renewed_is_handed_out_again_after_retry_after(rfarm):
-    # Given a job reserved and started by one worker, which never renews it (retry_after is 2 s)
-    q, b = rfarm.queue(), other(rfarm)
-    q.push([doc()])
-    (r,) = q.reserve(["default"], 1, 1.0)
-    assert q.starting(r)
-    reserved = time.time()
-    # When another worker waits for it
-    assert b.reserve(["default"], 1, 0) == []
-    again = b.reserve(["default"], 1, 2.0 + 3.0)
-    # Then it gets the job, as a second attempt, once retry_after has passed and not before
-    assert time.time() - reserved >= 2.0 - EPS
-    assert [(x.id, x.attempts) for x in again] == [(r.id, 2)]
-    b.ack(again[0])
-    b.close()
-
-
-def test_a_renewed_reservation_is_kept_past_retry_after(rfarm):
-    q, b = rfarm.queue(), other(rfarm)
-    q.push([doc()])
-    (r,) = q.reserve(["default"], 1, 1.0)
-    until = time.monotonic() + 2 * 2.0
-    while time.monotonic() < until:
-        q.renew([r])
-        assert b.reserve(["default"], 1, 0.5) == []
-    q.ack(r)
-    b.close()
-
-
-def test_a_worker_whose_reservation_lapsed_cannot_settle_the_job_another_worker_holds(make_farm):
-    # Given worker A reserved and started a job, its reservation lapsed (retry_after 1 s), B holds it now
-    f = make_farm("redis", retry_after=1)
-    a, b = f.queue(), other(f)
-    o = doc()
-    a.push([o])
-    (ra,) = a.reserve(["default"], 1, 1.0)
-    assert a.starting(ra)
-    (rb,) = b.reserve(["default"], 1, 1.0 + 3.0)
-    assert (rb.id, rb.attempts) == (o.id, 2)
-    held = state(a, o.id)
-    # When A, unaware, settles its attempt in each way a worker can
-    a.release(ra, 0, ra.body)
-    assert state(a, o.id) == held, "A's release changed what B holds"
-    assert a.fail(ra, ra.body, "ValueError: A's stale verdict") is False
-    assert state(a, o.id) == held and f.store().failed(ids=[o.id]) == []
-    a.give_back([ra])
-    assert state(a, o.id) == held, "A's give_back changed what B holds"
-    a.ack(ra)
-    assert state(a, o.id) == held, "A's ack removed what B holds"
-    a.renew([ra])
-    assert state(a, o.id) == held, "A's renew moved B's deadline"
-    # Then B's ack removes every trace of it
-    b.ack(rb)
-    assert state(a, o.id) == (None,) * 6 + ([],)
-    b.close()
-
-
-def test_a_dead_workers_batch_counts_a_start_only_for_the_job_it_was_running(rfarm):
-    # Given a worker that claimed four jobs, ran the first to its ack (which writes the second's
-    # start), started the second, and died running it
-    q, b = rfarm.queue(), other(rfarm)
-    q.push([doc(tag=str(i)) for i in range(4)])
-    first, second, *rest = q.reserve(["default"], 4, 1.0)
-    assert q.starting(first)
-    q.ack(first)
-    assert q.starting(second)
-    q.close()
-    # When another worker gets them after retry_after
-    again = {r.id: r.attempts for r in b.reserve(["default"], 10, 2.0 + 3.0)}
-    # Then only the one that was running comes back as a second attempt
-    assert again == {second.id: 2, rest[0].id: 1, rest[1].id: 1}
-    b.close()
 
 
 def test_a_batch_claim_takes_the_high_queue_first_then_fills_up_from_the_next(rfarm):
