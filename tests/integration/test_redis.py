@@ -200,12 +200,20 @@ def test_farmctl_works_a_redis_connection_end_to_end(make_farm):
 
 
 def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    """Free ports below 45000 whose port + 10000 is free too (a Cluster node's bus port)."""
+    import random
+
+    ports: list[int] = []
+    while len(ports) < n:
+        port = random.randrange(20000, 45000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        if port not in ports:
+            ports.append(port)
     return ports
 
 
