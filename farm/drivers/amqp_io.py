@@ -169,6 +169,7 @@ class Consumer:
 
     KEEP_EVERY = 0.05
     REFILL = 0.02        # seconds the broker may take to send a message into a slot an ack freed
+    OWED = 0.25          # ... one of a queue we just handed deliveries back to (a loaded broker)
 
     def __init__(self, params: pika.URLParameters, queues: Sequence[str], qos: int, ceiling: int,
                  buffer_wait: float, hand_back: Callable[[Consumer, Buffered], None]) -> None:
@@ -184,6 +185,7 @@ class Consumer:
         self.channels: dict[str, Any] = {}   # queue -> the channel it is consumed on
         self.tags: dict[str, str] = {}       # queue -> our consumer; none while suspended
         self.freed_at: dict[int, float] = {}  # channel number -> when an ack last freed a slot
+        self.owed: dict[str, float] = {}     # queue -> until when: we handed its deliveries back
         self.cancelled_by_broker = False
         self.error: str | None = None        # why the last channel went, until reported
         self.halt = threading.Event()
@@ -224,6 +226,7 @@ class Consumer:
         buf = self.buffers[queue]
 
         def on_message(ch: Any, method: Any, props: Any, body: bytes) -> None:
+            self.owed.pop(queue, None)
             buf.append(Delivery(method.delivery_tag, ch.channel_number, gen, method.redelivered, body,
                                  props.message_id))
         return on_message
@@ -291,8 +294,16 @@ class Consumer:
         (with a prefetch of one, a priority list relies on it)."""
         first = next(i for i, q in enumerate(self.queues) if self.buffers[q])
         now = time.monotonic()
-        return max((self.freed_at.get(self.channels[q].channel_number, 0.0) + self.REFILL - now
-                    for q in self.queues[:first]), default=0.0)
+        waits = []
+        for q in self.queues[:first]:
+            until = self.freed_at.get(self.channels[q].channel_number, 0.0) + self.REFILL
+            owed = self.owed.get(q, 0.0)
+            if owed > now:      # it has ready messages (ours, handed back): wait for one longer
+                until = max(until, owed)
+            else:
+                self.owed.pop(q, None)
+            waits.append(until - now)
+        return max(waits, default=0.0)
 
     def take(self, limit: int) -> Buffered:
         """Up to `limit` buffered deliveries, the first-listed queue first."""
@@ -319,6 +330,8 @@ class Consumer:
             buf = self.buffers[q]
             surplus = [buf.pop() for _ in range(len(buf) - keep)]
             out.extend((q, d) for d in reversed(surplus))
+            if surplus and keep:
+                self.owed[q] = time.monotonic() + self.OWED
         return out
 
     def overdue(self) -> Buffered:
