@@ -301,11 +301,13 @@ class DatabaseQueue:
         counts against the job that was running, not the rest of the dead worker's batch."""
         row = job.handle
         if row not in self._started:
-            if self.dialect == "postgresql":
+            if self.dialect == "postgresql":     # pipelined: not known here, the ack matches anyway
                 self._pipelined(lambda acks: acks.start(int(row), self.token))
             else:
                 with self._cursor("fast") as cur:
                     cur.execute(self.sql.start, (row, self.token))
+                    if cur.rowcount == 0:
+                        return False    # its reservation lapsed and another worker holds it now
             self._started.add(row)
         return True
 
@@ -325,16 +327,21 @@ class DatabaseQueue:
             with self._cursor("fast") as cur:
                 try:
                     cur.execute(self.sql.ack_and_start, (row, self.token, start, self.token))
+                    matched = []
                     while cur.nextset():
-                        pass
+                        matched.append(cur.rowcount)
                 except BaseException:
                     _rollback_quietly(cur)
                     raise
+            if matched[1] == 1:         # DELETE, UPDATE, COMMIT after START TRANSACTION
+                self._started.add(start)
         else:
             with self._cursor("fast", tx=True) as cur:
                 cur.execute(self.sql.ack, (row, self.token))
                 cur.execute(self.sql.start, (start, self.token))
-        if start is not None:
+                if cur.rowcount == 1:
+                    self._started.add(start)
+        if start is not None and self.dialect == "postgresql":
             self._started.add(start)
 
     def _settled(self, job: Reserved) -> int:

@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 import redis.exceptions as rx
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError
 
 from .. import waker
@@ -52,14 +54,16 @@ def connect(url: str) -> Any:
         auth = {"username": unquote(u.username) if u.username else None,
                 "password": unquote(u.password) if u.password else None}
         sentinel_auth = {"password": query["sentinel_password"]} if "sentinel_password" in query else {}
-        sentinel = Sentinel(hosts, sentinel_kwargs={"socket_connect_timeout": 5, **sentinel_auth},
-                            ssl=query.get("ssl") == "true", **common)
+        sentinel_kwargs = {"socket_connect_timeout": 5, "socket_timeout": 5, "socket_keepalive": True,
+                           "ssl": query.get("ssl") == "true", **sentinel_auth}
+        sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, ssl=query.get("ssl") == "true", **common)
         return sentinel.master_for(service or "mymaster", db=int(db or 0), **auth)
     client = redis.Redis.from_url(url, **common)
     try:
         if client.info("cluster").get("cluster_enabled"):
             client.close()
-            return redis.RedisCluster.from_url(url, **common)
+            # no retries of its own: a PUSH whose reply was lost would be queued twice
+            return redis.RedisCluster.from_url(url, retry=Retry(NoBackoff(), 0), **common)
     except rx.ResponseError:
         pass                    # INFO refused by an ACL: a plain server, as far as we can tell
     return client
@@ -245,7 +249,8 @@ class RedisQueue:
         """Write the job's start before it runs (unless its predecessor's ack did): a death
         counts against the job that was running, not the rest of a dead worker's batch."""
         if job.handle not in self._started:
-            self._settle("start", job)
+            if not self._settle("start", job):
+                return False    # its reservation lapsed and another worker holds it now
             self._started.add(job.handle)
         return True
 
@@ -265,8 +270,11 @@ class RedisQueue:
         if after is None or after.handle in self._started or after.queue != job.queue:
             self._settle("ack", job)
             return
-        self._settle("ack", job, after.id, after.handle)
-        self._started.add(after.handle)
+        with self._calling("cannot ack"):
+            wrote = self._run("SETTLE", self._keys(job.queue),
+                              ["ack", job.id, job.handle, repr(time.time()), after.id, after.handle])
+        if int(wrote or 0) == 2:        # not when this worker's hold on them lapsed
+            self._started.add(after.handle)
 
     def release(self, job: Reserved, delay: float, body: str) -> None:
         self._settle("release", job, repr(time.time() + delay), body, self._wake(job.queue), self._settled(job))
@@ -304,15 +312,17 @@ class RedisQueue:
         order = sorted(names)
         with self._calling("cannot count"):
             pipe = self.client.pipeline(transaction=False)
-            for q in order:
+            now = repr(time.time())     # due delayed jobs and lapsed reservations are ready
+            for q in order:             # (a worker's claim moves them): listen and KEDA see them
                 k = self._keys(q)
-                pipe.llen(k[0]).zcard(k[1]).zcard(k[2]).zcard(k[7])
+                pipe.llen(k[0]).zcount(k[1], "-inf", now).zcount(k[2], "-inf", now)
+                pipe.zcount(k[1], f"({now}", "+inf").zcount(k[2], f"({now}", "+inf").zcard(k[7])
             replies = pipe.execute()
         failed = self.store.failed_by_queue(self.name) if self.store is not None else {}
         out: dict[str, dict[str, int | None]] = {}
         for i, q in enumerate(order):
-            ready, delayed, reserved, own_failed = replies[4 * i:4 * i + 4]
-            out[q] = {"ready": ready, "delayed": delayed, "reserved": reserved,
+            listed, due, lapsed, delayed, reserved, own_failed = replies[6 * i:6 * i + 6]
+            out[q] = {"ready": listed + due + lapsed, "delayed": delayed, "reserved": reserved,
                       "failed": failed.get(q, 0) if self.store is not None else own_failed}
         for q, n in failed.items():
             out.setdefault(q, {"ready": 0, "delayed": 0, "reserved": 0, "failed": n})

@@ -31,13 +31,19 @@ def wake_channel(prefix: str, queue: str) -> str:
     return f"{prefix}:{{{queue}}}:wake"
 
 
-# Shared by the scripts: the job id of a document (one that does not parse gets its hash,
-# and the worker fails it as a bad payload).
+# Shared by the scripts: the job id of a document. One that does not parse, or whose id is
+# not a short plain string (36 characters of letters, digits and -_.:, so any store's id
+# column takes it), gets an id in the shape of a UUID made from its hash; the worker fails
+# the first as a bad payload.
 _ID = """
 local function job_id(body)
   local ok, doc = pcall(cjson.decode, body)
-  if ok and type(doc) == 'table' and type(doc.id) == 'string' and doc.id ~= '' then return doc.id end
-  return 'sha1:' .. redis.sha1hex(body)
+  if ok and type(doc) == 'table' and type(doc.id) == 'string' and #doc.id <= 36
+      and string.match(doc.id, '^[%w%-_.:]+$') then
+    return doc.id
+  end
+  local h = redis.sha1hex(body)
+  return h:sub(1, 8) .. '-' .. h:sub(9, 12) .. '-' .. h:sub(13, 16) .. '-' .. h:sub(17, 20) .. '-' .. h:sub(21, 32)
 end
 local function wake_if_empty(ready, channel, before)
   if before == 0 and redis.call('LLEN', ready) > 0 then redis.call('PUBLISH', channel, '1') end
@@ -117,6 +123,7 @@ local verb, id, handle, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 if redis.call('HGET', owners, id) ~= handle then return 0 end
 if verb == 'own' then return 1 end
 if verb == 'start' then redis.call('HINCRBY', starts, id, 1); return 1 end
+local result = 1
 local body = redis.call('HGET', bodies, id)
 redis.call('ZREM', reserved, id); redis.call('HDEL', owners, id); redis.call('HDEL', bodies, id)
 if verb == 'ack' or verb == 'fail' then
@@ -125,6 +132,7 @@ if verb == 'ack' or verb == 'fail' then
     redis.call('HSET', failed, id, ARGV[5]); redis.call('ZADD', failed_at, now, id)
   elseif ARGV[6] and redis.call('HGET', owners, ARGV[5]) == ARGV[6] then
     redis.call('HINCRBY', starts, ARGV[5], 1)
+    result = 2                    -- the next job's start is written
   end
 elseif verb == 'release' then
   local at, before = tonumber(ARGV[5]), redis.call('LLEN', ready)
@@ -141,7 +149,7 @@ elseif verb == 'give_back' then
   if body then redis.call('RPUSH', ready, body) end     -- next in line, as it was
   wake_if_empty(ready, ARGV[5], before)
 end
-return 1
+return result
 """
 
 # KEYS: reserved, owners. ARGV: deadline, then (id, handle)... Extends the reservations still held.

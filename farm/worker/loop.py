@@ -158,7 +158,7 @@ class Worker:
         if starting is None or starting(reserved):
             return True
         self.log.warning("job.stale", id=reserved.id, queue=reserved.queue,
-                         detail="its delivery is stale or was held too long; the broker has it again")
+                         detail="no longer this worker's: its reservation lapsed, or the broker has it again")
         return False
 
     def _shut_down(self) -> None:

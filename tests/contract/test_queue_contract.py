@@ -295,6 +295,22 @@ def test_a_reservation_not_renewed_is_handed_out_again_after_retry_after(db_farm
     other.close()
 
 
+def test_a_lapsed_reservation_and_a_delayed_job_that_fell_due_count_as_ready(db_farm):
+    # Given a reserved job never renewed (retry_after 2 s) and a job delayed by 1 s
+    q = db_farm.queue()
+    q.push([doc()])
+    assert len(q.reserve(["default"], 1, 1.0)) == 1
+    late = doc()
+    q.push([Outgoing(id=late.id, queue="default", body=late.body, available_at=time.time() + 1.0)])
+    c = q.counts()["default"]
+    assert (c["ready"], c["delayed"], c["reserved"]) == (0, 1, 1)
+    # When both times have passed, with no worker claiming meanwhile
+    time.sleep(2.0 + 0.2)
+    # Then both count as ready (what `listen` and the autoscalers start workers for)
+    c = q.counts()["default"]
+    assert (c["ready"], c["delayed"], c["reserved"]) == (2, 0, 0)
+
+
 def test_a_renewed_reservation_is_kept_past_retry_after(db_farm):
     from farm import app
 
@@ -311,6 +327,30 @@ def test_a_renewed_reservation_is_kept_past_retry_after(db_farm):
         assert other.reserve(["default"], 1, 0.5) == []
     q.ack(r)
     other.close()
+
+
+@pytest.mark.parametrize("backend", [b for b in LEASE_BACKENDS if b != "postgresql"])
+def test_a_worker_whose_hold_lapsed_does_not_start_a_job_another_worker_holds(make_farm, backend):
+    from farm import app
+
+    # Given worker A that claimed two jobs and ran the first while its hold lapsed (retry_after
+    # 1 s), and worker B that claimed the second meanwhile
+    make_farm(backend, retry_after=1)
+    a = app.open_queue(app.manifest(), "main")
+    b = app.open_queue(app.manifest(), "main")
+    a.push([doc(tag="1"), doc(tag="2")])
+    first, second = a.reserve(["default"], 2, 1.0)
+    assert a.starting(first)
+    taken = b.reserve(["default"], 2, 1.0 + 3.0)
+    assert second.id in {r.id for r in taken}
+    # When A acks the first (which would write the second's start) and goes to start the second
+    a.ack(first)
+    # Then the driver says no: A must not run it (PostgreSQL's pipelined start cannot tell)
+    assert a.starting(second) is False
+    for r in taken:
+        b.ack(r)
+    a.close()
+    b.close()
 
 
 @pytest.mark.parametrize("backend", LEASE_BACKENDS)
