@@ -51,9 +51,16 @@ end
 """
 
 # KEYS: ready, delayed, bodies, starts. ARGV: now, wake channel, then (id, at, attempts, body)...
+# A job whose id is delayed or reserved already is refused, all of them with it: the state of
+# a delayed or reserved job is kept by id, so a second one would take the first one's place.
 PUSH = _ID + """
 local ready, delayed, bodies, starts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now, before = tonumber(ARGV[1]), redis.call('LLEN', KEYS[1])
+for i = 3, #ARGV, 4 do
+  if redis.call('HEXISTS', bodies, ARGV[i]) == 1 then
+    return redis.error_reply('a job with id ' .. ARGV[i] .. ' is already delayed or reserved on this queue')
+  end
+end
 for i = 3, #ARGV, 4 do
   local id, at, attempts, body = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), ARGV[i + 3]
   if attempts > 0 then redis.call('HSET', starts, id, attempts) end

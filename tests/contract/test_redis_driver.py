@@ -40,6 +40,21 @@ def test_a_batch_claim_takes_the_high_queue_first_then_fills_up_from_the_next(rf
     assert q.counts()["low"] == {"ready": 1, "delayed": 0, "reserved": 2, "failed": 0}
 
 
+def test_a_push_of_an_id_already_delayed_is_refused_and_the_delayed_job_kept(rfarm):
+    from farm.errors import FarmError
+
+    # Given a job delayed by a minute
+    q = rfarm.queue()
+    first = doc(tag="first")
+    q.push([Outgoing(id=first.id, queue="default", body=first.body, available_at=time.time() + 60)])
+    # When a second document with its id is pushed (a producer that sent it twice)
+    again = doc(tag="again")
+    with pytest.raises(FarmError, match="already delayed or reserved"):
+        q.push([again, Outgoing(id=first.id, queue="default", body=first.body, available_at=0)])
+    # Then nothing of that push is written, and the delayed one is still there
+    assert q.counts()["default"] == {"ready": 0, "delayed": 1, "reserved": 0, "failed": 0}
+
+
 def test_every_key_of_a_queue_shares_one_cluster_slot():
     from redis.crc import key_slot
 
