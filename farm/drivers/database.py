@@ -318,11 +318,13 @@ class DatabaseQueue:
         self._started.discard(row)
         after = self._successor.pop(row, None)
         start = None if after is None or after.handle in self._started else after.handle
-        if self.dialect == "postgresql":
+        if self.dialect == "postgresql":     # pipelined: whether it matched is not known here
             self._pipelined(lambda acks: acks.send(int(row), self.token, start))
+            wrote = start is not None
         elif start is None:
             with self._cursor("fast") as cur:
                 cur.execute(self.sql.ack, (row, self.token))
+            wrote = False
         elif self.dialect == "mysql":       # one round trip, one commit
             with self._cursor("fast") as cur:
                 try:
@@ -333,15 +335,13 @@ class DatabaseQueue:
                 except BaseException:
                     _rollback_quietly(cur)
                     raise
-            if matched[1] == 1:         # DELETE, UPDATE, COMMIT after START TRANSACTION
-                self._started.add(start)
+            wrote = matched[1] == 1         # DELETE, UPDATE, COMMIT after START TRANSACTION
         else:
             with self._cursor("fast", tx=True) as cur:
                 cur.execute(self.sql.ack, (row, self.token))
                 cur.execute(self.sql.start, (start, self.token))
-                if cur.rowcount == 1:
-                    self._started.add(start)
-        if start is not None and self.dialect == "postgresql":
+                wrote = cur.rowcount == 1
+        if wrote:                           # not when this worker's hold on it lapsed
             self._started.add(start)
 
     def _settled(self, job: Reserved) -> int:
