@@ -246,6 +246,20 @@ def connection_yaml(backend: str, tmp: Path, name: str, retry_after: float = 90,
     """)
 
 
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05,
+               explain: Callable[[], str] = lambda: "") -> Any:
+    """The predicate's first true value within `timeout` seconds; else an AssertionError naming
+    `what`, with `explain()` (logs) after it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    extra = explain()
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"\n{extra}" if extra else ""))
+
 class Farm:
     """A manifest in a temp dir and helpers to dispatch, run workers and read results."""
 
@@ -289,13 +303,7 @@ class Farm:
         return path.read_text().splitlines() if path.exists() else []
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.02)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        return wait_until(predicate, timeout, what, every=0.02)
 
     def queue(self) -> Any:
         from farm import app

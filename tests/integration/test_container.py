@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from conftest import (PG_URL, require, ROOT, SUPPORT, _check_amqp, _check_pg, amqp_url, drop_vhosts,
-                      need_server, need_tool, new_vhost, pg_conninfo)
+                      need_server, need_tool, new_vhost, pg_conninfo, wait_until)
 from podman_helper import BASE_IMAGE, Podman, ensure_base_image, pip_build_args
 
 APP = SUPPORT / "containerapp"
@@ -146,14 +146,8 @@ class App:
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 60, what: str = "condition",
                  container: str | None = None) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.1)
-        logs = self.logs(container) if container else ""
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
+        return wait_until(predicate, timeout, what, every=0.1,
+                          explain=lambda: self.logs(container) if container else "")
 
     def close(self) -> None:
         for name in self.containers:

@@ -8,16 +8,7 @@ from collections import Counter
 import pytest
 
 from conftest import ROOT, SUPPORT, connection_yaml, drop_vhosts
-from test_supervisor import Supervised, sup  # noqa: F401  (the fixture: a project dir with its own supervisord)
-
-TWO = """
-    w:
-      queues: [default]
-      numprocs: 2
-      sleep: 0.2
-      timeout: 10
-      environment: ENV
-"""
+from test_supervisor import TWO, Supervised, sup  # noqa: F401  (the fixture: a project dir with its own supervisord)
 
 
 def write(s: Supervised, backend: str, pipelines: str) -> None:

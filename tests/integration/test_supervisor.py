@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from conftest import ROOT, SUPPORT
+from conftest import ROOT, SUPPORT, wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -128,13 +128,7 @@ class Supervised:
 
     @staticmethod
     def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        return wait_until(predicate, timeout, what)
 
     def shutdown(self) -> None:
         if not self.started:

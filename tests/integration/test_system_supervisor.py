@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import psutil
 import pytest
 
-from conftest import PG_URL, ROOT, _check_pg, need_server, require
+from conftest import PG_URL, ROOT, _check_pg, need_server, require, wait_until
 from tcpproxy import Proxy, free_port
 
 USER = "jobfarm-test"
@@ -173,15 +173,11 @@ class Server:
         return Counter(x.split()[0] for x in self.out.read_text().splitlines()) if self.out.exists() else Counter()
 
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.1)
-        logs = sorted((self.base / "log").glob("*.log")) + sorted((self.app / "var" / "log").glob("*.log"))
-        log = "".join(f"--- {p.name}\n" + p.read_text()[-3000:] for p in logs)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{log}")
+        def logs() -> str:
+            paths = sorted((self.base / "log").glob("*.log")) + sorted((self.app / "var" / "log").glob("*.log"))
+            return "".join(f"--- {p.name}\n" + p.read_text()[-3000:] for p in paths)
+
+        return wait_until(predicate, timeout, what, every=0.1, explain=logs)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from collections import Counter
 import pytest
 
 import farm
-from conftest import BACKENDS, DB_BACKENDS, LEASE_BACKENDS, pg_conninfo
+from conftest import BACKENDS, LEASE_BACKENDS, pg_conninfo
 from testjobs import Flaky, GivesUp, Hog, Record, Releaser, Stuck, Swallower, Timed, TimedFlaky
 
 EPS = 0.05          # a clock read a moment before or after the worker's own
