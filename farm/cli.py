@@ -80,6 +80,8 @@ def worker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--memory", type=click.IntRange(min=0), help="Exit 0 after a job past this RSS (MB)."),
         click.option("--rest", type=click.FloatRange(min=0), help="Seconds to rest between jobs."),
         click.option("--prefetch", type=click.IntRange(min=1), help="Most jobs to claim at once."),
+        click.option("--concurrency", type=click.IntRange(min=1, max=1000),
+                     help="Jobs to run at once, on threads (for jobs that wait on the network)."),
         click.option("--once", is_flag=True, default=None, help="Run one job, then exit."),
         click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
@@ -113,7 +115,14 @@ def work(ctx: click.Context, log_format: str, log_level: str, **flags: Any) -> N
         store = app.store(options.connection)
     except FarmError:
         store = None
-    ctx.exit(Worker(queue, store, options, registry, log, code=code).run())
+    if options.concurrency > 1:
+        from .worker.threads import ThreadedWorker
+
+        worker: Worker = ThreadedWorker(queue, store, options, registry, log, code=code,
+                                        concurrency=options.concurrency)
+    else:
+        worker = Worker(queue, store, options, registry, log, code=code)
+    ctx.exit(worker.run())
 
 
 def _limited(options: Any, manifest: Any, log: Log) -> Any:

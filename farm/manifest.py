@@ -49,6 +49,7 @@ class Pipeline:
     backoff: tuple[float, ...] | None = None
     rest: float = 0.0
     prefetch: int | None = None
+    concurrency: int = 1              # jobs each worker runs at once, on threads
     drain: str | None = None
     environment: tuple[tuple[str, str], ...] = ()
     user: str | None = None           # run its workers as this user (supervisord user=, systemd User=)
@@ -249,7 +250,7 @@ _CONNECTION_KEYS = {"driver", "url", "table", "failed_table", "retry_after", "st
 _REDIS_SCHEMES = ("redis://", "rediss://", "redis+sentinel://", "unix://")
 _PIPELINE_KEYS = {"connection", "queues", "numprocs", "max_jobs", "max_time", "memory", "sleep",
                   "timeout", "tries", "backoff", "rest", "prefetch", "drain", "environment", "user", "group",
-                  "stop_wait", "scale"}
+                  "stop_wait", "scale", "concurrency"}
 _TOP_KEYS = {"imports", "default", "connections", "pipelines", "supervisor", "systemd", "schedule", "kubernetes"}
 
 
@@ -483,6 +484,7 @@ class _Builder:
                 backoff=self._backoff(spec.get("backoff"), f"{key}.backoff"),
                 rest=self._number(spec, key, "rest", 0),
                 prefetch=self._number(spec, key, "prefetch", None, integer=True, minimum=1, optional=True),
+                concurrency=self._number(spec, key, "concurrency", 1, integer=True, minimum=1),
                 drain=drain,
                 environment=self._environment(spec.get("environment"), f"{key}.environment"),
                 user=self._name(spec.get("user"), f"{key}.user"),

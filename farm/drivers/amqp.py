@@ -55,6 +55,7 @@ class AmqpQueue:
         self.params.blocked_connection_timeout = 60
         self.prefetch = conn.prefetch or DEFAULT_PREFETCH     # the most a worker's basic.qos asks
         self.buffer_wait = conn.consumer_timeout / 2
+        self.slots = 1                   # jobs the worker runs at once (--concurrency)
         self.longest_job = 60.0          # the longest a job may run; the worker sets it (timeout, stop window)
         self._publisher: pika.BlockingConnection | None = None
         self._channels: dict[str, Any] = {}
@@ -148,7 +149,7 @@ class AmqpQueue:
     def reserve(self, queues: Sequence[str], limit: int, wait: float) -> list[Reserved]:
         """Up to `limit` jobs. The consumer's basic.qos follows `limit` (the worker's batch: 1
         for slow jobs, up to 100 for no-op ones), at most the connection's `prefetch`."""
-        wanted = max(1, min(limit, self.prefetch))
+        wanted = max(1, min(limit, self.prefetch), min(self.slots, self.prefetch))   # running jobs are unacked
         c = self._consumer_for(queues, wanted)
         with c.lock:
             if c.error:                  # say so once (the worker logs it), then reconnect

@@ -83,14 +83,15 @@ class Heart(threading.Thread):
 
     def info(self) -> dict[str, Any]:
         w = self.worker
-        attempt = w.runner.current
+        running = w.attempts()
+        attempt = running[0] if running else None
         state = "paused" if w.lifecycle.paused else "busy" if attempt else "idle"
         return {"id": w.worker_id, "host": self.host, "pid": os.getpid(), "pipeline": w.options.pipeline,
                 "connection": w.options.connection, "queues": list(w.options.queues), "state": state,
                 "job": attempt.doc.get("job") if attempt and attempt.doc else None,
                 "job_id": attempt.reserved.id if attempt else None,
                 "job_seconds": round(time.monotonic() - attempt.started, 1) if attempt else None,
-                "done": w.done, "rss_mb": round(self.rss_mb, 1), "started": w.started_wall, "code": w.code}
+                "jobs": len(running), "done": w.done, "rss_mb": round(self.rss_mb, 1), "started": w.started_wall, "code": w.code}
 
     def watchdog(self, now: float) -> None:
         w = self.worker

@@ -19,16 +19,18 @@ class StopReason(str, Enum):
     EMPTY = "empty"
     ONCE = "once"
     ABANDON = "abandon"
+    STUCK = "stuck"            # a job thread did not stop at its timeout (--concurrency)
     FATAL = "fatal"
 
     @property
     def exit_code(self) -> int:
-        return 1 if self in (StopReason.ABANDON, StopReason.FATAL) else 0
+        return 1 if self in (StopReason.ABANDON, StopReason.STUCK, StopReason.FATAL) else 0
 
     @property
     def recycles(self) -> bool:
         """An exit that the process manager answers with a fresh worker (see `startsecs`)."""
-        return self in (StopReason.MAX_JOBS, StopReason.MAX_TIME, StopReason.MEMORY, StopReason.RESTART)
+        return self in (StopReason.MAX_JOBS, StopReason.MAX_TIME, StopReason.MEMORY, StopReason.RESTART,
+                        StopReason.STUCK)
 
 
 class Lifecycle:

@@ -14,7 +14,7 @@ from . import signals
 from .heart import Heart
 from .lifecycle import Lifecycle, StopReason
 from .options import WorkerOptions
-from .runner import Runner
+from .runner import Attempt, Runner
 
 MAX_FAILURES = 12           # about a minute of backoff before exiting for the process manager
 BATCH_SECONDS = 0.05        # claim about this much work at once: many no-op jobs, one slow job
@@ -59,9 +59,13 @@ class Worker:
         self.heart = Heart(self)
         self.failures = 0
 
-    def holding(self) -> list[Any]:
+    def attempts(self) -> list[Attempt]:
+        """The jobs running now."""
         current = self.runner.current
-        return ([current.reserved] if current else []) + list(self.held) + list(self.runner.unacked)
+        return [current] if current else []
+
+    def holding(self) -> list[Any]:
+        return [a.reserved for a in self.attempts()] + list(self.held) + list(self.runner.unacked)
 
     def run(self) -> int:
         """Work until a stop reason; return the exit status."""

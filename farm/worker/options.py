@@ -28,6 +28,7 @@ class WorkerOptions:
     memory: int = 128              # MB of RSS, worker and children; 0: no limit
     rest: float = 0.0
     prefetch: int | None = None    # None: adapt to job length
+    concurrency: int = 1           # jobs run at once, on threads (1: in the worker's own thread)
     retry_after: float = 90.0
     job_limit: float = 0           # a pipeline's stop window less a margin: no job runs longer; 0: none
 
@@ -43,7 +44,8 @@ def merge(manifest: Manifest, flags: dict[str, Any]) -> WorkerOptions:
     if pipeline_name:
         p = manifest.pipeline(pipeline_name)
         values.update(connection=p.connection, queues=p.queues, pipeline=p.name, max_jobs=p.max_jobs,
-                      max_time=p.max_time, sleep=p.sleep, memory=p.memory, rest=p.rest, prefetch=p.prefetch)
+                      max_time=p.max_time, sleep=p.sleep, memory=p.memory, rest=p.rest, prefetch=p.prefetch,
+                      concurrency=p.concurrency)
         for name in ("timeout", "tries", "backoff"):
             if getattr(p, name) is not None:
                 values[name] = getattr(p, name)

@@ -74,12 +74,9 @@ class Runner:
 
     def run(self, attempt: Attempt) -> str:
         """Run the attempt and settle it; returns the outcome (done/released/retried/failed)."""
-        job, r = attempt.job, attempt.reserved
-        assert job is not None and attempt.doc is not None
-        crashes = r.attempts - 1 - int(attempt.doc.get("attempts") or 0)
-        if crashes > CRASHES_ALLOWED:
-            exc = MaxAttemptsExceeded(f"the job was started {crashes} times by workers that died running it")
-            return self.settle(attempt, exc, decided=retry.Decision(False, reason=str(exc)))
+        killed = self.killed_too_often(attempt)
+        if killed is not None:
+            return killed
         self.current = attempt
         try:
             exc = self._handle(attempt)
@@ -88,6 +85,21 @@ class Runner:
             raise
         self._own(attempt)
         self.current = None
+        return self.conclude(attempt, exc)
+
+    def killed_too_often(self, attempt: Attempt) -> str | None:
+        """Fail, without running it, a job whose earlier starts each ended with its worker dead."""
+        assert attempt.doc is not None
+        crashes = attempt.reserved.attempts - 1 - int(attempt.doc.get("attempts") or 0)
+        if crashes <= CRASHES_ALLOWED:
+            return None
+        exc = MaxAttemptsExceeded(f"the job was started {crashes} times by workers that died running it")
+        return self.settle(attempt, exc, decided=retry.Decision(False, reason=str(exc)))
+
+    def conclude(self, attempt: Attempt, exc: BaseException | None) -> str:
+        """Settle an attempt whose handle() has ended (`exc`: what it raised, or None)."""
+        job, r = attempt.job, attempt.reserved
+        assert job is not None and attempt.doc is not None
         if exc is not None:
             return self.settle(attempt, exc)
         outcome = getattr(job, "_farm_outcome", None)

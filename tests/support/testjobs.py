@@ -342,3 +342,18 @@ class Ledger(farm.Job):
 def started_after_insert(path: str, tag: str, inserted: float) -> None:
     """For rows another program inserts: writes `<tag> <inserted> <now>` (epoch seconds)."""
     record(path, f"{tag} {inserted:.6f} {time.time():.6f}")
+
+
+class BlockedRead(farm.Job):
+    """Reads from a socket nobody writes to, with no timeout: blocked in C, out of Python's reach."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def handle(self) -> None:
+        import socket
+
+        record(self.path, f"start {self.attempts} {os.getpid()}")
+        a, b = socket.socketpair()
+        a.recv(1)
+        record(self.path, "end")

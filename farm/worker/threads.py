@@ -1,0 +1,274 @@
+"""`--concurrency N`: N threads run jobs' handle(); the worker's own thread does the rest.
+
+The worker's thread claims, writes starts, settles (ack, release, retry, fail) and hands
+jobs back, exactly as with one job at a time, so a driver is used by that thread and the
+heart only: one database connection per role whatever N is, and pika's single-threaded
+connection stays in the hands it was in. Job threads only call `handle()` and report back.
+
+A thread cannot be killed. A job past its timeout gets JobTimeout raised in its thread
+(PyThreadState_SetAsyncExc), which ends a job running Python code. A job blocked in a C
+call (a socket read with no timeout) does not see it: one second later the worker settles
+it as timed out, takes no more jobs, and exits once its other jobs have ended, for the
+process manager to start a fresh worker; the stuck thread dies with the process.
+"""
+from __future__ import annotations
+
+import ctypes
+import queue as queues
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import waker
+from ..errors import Abandon, DriverUnavailable, FarmError, JobTimeout
+from .heart import GRACE
+from .lifecycle import StopReason
+from .loop import Worker
+from .runner import Attempt
+
+IDLE_POLL = 0.5           # how long a worker with jobs running waits between claims of an empty queue
+
+
+@dataclass(eq=False)
+class Running:
+    """An attempt handed to a job thread."""
+
+    attempt: Attempt
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    thread: int | None = None     # the job thread's ident, once it has taken the attempt
+    ended: bool = False           # handle() has ended: no timeout may be raised in its thread now
+    interrupted: bool = False     # JobTimeout was raised in its thread
+
+
+def _checkpoint() -> None:
+    """A Python-level call: an exception raised in this thread from outside lands here at the latest."""
+
+
+def call(run: Running) -> BaseException | None:
+    """Run handle() in this job thread; what it raised, or None. A JobTimeout from the worker's
+    thread lands inside this function, never after it (see `_interrupt`)."""
+    returned = False
+    exc: BaseException | None = None
+    try:
+        with run.lock:
+            run.thread = threading.get_ident()
+        try:
+            run.attempt.job.handle()        # type: ignore[union-attr]
+            returned = True
+        except BaseException as e:          # JobTimeout, SystemExit, ...: the job's own outcome
+            exc = e
+        with run.lock:
+            run.ended = True
+        _checkpoint()
+    except BaseException as e:              # the timeout arrived as handle() ended
+        if not returned and exc is None:
+            exc = e
+    return exc
+
+
+class ThreadedWorker(Worker):
+    def __init__(self, *args: Any, concurrency: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = concurrency
+        self.running: dict[int, Running] = {}          # id(Running) -> Running
+        self.todo: queues.SimpleQueue[Running | None] = queues.SimpleQueue()
+        self.finished: queues.SimpleQueue[tuple[Running, BaseException | None]] = queues.SimpleQueue()
+        self.stuck = False
+        self.poll = 0.02                                # grows while the queue stays empty
+        self.next_claim = 0.0
+        if hasattr(self.queue, "slots"):               # amqp: running jobs are unacked deliveries
+            self.queue.slots = concurrency
+        if getattr(self.queue, "prefetch", None) is not None and self.queue.prefetch < concurrency:
+            self.queue.prefetch = concurrency
+        self.threads = [threading.Thread(target=self._serve, name=f"farm-job-{i}", daemon=True)
+                        for i in range(concurrency)]
+        for t in self.threads:
+            t.start()
+
+    def _serve(self) -> None:
+        while True:
+            run = self.todo.get()
+            if run is None:
+                return
+            self.finished.put((run, call(run)))
+
+    def attempts(self) -> list[Attempt]:
+        return [r.attempt for r in list(self.running.values())]
+
+    def holding(self) -> list[Any]:
+        return [a.reserved for a in self.attempts()] + list(self.held) + list(self.runner.unacked)
+
+    def run_once(self, now: float | None = None) -> StopReason | None:
+        """One step: settle what ended, time out what overran, stop, pause, claim, start."""
+        self._collect(0)
+        now = time.monotonic() if now is None else now
+        self._time_out(now)
+        if self.lifecycle.abandon:
+            self._abandon()
+            return StopReason.ABANDON
+        reason = self.lifecycle.should_stop(now, self.heart.rss_mb, self.done)
+        if reason is None and self.stuck:
+            reason = StopReason.STUCK
+        if reason is not None or self.lifecycle.paused:
+            self._release_held()
+            if reason is None:
+                suspend = getattr(self.queue, "suspend", None)
+                if suspend is not None:
+                    suspend()
+            if self.running:                    # running jobs finish first, whatever the reason
+                self._collect(self._patience(now))
+                return None
+            if reason is not None:
+                return reason
+            waker.wait(1.0)
+            return None
+        if self.runner.unacked:
+            self.runner.ack_again()
+        free = self._free()
+        if free > 0 and not self.held:
+            if self.running:                    # settling must not wait on an empty queue
+                if now < self.next_claim:
+                    self._collect(min(self.next_claim - now, self._patience(now)))
+                    return None
+                wait = 0.0
+            else:
+                wait = 0.0 if self.options.stop_when_empty else min(self.options.sleep, 1.0)
+            self.held = self.queue.reserve(self.options.queues, free, wait)
+            self.failures = 0
+            if self.lifecycle.stop_signal is not None:
+                return None                     # stopped while waiting: what came is handed back
+            if self.held:
+                self.poll = 0.02
+            else:
+                if not self.running:
+                    return StopReason.EMPTY if (self.options.stop_when_empty or self.options.once) else None
+                self.next_claim = now + self.poll
+                self.poll = min(self.poll * 2, IDLE_POLL)
+        started = 0
+        while self.held and self._free() > 0:
+            started += self._start(self.held.pop(0))
+        if not started and self.running:
+            self._collect(self._patience(now))
+        return None
+
+    def _free(self) -> int:
+        """Slots for more jobs, within --max-jobs and --once."""
+        free = self.slots - len(self.running)
+        o = self.options
+        if o.max_jobs:
+            free = min(free, o.max_jobs - self.done - len(self.running))
+        if o.once:
+            free = min(free, 1 - self.done - len(self.running))
+        return free
+
+    def _start(self, reserved: Any) -> int:
+        """Write the job's start and hand it to a job thread; 1 if it went to one."""
+        try:
+            go = self._starting(reserved)
+        except FarmError:
+            self.held.insert(0, reserved)    # not started: handed back like the rest
+            raise
+        if not go:
+            return 0
+        try:
+            attempt = self.runner.prepare(reserved)
+            if attempt is not None and self.runner.killed_too_often(attempt) is not None:
+                attempt = None
+        except (Abandon, DriverUnavailable):
+            raise
+        except Exception as e:
+            self.runner.last_resort(reserved, e)
+            attempt = None
+        if attempt is None:                 # failed without running (bad payload, killed too often)
+            self.done += 1
+            return 0
+        run = Running(attempt)
+        self.running[id(run)] = run
+        self.todo.put(run)
+        return 1
+
+    def _patience(self, now: float) -> float:
+        """How long to wait for a job to end before looking at the clocks and signals again."""
+        wait = 0.25
+        for a in self.attempts():
+            if a.timeout > 0:
+                wait = min(wait, max(0.0, a.started + a.timeout - now) + 0.001)
+        return wait
+
+    def _collect(self, wait: float) -> None:
+        """Settle the jobs whose threads have reported, waiting up to `wait` for the first."""
+        try:
+            item = self.finished.get(timeout=wait) if wait > 0 else self.finished.get_nowait()
+        except queues.Empty:
+            return
+        while True:
+            self._settle(*item)
+            try:
+                item = self.finished.get_nowait()
+            except queues.Empty:
+                return
+
+    def _settle(self, run: Running, exc: BaseException | None) -> None:
+        if self.running.pop(id(run), None) is None:
+            return                              # settled already: stuck, or given back
+        attempt = run.attempt
+        if run.interrupted and isinstance(exc, JobTimeout):
+            exc = JobTimeout(f"the job ran past its timeout of {attempt.timeout:g}s")
+        try:
+            self.runner.conclude(attempt, exc)
+        except (Abandon, DriverUnavailable):
+            raise
+        except Exception as e:                  # one job's trouble, not the worker's
+            self.runner.last_resort(attempt.reserved, e)
+        self.done += 1
+
+    def _time_out(self, now: float) -> None:
+        """Raise JobTimeout in the thread of a job past its timeout; a job that has not ended a
+        second later is blocked outside Python: settle it as timed out and recycle the worker."""
+        for run in list(self.running.values()):
+            a = run.attempt
+            if a.timeout <= 0 or now < a.started + a.timeout:
+                continue
+            if not run.interrupted:
+                with run.lock:
+                    if run.thread is not None and not run.ended:
+                        _interrupt(run.thread)
+                        run.interrupted = True
+                if run.interrupted or run.thread is not None or now < a.started + a.timeout + GRACE:
+                    continue
+                # no thread took it (every one is stuck): it never started, so it goes back
+                self.running.pop(id(run), None)
+                self.queue.give_back([a.reserved])
+                self.stuck = True
+                continue
+            if now < a.started + a.timeout + GRACE or self.running.pop(id(run), None) is None:
+                continue
+            self.stuck = True
+            self.log.error("worker.stuck", id=a.reserved.id, timeout=a.timeout,
+                           detail="the job did not stop at its timeout (blocked outside Python code); "
+                                  "settled as timed out; exiting once the other jobs end")
+            try:
+                self.runner.settle(a, JobTimeout(f"the job ran past its timeout of {a.timeout:g}s"))
+            except (Abandon, DriverUnavailable):
+                raise
+            except Exception as e:
+                self.runner.last_resort(a.reserved, e)
+
+    def _abandon(self) -> None:
+        """A second stop signal: hand back the running jobs with the held ones, and go."""
+        runs = list(self.running.values())
+        self.running.clear()
+        self.held = [r.attempt.reserved for r in runs] + self.held
+        if runs:
+            self.log.error("worker.stop", reason="abandon", jobs=len(runs), detail="running jobs given back")
+
+    def _shut_down(self) -> None:
+        super()._shut_down()
+        for _ in self.threads:
+            self.todo.put(None)
+
+
+def _interrupt(thread_id: int) -> None:
+    """Raise JobTimeout in that thread at its next Python instruction."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(JobTimeout))
