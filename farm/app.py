@@ -72,6 +72,10 @@ def open_queue(m: Manifest, name: str) -> Any:
         from .drivers.redis import RedisQueue
 
         return RedisQueue(conn, store=queue(conn.store) if conn.store else None)
+    if conn.driver == "async":
+        from .drivers.async_ import AsyncQueue
+
+        return AsyncQueue(conn)
     from .drivers.sync import SyncQueue
 
     return SyncQueue(conn)

@@ -16,7 +16,7 @@ from .kubeconf import Kubernetes, Scale
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")      # every control character but tab
-DRIVERS = ("database", "amqp", "redis", "sync")
+DRIVERS = ("database", "amqp", "redis", "sync", "async")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Connection:
     heartbeat: int = 60               # amqp: broker heartbeat seconds
     consumer_timeout: float = 1800    # amqp: the broker's consumer_timeout (RabbitMQ's default, 30 min)
     prefix: str = "farm"              # redis: the first part of every key (`farm:{queue}:ready`)
+    workers: int = 4                  # async: threads in the dispatching process that run its jobs
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,7 @@ class _Reader:
 
 
 _CONNECTION_KEYS = {"driver", "url", "table", "failed_table", "retry_after", "store", "prefetch",
-                    "heartbeat", "consumer_timeout", "prefix"}
+                    "heartbeat", "consumer_timeout", "prefix", "workers"}
 _REDIS_SCHEMES = ("redis://", "rediss://", "redis+sentinel://", "unix://")
 _PIPELINE_KEYS = {"connection", "queues", "numprocs", "max_jobs", "max_time", "memory", "sleep",
                   "timeout", "tries", "backoff", "rest", "prefetch", "drain", "environment", "user", "group",
@@ -425,10 +426,19 @@ class _Builder:
                 heartbeat=self._number(spec, key, "heartbeat", 60, integer=True, minimum=0),
                 consumer_timeout=self._number(spec, key, "consumer_timeout", 1800, minimum=1),
                 prefix=str(prefix),
+                workers=self._workers(spec, key, driver),
             )
         for conn in out.values():
             self._store(conn, out)
         return out
+
+    def _workers(self, spec: dict[str, Any], key: str, driver: str) -> int:
+        """`workers:` is the async driver's pool size; other drivers' workers are pipelines."""
+        if "workers" in spec and driver != "async":
+            self.r.problem(f"{key}.workers", "only an async connection has a pool of workers "
+                           "(farmctl work processes come from pipelines: numprocs, concurrency)")
+            return 4
+        return self._number(spec, key, "workers", 4, integer=True, minimum=1)
 
     def _store(self, conn: Connection, connections: dict[str, Connection]) -> None:
         """amqp has no place for failed jobs, stamps and heartbeats: a database connection keeps them."""

@@ -55,6 +55,9 @@ def merge(manifest: Manifest, flags: dict[str, Any]) -> WorkerOptions:
     if conn.driver == "sync":
         raise UsageError(f"connection {conn.name!r} uses the sync driver: its jobs run when they are "
                          "dispatched, so there is nothing for a worker to take")
+    if conn.driver == "async":
+        raise UsageError(f"connection {conn.name!r} uses the async driver: its jobs run on threads of the "
+                         "process that dispatched them, so there is nothing for a worker to take")
     values["retry_after"] = conn.retry_after
     timeout = values.get("timeout")
     if conn.driver == "amqp" and timeout and timeout + 30 >= conn.consumer_timeout:
