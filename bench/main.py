@@ -14,6 +14,8 @@ import time
 import uuid
 from pathlib import Path
 
+import concurrency
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = ROOT / "bench-results"
@@ -33,7 +35,10 @@ COLUMNS = [("dispatch_per_s", "dispatch/s", True), ("dispatch_many_per_s", "bulk
 
 
 def run(python: Path, system: str, backend: str, quick: bool, soak: bool) -> dict:
-    argv = [str(python), str(HERE / "run_system.py"), "--system", system, "--backend", backend]
+    if system == "concurrency":      # jobfarm's threads inside a worker (bench/concurrency.py)
+        argv = [str(python), str(HERE / "concurrency.py"), "--backend", backend]
+    else:
+        argv = [str(python), str(HERE / "run_system.py"), "--system", system, "--backend", backend]
     argv += ["--quick"] * quick + ["--soak"] * soak
     print(f"  running {system} on {backend} ...", file=sys.stderr, flush=True)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
@@ -105,16 +110,23 @@ def print_peers(table: list[dict], peers: list[dict]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--only", default=",".join(BACKENDS), help="backends, comma-separated")
+    ap.add_argument("--only", default=None, help="backends, comma-separated (default: all; "
+                    "sqlite,postgresql with --concurrency)")
     ap.add_argument("--quick", action="store_true", help="smaller counts, no 100,000-job soak")
     ap.add_argument("--peers", action="store_true", help="run the peers on the same backends too")
     ap.add_argument("--floor", action="store_true", help="measure the raw broker with no queue library")
     ap.add_argument("--chart", default=None, help="draw the figures of this run to a PNG at this path")
+    ap.add_argument("--concurrency", action="store_true",
+                    help="only `farmctl work --concurrency N` against processes (bench/concurrency.py)")
     args = ap.parse_args()
-    backends = args.only.split(",")
+    backends = (args.only or ",".join(["sqlite", "postgresql"] if args.concurrency else BACKENDS)).split(",")
     run_id = uuid.uuid4().hex[:12]
     RESULTS.mkdir(exist_ok=True)
     rows: list[dict] = []
+    if args.concurrency:
+        rows = [run(JOBFARM_PY, "concurrency", b, args.quick, soak=False) for b in backends]
+        concurrency.print_table(rows, LABELS)
+        return finish(rows, run_id, None)
     own = {b: run(JOBFARM_PY, "jobfarm", b, args.quick, soak=not args.quick) for b in backends}
     rows += own.values()
     print_own(list(own.values()))
@@ -130,13 +142,18 @@ def main() -> int:
         floor = floor_rows(backends, args.quick)
         rows += floor
         print_floor(own, floor)
+    return finish(rows, run_id, args.chart)
+
+
+def finish(rows: list[dict], run_id: str, chart: str | None) -> int:
+    """Append the run's figures to bench-results/results.jsonl; draw the chart; 1 if any failed."""
     with (RESULTS / "results.jsonl").open("a") as f:
         for r in rows:
             f.write(json.dumps({"run": run_id, **r}) + "\n")
     print(f"\nraw figures: bench-results/results.jsonl (run {run_id})")
-    if args.chart:
-        subprocess.run([str(PEERS_PY), str(HERE / "chart.py"), "--run", run_id, "--out", args.chart], check=True)
-        print(f"chart: {args.chart}")
+    if chart:
+        subprocess.run([str(PEERS_PY), str(HERE / "chart.py"), "--run", run_id, "--out", chart], check=True)
+        print(f"chart: {chart}")
     failed = [r for r in rows if "error" in r]
     return 1 if failed else 0
 

@@ -1,6 +1,8 @@
 """jobfarm's benchmark jobs: each records its start through `record.py`, as the peers' do."""
 from __future__ import annotations
 
+import time
+
 import farm
 import record
 
@@ -17,3 +19,13 @@ class Tick(farm.Job):
 
 class Stamp(Tick):
     """The same job, dispatched one at a time to an idle worker for dispatch-to-start latency."""
+
+
+class Nap(Tick):
+    """A job that waits on I/O (50 ms of sleep, standing in for an HTTP call): it records its
+    number as it starts and `-1 - number` as it ends, so a drain is timed to the last job's end."""
+
+    def handle(self) -> None:
+        record.write(self.n)
+        time.sleep(0.05)
+        record.write(-1 - self.n)
