@@ -329,7 +329,7 @@ def status_view(doc: dict[str, Any]) -> Any:
     now = time.time()
     for x in doc["workers"]:
         w.add_row(str(x.get("host")), str(x.get("pid")), x.get("pipeline") or "-", x.get("state") or "-",
-                  x.get("job") or "-", f"{x['job_seconds']:.0f}s" if x.get("job_seconds") is not None else "-",
+                  _job_column(x), f"{x['job_seconds']:.0f}s" if x.get("job_seconds") is not None else "-",
                   str(x.get("done")), f"{x.get('rss_mb')}MB", f"{now - x['heartbeat']:.0f}s ago",
                   "STALE" if x.get("stale") else "current")
     parts: list[Any] = [*(f"warning: {n}" for n in doc.get("notes", [])), q, w]
@@ -346,6 +346,12 @@ def status_view(doc: dict[str, Any]) -> Any:
 
 
 SETTLE = 10.0      # seconds to wait for the farm to be back to its size once no straggler is left
+
+
+def _job_column(worker: dict[str, Any]) -> str:
+    """The job it runs; with --concurrency, the first of them and how many more."""
+    job, more = worker.get("job"), int(worker.get("jobs") or 0) - 1
+    return (job or "-") + (f" (+{more})" if job and more > 0 else "")
 
 
 def _wait_for_code(code: str, stamp: float, expected: int, timeout: float) -> None:

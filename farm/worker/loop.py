@@ -72,7 +72,8 @@ class Worker:
         o = self.options
         self.log.info("worker.start", connection=o.connection, queues=",".join(o.queues), pipeline=o.pipeline,
                       timeout=o.timeout, tries=o.tries, max_jobs=o.max_jobs or None,
-                      max_time=o.max_time or None, memory=o.memory or None, code=self.code or None)
+                      max_time=o.max_time or None, memory=o.memory or None,
+                      concurrency=o.concurrency if o.concurrency > 1 else None, code=self.code or None)
         self.heart.start()
         try:
             with signals.installed(self.lifecycle):

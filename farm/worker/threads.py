@@ -14,6 +14,8 @@ process manager to start a fresh worker; the stuck thread dies with the process.
 from __future__ import annotations
 
 import ctypes
+import os
+import sys
 import queue as queues
 import threading
 import time
@@ -85,6 +87,19 @@ class ThreadedWorker(Worker):
                         for i in range(concurrency)]
         for t in self.threads:
             t.start()
+
+    def run(self) -> int:
+        code = super().run()
+        for t in self.threads:
+            t.join(0.1)
+        if any(t.is_alive() for t in self.threads):     # stuck, or given back by a second signal
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(code)              # no interpreter shutdown under a thread still running a job
+        return code
 
     def _serve(self) -> None:
         while True:

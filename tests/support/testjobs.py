@@ -357,3 +357,13 @@ class BlockedRead(farm.Job):
         a, b = socket.socketpair()
         a.recv(1)
         record(self.path, "end")
+
+
+class Spawner(farm.Job):
+    """Dispatches a `Record` child from inside the job (from a job thread under --concurrency)."""
+
+    def __init__(self, path: str, tag: str) -> None:
+        self.path, self.tag = path, tag
+
+    def handle(self) -> None:
+        farm.dispatch(Record(self.path, self.tag))
