@@ -149,7 +149,8 @@ class ThreadedWorker(Worker):
                 wait = 0.0
             else:
                 wait = 0.0 if self.options.stop_when_empty else min(self.options.sleep, 1.0)
-            self.held = self.queue.reserve(self.options.queues, free, wait)
+            extra = 0 if (self.options.max_jobs or self.options.once) else self.batch.size() - 1
+            self.held = self.queue.reserve(self.options.queues, free + extra, wait)
             self.failures = 0
             if self.lifecycle.stop_signal is not None:
                 return None                     # stopped while waiting: what came is handed back
@@ -230,6 +231,7 @@ class ThreadedWorker(Worker):
         attempt = run.attempt
         if run.interrupted and isinstance(exc, JobTimeout):
             exc = JobTimeout(f"the job ran past its timeout of {attempt.timeout:g}s")
+        self.batch.record(time.monotonic() - attempt.started)
         try:
             self.runner.conclude(attempt, exc)
         except (Abandon, DriverUnavailable):
