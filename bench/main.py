@@ -14,7 +14,6 @@ import time
 import uuid
 from pathlib import Path
 
-import concurrency
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -125,6 +124,8 @@ def main() -> int:
     rows: list[dict] = []
     if args.concurrency:
         rows = [run(JOBFARM_PY, "concurrency", b, args.quick, soak=False) for b in backends]
+        import concurrency          # bench/concurrency.py, beside this file (on sys.path as a script)
+
         concurrency.print_table(rows, LABELS)
         return finish(rows, run_id, None)
     own = {b: run(JOBFARM_PY, "jobfarm", b, args.quick, soak=not args.quick) for b in backends}
