@@ -1,2 +1,3 @@
 """farmctl subcommands beyond `work`, each module adding its own to `farm.cli.cli`."""
 from . import init, listen, ops, render  # noqa: F401
+from . import dashboard  # noqa: F401
