@@ -491,6 +491,21 @@ class DatabaseQueue:
             cur.execute(self.sql.stamps, (prefix + "%",))      # `_` and `%` may match more: filtered
             return {name: float(v) for name, v in cur.fetchall() if name.startswith(prefix)}
 
+    def claim(self, name: str, expires: float) -> bool:
+        """Take `name` if no one has: one INSERT into the stamps table, whose primary key refuses
+        a second (never a check, then an insert). Expired claims are pruned hourly."""
+        now = time.time()
+        if now >= getattr(self, "_claims_pruned", 0.0):
+            self._claims_pruned = now + 3600
+            with self._cursor() as cur:
+                cur.execute(self.sql.prune_claims, (now,))
+        with self._cursor() as cur:
+            try:
+                cur.execute(self.sql.set_stamp_insert, ("claim:" + name, expires))
+            except self.target.module.IntegrityError:
+                return False            # another scheduler's (autocommit: nothing to roll back)
+        return True
+
     def beat(self, worker: dict[str, Any]) -> None:
         doc, now = json.dumps(worker), time.time()
         with self._cursor("renew") as cur:

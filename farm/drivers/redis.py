@@ -451,6 +451,12 @@ class RedisQueue:
             found = self.client.hgetall(f"{self.prefix}:stamps")
         return {k: float(v) for k, v in found.items() if k.startswith(prefix)}
 
+    def claim(self, name: str, expires: float) -> bool:
+        """Take `name` if no one has: SET NX on a key of its own, which Redis drops at `expires`."""
+        ttl = max(1, int(expires - time.time()) + 1)
+        with self._calling("cannot claim"):
+            return bool(self.client.set(f"{self.prefix}:claim:{name}", repr(float(expires)), nx=True, ex=ttl))
+
     def beat(self, worker: dict[str, Any]) -> None:
         with self._calling("cannot beat"):
             self.client.hset(f"{self.prefix}:workers", worker["id"], json.dumps(dict(worker, heartbeat=time.time())))

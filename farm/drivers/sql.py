@@ -121,6 +121,8 @@ class Queries:
         self.stamp = q(f"SELECT value FROM {j}_stamps WHERE name = %s")
         self.delete_stamp = q(f"DELETE FROM {j}_stamps WHERE name = %s")
         self.stamps = q(f"SELECT name, value FROM {j}_stamps WHERE name LIKE %s ORDER BY name")
+        # claims (schedule ticks) are stamps named `claim:...` holding when they may be pruned
+        self.prune_claims = q(f"DELETE FROM {j}_stamps WHERE name LIKE 'claim:%%' AND value < %s")
         self.beat_update = q(f"UPDATE {j}_workers SET doc = %s, heartbeat = %s WHERE id = %s")
         self.beat_insert = q(f"INSERT INTO {j}_workers (id, doc, heartbeat) VALUES (%s, %s, %s)")
         self.workers = f"SELECT id, doc, heartbeat FROM {j}_workers ORDER BY id"
