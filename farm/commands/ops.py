@@ -77,12 +77,8 @@ def failed(ctx: click.Context, as_json: bool, queue: str | None) -> None:
     Console(width=200 if not click.get_text_stream("stdout").isatty() else None).print(table)
 
 
-@failed.command("show")
-@click.argument("job_id")
-@click.option("--json", "as_json", is_flag=True)
-@config_option
-def failed_show(job_id: str, as_json: bool) -> None:
-    """One failed job: its payload and the whole traceback."""
+def failed_doc(job_id: str) -> dict[str, Any]:
+    """`failed show ID --json`'s object: the row, the whole payload and traceback."""
     _, f = _find((job_id,))[0]
     row = _row(f)
     try:
@@ -90,13 +86,23 @@ def failed_show(job_id: str, as_json: bool) -> None:
     except ValueError:
         row["payload"] = f.body
     row["exception"] = f.exception
+    return row
+
+
+@failed.command("show")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@config_option
+def failed_show(job_id: str, as_json: bool) -> None:
+    """One failed job: its payload and the whole traceback."""
+    row = failed_doc(job_id)
     if as_json:
         click.echo(json.dumps(row, indent=2))
         return
     for key in ("id", "connection", "queue", "job", "attempts", "failed_at"):
         click.echo(f"{key}: {row[key]}")
     click.echo("payload:\n" + json.dumps(row["payload"], indent=2))
-    click.echo("exception:\n" + f.exception)
+    click.echo("exception:\n" + row["exception"])
 
 
 @cli.command()

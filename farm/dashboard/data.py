@@ -112,16 +112,9 @@ def failed_page(queue: str | None, job: str | None, page: int) -> dict[str, Any]
 
 def failed_one(job_id: str) -> dict[str, Any]:
     """`failed show ID --json`'s object (UnknownJob when there is none)."""
-    from ..commands.ops import _find, _row
+    from ..commands.ops import failed_doc
 
-    _, f = _find((job_id,))[0]
-    row = _row(f)
-    try:
-        row["payload"] = json.loads(f.body)
-    except ValueError:
-        row["payload"] = f.body
-    row["exception"] = f.exception
-    return row
+    return failed_doc(job_id)
 
 
 def retry(job_id: str) -> int:
