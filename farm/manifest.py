@@ -71,7 +71,7 @@ class Manifest:
     supervisor_dir: Path
     logs_dir: Path
     systemd_dir: Path
-    schedule: dict[str, dict[str, Any]] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=dict)     # name -> farm.schedule.Entry
     variables: tuple[tuple[str, str], ...] = ()   # ${VAR}s the manifest took from the environment
     include: str | None = None        # the system supervisord's [include] glob: programs go there
     serverurl: str | None = None      # where status talks to supervisord (default: the local socket)
@@ -291,10 +291,7 @@ class _Builder:
         sup = self._section(doc.get("supervisor") or {}, "supervisor",
                             {"dir", "logs", "include", "serverurl", "user", "group"})
         sysd = self._section(doc.get("systemd") or {}, "systemd", {"dir"})
-        schedule = doc.get("schedule") or {}
-        if not isinstance(schedule, dict):
-            self.r.problem("schedule", "expected a mapping of schedule entries")
-            schedule = {}
+        schedule = self._schedule(doc.get("schedule"), connections, str(default), imports, pipelines)
         kube = kubeconf.section(self, doc.get("kubernetes") or {}) if "kubernetes" in doc else None
         kubeconf.check(self, kube, pipelines, connections)
         return Manifest(
@@ -308,6 +305,15 @@ class _Builder:
             user=self._name(sup.get("user"), "supervisor.user"), group=self._name(sup.get("group"), "supervisor.group"),
             kubernetes=kube,
         )
+
+    def _schedule(self, value: Any, connections: dict[str, Connection], default: str, imports: list[str],
+                  pipelines: dict[str, Pipeline]) -> dict[str, Any]:
+        """`schedule:` entries (farm.schedule.Entry), each checked; croniter is loaded only for one."""
+        if value is None or value == {}:
+            return {}
+        from . import schedule
+
+        return schedule.entries(self, value, connections, default, imports, pipelines)
 
     def _include(self, value: Any) -> str | None:
         """`/etc/supervisor/conf.d/*.conf`: a directory, then `*` and a file extension."""

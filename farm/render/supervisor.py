@@ -45,18 +45,24 @@ def env_value(value: str, what: str) -> str:
     return quote + value.replace("%", "%%") + quote
 
 
-def _environment(m: Manifest, p: Pipeline, stop_seconds: int) -> str:
-    pairs = m.worker_environment(p) + [("FARM_STOP_WINDOW", str(stop_seconds))]
+def _environment(pairs: list[tuple[str, str]]) -> str:
     return ",".join(f"{k}={env_value(v, k)}" for k, v in pairs)
 
 
 def program(m: Manifest, exe: Sequence[str], p: Pipeline, head: str, stop_seconds: int) -> str:
+    env = m.worker_environment(p) + [("FARM_STOP_WINDOW", str(stop_seconds))]
+    return head + _program(m, p, work_argv(m, exe, p), stop_seconds, env, numbered=True)
+
+
+def _program(m: Manifest, p: Pipeline, argv: list[str], stop_seconds: int, env: list[tuple[str, str]],
+             numbered: bool) -> str:
     # stdout_logfile is %-expanded twice (supervisor/options.py: saneget, then expand), so 4 x %
     logs = ini_value(m.logs_dir, "supervisor.logs").replace("%", "%%")
+    name = "%(program_name)s_%(process_num)02d" if numbered else "%(program_name)s"
     lines = [
         f"[program:{p.name}]",
-        f"command={command(work_argv(m, exe, p))}",
-        "process_name=%(program_name)s_%(process_num)02d",
+        f"command={command(argv)}",
+        f"process_name={name}",
         f"numprocs={p.numprocs}",
         f"directory={ini_value(m.root, 'the project root')}",
         "autostart=true",
@@ -68,15 +74,36 @@ def program(m: Manifest, exe: Sequence[str], p: Pipeline, head: str, stop_second
         "stopasgroup=true",
         "killasgroup=true",
         "redirect_stderr=true",
-        f"stdout_logfile={logs}/%(program_name)s_%(process_num)02d.log",
+        f"stdout_logfile={logs}/{name}.log",
         "stdout_logfile_maxbytes=50MB",
         "stdout_logfile_backups=5",
-        f"environment={_environment(m, p, stop_seconds)}",
+        f"environment={_environment(env)}",
     ]
     user, _ = m.user_of(p)
     if user:
         lines.append(f"user={user}")
-    return head + "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+SCHEDULER_STOP = 30     # seconds: a dispatch in flight is bounded by the connections' timeouts (10 s)
+
+
+def schedule_argv(m: Manifest, exe: Sequence[str]) -> list[str]:
+    return [*exe, "schedule", "--config", str(m.path)]
+
+
+def scheduler_identity(m: Manifest) -> Pipeline:
+    """The scheduler as a pipeline of one with no environment of its own: what it shares with
+    the workers (FARM_CONFIG, the manifest's ${VAR}s, the user) comes from the same code."""
+    from ..schedule import SCHEDULER
+
+    return Pipeline(name=SCHEDULER, connection=m.default)
+
+
+def scheduler_program(m: Manifest, exe: Sequence[str], head: str) -> str:
+    """`[program:farm-scheduler]`: one `farmctl schedule`, restarted whenever it exits."""
+    p = scheduler_identity(m)
+    return head + _program(m, p, schedule_argv(m, exe), SCHEDULER_STOP, m.worker_environment(p), numbered=False)
 
 
 def supervisord_conf(m: Manifest, head: str) -> str:
@@ -113,4 +140,6 @@ def render(m: Manifest, exe: Sequence[str], head: str, windows: dict[str, int]) 
         if p.drain is None:
             path = m.programs_dir / f"{p.name}{m.program_suffix}"
             files[path] = program(m, exe, p, head, windows[p.name])
+    if m.schedule:
+        files[m.programs_dir / f"{scheduler_identity(m).name}{m.program_suffix}"] = scheduler_program(m, exe, head)
     return files

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import FarmError
 from ..manifest import Manifest, Pipeline
-from .supervisor import work_argv
+from .supervisor import SCHEDULER_STOP, schedule_argv, scheduler_identity, work_argv
 
 _UNSAFE = re.compile(r"[^\w@%+=:,./-]", re.ASCII)
 _NOT_IN_EXECUTABLE = re.compile(r"[\"'\\]")      # systemd refuses these in an executable's name
@@ -53,30 +53,43 @@ def working_directory(root: Path) -> str:
 
 def service(m: Manifest, exe: Sequence[str], p: Pipeline, head: str, stop_seconds: int) -> str:
     env = m.worker_environment(p) + [("FARM_STOP_WINDOW", str(stop_seconds))]
+    return head + _unit(m, p, f"jobfarm worker %i of pipeline {p.name}", [f"PartOf=farm-{p.name}.target"],
+                        env, work_argv(m, exe, p), stop_seconds, f"farm-{p.name}", f"farm-{p.name}.target")
+
+
+def scheduler_service(m: Manifest, exe: Sequence[str], head: str) -> str:
+    """`farm-scheduler.service`: one `farmctl schedule`, restarted whenever it exits."""
+    p = scheduler_identity(m)
+    return head + _unit(m, p, "jobfarm scheduler (farmctl schedule)", [], m.worker_environment(p),
+                        schedule_argv(m, exe), SCHEDULER_STOP, p.name, "multi-user.target")
+
+
+def _unit(m: Manifest, p: Pipeline, description: str, part_of: list[str], env: list[tuple[str, str]],
+          argv: list[str], stop_seconds: int, ident: str, wanted_by: str) -> str:
     lines = [
         "[Unit]",
-        f"Description=jobfarm worker %i of pipeline {p.name}",
+        f"Description={description}",
         "After=network-online.target",
         "Wants=network-online.target",
-        f"PartOf=farm-{p.name}.target",
+        *part_of,
         "",
         "[Service]",
         "Type=simple",
         *_identity(m, p),
         f"WorkingDirectory={working_directory(m.root)}",
         *[f"Environment={_quote(f'{k}={v}')}" for k, v in env],
-        f"ExecStart={exec_start(work_argv(m, exe, p))}",
+        f"ExecStart={exec_start(argv)}",
         "KillSignal=SIGTERM",
         "KillMode=mixed",
         f"TimeoutStopSec={stop_seconds}",
         "Restart=always",
         "RestartSec=1",
-        f"SyslogIdentifier=farm-{p.name}",
+        f"SyslogIdentifier={ident}",
         "",
         "[Install]",
-        f"WantedBy=farm-{p.name}.target",
+        f"WantedBy={wanted_by}",
     ]
-    return head + "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def target(p: Pipeline, head: str) -> str:
@@ -102,4 +115,6 @@ def render(m: Manifest, exe: Sequence[str], head: str, windows: dict[str, int]) 
         if p.drain is None:
             files[m.systemd_dir / f"farm-{p.name}@.service"] = service(m, exe, p, head, windows[p.name])
             files[m.systemd_dir / f"farm-{p.name}.target"] = target(p, head)
+    if m.schedule:
+        files[m.systemd_dir / f"{scheduler_identity(m).name}.service"] = scheduler_service(m, exe, head)
     return files

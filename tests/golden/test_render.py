@@ -46,9 +46,9 @@ def test_rendering_twice_gives_the_same_bytes_and_nothing_to_do(project):
     m = manifest.load(project / "conf" / "farm.yaml")
     first = render.plan(m, FARMCTL)
     render.apply(m, first)
-    assert len(first.write) == 8
+    assert len(first.write) == 10
     second = render.plan(m, FARMCTL)
-    assert not second.changed and len(second.unchanged) == 8
+    assert not second.changed and len(second.unchanged) == 10
     for d in ("var/log", "supervisor/conf.d", "systemd"):
         assert (project / d).is_dir()
 

@@ -311,8 +311,9 @@ def test_the_scheduler_renders_with_a_schedule_and_the_dashboard_only_when_asked
     path = _manifest(tmp_path, "pipelines:\n  mail: {}\nkubernetes: {image: app:1}\n")
     assert sorted(p.name for p in _kube_paths(path)) == ["mail.yaml"]
     # When a schedule and dashboard: true are added
+    module = path.read_text().split("[", 1)[1].split("]", 1)[0]       # a schedule's job is in imports:
     path.write_text(path.read_text().replace("kubernetes: {image: app:1}", "kubernetes: {image: app:1, dashboard: true}")
-                    + "schedule:\n  tick: {cron: '@every 30s', job: 'app:Ping'}\n")
+                    + f"schedule:\n  tick: {{cron: '@every 30s', job: '{module}:Ping'}}\n")
     files = {p.name: t for p, t in render.render(manifest.load(path), FARMCTL).items() if p.parent.name == "kubernetes"}
     # Then farm-scheduler (one replica) and farm-dashboard (a Deployment and Service on 8085) appear
     assert sorted(files) == ["farm-dashboard.yaml", "farm-scheduler.yaml", "mail.yaml"]
