@@ -73,6 +73,11 @@ class Handler(BaseHTTPRequestHandler):
             status = HTTPStatus.BAD_REQUEST
         self._json({"error": message or status.phrase}, status)
 
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Actions and refusals are logged; the page's own reads (every few seconds) are not."""
+        if self.command != "GET" or not str(code).startswith("2"):
+            super().log_request(code, size)
+
     def log_message(self, format: str, *args: Any) -> None:       # one line per request on stderr
         sys.stderr.write(f"dashboard {self.address_string()} {format % args}\n")
 

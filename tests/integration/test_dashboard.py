@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import select
-import shutil
+import sqlite3
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -37,12 +38,14 @@ def start_dashboard(f: Farm, token: str | None) -> str:
     env.pop("FARM_DASHBOARD_TOKEN", None)
     if token is not None:
         env["FARM_DASHBOARD_TOKEN"] = token
-    p = subprocess.Popen([sys.executable, "-m", "farm", "dashboard", "--port", "0", "--interval", "0.3"],
-                         cwd=f.tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = f.tmp / f"dashboard-{len(f.procs)}.log"      # a file: a pipe nobody reads fills up
+    with log.open("w") as err:
+        p = subprocess.Popen([sys.executable, "-m", "farm", "dashboard", "--port", "0", "--interval", "0.3"],
+                             cwd=f.tmp, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
     f.procs.append(p)
     ready, _, _ = select.select([p.stdout], [], [], 20)
     line = p.stdout.readline() if ready else ""
-    assert line.startswith("dashboard: http://127.0.0.1:"), (line, p.poll())
+    assert line.startswith("dashboard: http://127.0.0.1:"), (line, p.poll(), log.read_text())
     return line.split()[1]
 
 
@@ -94,6 +97,8 @@ def test_the_page_shows_the_farm_and_its_buttons_retry_and_forget_failed_jobs(ma
     f.farmctl("work", "--stop-when-empty", "--queue", "default", check=True)
     assert f.store().count_failed() == 2
     worker = f.worker("--queue", "default")
+    if hasattr(farm, "pause"):          # operations (issue 16): a paused queue is marked
+        farm.pause("backlog")
     url = start_dashboard(f, TOKEN)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
@@ -101,6 +106,8 @@ def test_the_page_shows_the_farm_and_its_buttons_retry_and_forget_failed_jobs(ma
     # Then the page shows the queues, the worker and the failed jobs as they are
     expect(page.locator('#queues tr[data-queue="backlog"] td.ready')).to_have_text("3", timeout=10_000)
     expect(page.locator('#queues tr[data-queue="default"] td.failed')).to_have_text("2")
+    if hasattr(farm, "pause"):
+        expect(page.locator('#queues tr[data-queue="backlog"] td.name .paused')).to_have_text("paused")
     expect(page.locator(f'#workers tr[data-pid="{worker.pid}"]')).to_have_count(1, timeout=10_000)
     expect(page.locator("#failed tbody tr")).to_have_count(2)
     hostile_row = page.locator(f'#failed tr[data-id="{hostile_id}"]')
@@ -181,6 +188,25 @@ def test_actions_need_the_token_and_a_dashboard_without_one_is_read_only(make_fa
     # The right token forgets it
     assert http("POST", with_token + action, token=TOKEN) == (200, {"id": job_id, "forgotten": 1})
     assert f.store().count_failed() == 0
+    # /api/status never waits on the database: with the SQLite file locked it answers at once,
+    # with the figures read before the lock
+    as_of = wait_until(lambda: status(with_token)["as_of"], 10, "a first snapshot")
+    db = sqlite3.connect(f.tmp / "farm.db", isolation_level=None, timeout=10)
+    db.execute("BEGIN EXCLUSIVE")
+    try:
+        held, seen = time.monotonic(), set()
+        while time.monotonic() - held < 1.5:
+            started = time.monotonic()
+            doc = status(with_token)
+            assert time.monotonic() - started < 0.5
+            if started - held > 0.5:        # a reading under way when the lock came has ended
+                seen.add(doc["as_of"])
+            time.sleep(0.05)
+        assert len(seen) == 1 and doc["as_of"] >= as_of     # nothing new was read while locked
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    wait_until(lambda: status(with_token)["as_of"] > doc["as_of"], 10, "a snapshot after the lock")
     # /metrics is Prometheus text
     code, text = http("GET", with_token + "metrics")
     assert code == 200 and isinstance(text, str)

@@ -74,12 +74,13 @@ async function refresh() {
 }
 
 function drawQueues(doc) {
-  const rows = [];
+  const rows = [], paused = new Set(doc.paused || []);
   for (const conn of Object.keys(doc.connections || {}).sort()) {
     const queues = doc.connections[conn];
     for (const name of Object.keys(queues).sort()) {
-      const q = queues[name];
-      rows.push(row([td(conn), td(name), ...["ready", "delayed", "reserved", "failed"].map((k) => td(q[k], "n " + k))],
+      const q = queues[name], name_td = td(name, "name");
+      if (paused.has(name)) name_td.appendChild(el("span", "paused", { class: "paused", title: "farmctl resume " + name }));
+      rows.push(row([td(conn), name_td, ...["ready", "delayed", "reserved", "failed"].map((k) => td(q[k], "n " + k))],
                     { "data-connection": conn, "data-queue": name }));
     }
   }
