@@ -293,32 +293,19 @@ class Scheduler:
                       late=round(now - tick.at, 3))
 
 
+CHECK = 1.0     # seconds between looks at the manifest file (a stat), at the longest
+
+
 def serve(manifest: Manifest, log: Log, clock: Callable[[], float] = time.time) -> int:
     """Run the manifest's schedule until SIGTERM, SIGINT or SIGHUP (exit status 0): sleep until
-    the soonest tick, claim it in its connection's store, dispatch it if the claim was ours."""
+    the soonest tick, claim it in its connection's store, dispatch it if the claim was ours.
+    An edited manifest is read again: its entries take over from the next tick."""
     import signal
-    import sys
 
-    from . import app, waker
-    from .dispatch import dispatch
+    from . import waker
     from .worker.signals import wakeup
 
-    sys.path.insert(0, str(manifest.root))
-    makers, problems = {}, []
-    for e in manifest.schedule.values():
-        try:
-            makers[e.name] = job_maker(manifest, e)
-        except ManifestError as err:
-            problems.extend(err.problems)
-    if problems:
-        raise ManifestError(problems)
-
-    def claim(entry: Entry, tick: Tick) -> bool:
-        return bool(app.store(entry.connection).claim(tick.claim_name(entry), tick.at + CLAIM_FOR))
-
-    def send(entry: Entry, tick: Tick) -> str | None:
-        return dispatch(makers[entry.name](), queue=entry.queue, connection=entry.connection)
-
+    run = _Run(manifest, log, clock)        # a job that cannot be made: ManifestError, exit 2
     stop: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -327,30 +314,106 @@ def serve(manifest: Manifest, log: Log, clock: Callable[[], float] = time.time) 
         stop.append(signum)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    for name in {e.connection for e in manifest.schedule.values()}:
-        try:                            # open them now, so that the first tick is not late
-            app.store(name)
-        except FarmError as e:
-            log.warning("schedule.connection", connection=name, error=str(e), detail="tried again at each tick")
     try:
         with wakeup():
-            sched = Scheduler(list(manifest.schedule.values()), clock(), claim, send, log)
-            for name, tick in sched.next.items():
-                log.info("schedule.entry", entry=name, cron=manifest.schedule[name].cron, next=tick.label)
-            log.info("schedule.start", entries=len(makers))
-            if not makers:
-                log.warning("schedule.empty", detail="the manifest has no schedule: entries; waiting for a stop signal")
+            run.start("schedule.start")
             while not stop:
-                delay = sched.wake_at() - clock()
+                delay = run.sched.wake_at() - clock()
                 if delay > 0:
-                    waker.wait(min(delay, 60.0))
+                    waker.wait(min(delay, CHECK))
                 else:
-                    sched.run_once(clock())
+                    run.tick()
+                run.reload_if_changed()
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
     log.info("schedule.stop", reason=signal.Signals(stop[0]).name)
     return 0
+
+
+class _Run:
+    """One scheduler process: its manifest, a job maker per entry, and the Scheduler."""
+
+    def __init__(self, manifest: Manifest, log: Log, clock: Callable[[], float]) -> None:
+        import sys
+
+        sys.path.insert(0, str(manifest.root))
+        self.manifest, self.log, self.clock = manifest, log, clock
+        self.makers = _makers(manifest)
+        self.seen = _file_state(manifest.path)
+        self.last = clock()             # ticks after this are still to be looked at
+
+    def start(self, event: str) -> None:
+        from . import app
+
+        for name in sorted({e.connection for e in self.manifest.schedule.values()}):
+            try:                        # open them now, so that the first tick is not late
+                app.store(name)
+            except FarmError as e:
+                self.log.warning("schedule.connection", connection=name, error=str(e), detail="tried at each tick")
+        self.sched = Scheduler(list(self.manifest.schedule.values()), self.last, self._claim, self._send, self.log)
+        for name, tick in self.sched.next.items():
+            self.log.info("schedule.entry", entry=name, cron=self.manifest.schedule[name].cron, next=tick.label)
+        self.log.info(event, entries=len(self.makers))
+        if not self.makers:
+            self.log.warning("schedule.empty", detail="the manifest has no schedule: entries")
+
+    def tick(self) -> None:
+        self.last = self.clock()
+        self.sched.run_once(self.last)
+
+    def reload_if_changed(self) -> None:
+        """A manifest that changed on disk is loaded again; one with problems is logged and the
+        entries go on as they were."""
+        from . import app
+
+        state = _file_state(self.manifest.path)
+        if state == self.seen:
+            return
+        self.seen = state
+        try:
+            manifest = app.configure(self.manifest.path)
+            makers = _makers(manifest)
+        except FarmError as e:
+            problems = e.problems if isinstance(e, ManifestError) else [str(e)]
+            self.log.error("schedule.reload", error=" | ".join(problems), detail="the entries as they were go on")
+            return
+        self.tick()                     # what fell due under the old entries, then the new ones from now
+        self.manifest, self.makers = manifest, makers
+        self.start("schedule.reload")
+
+    def _claim(self, entry: Entry, tick: Tick) -> bool:
+        from . import app
+
+        return bool(app.store(entry.connection).claim(tick.claim_name(entry), tick.at + CLAIM_FOR))
+
+    def _send(self, entry: Entry, tick: Tick) -> str | None:
+        from .dispatch import dispatch
+
+        return dispatch(self.makers[entry.name](), queue=entry.queue, connection=entry.connection)
+
+
+def _file_state(path: Any) -> tuple[int, int] | None:
+    import os
+
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _makers(manifest: Manifest) -> dict[str, Callable[[], Any]]:
+    """A job maker per entry; every entry that has none is a problem of one ManifestError."""
+    makers, problems = {}, []
+    for e in manifest.schedule.values():
+        try:
+            makers[e.name] = job_maker(manifest, e)
+        except ManifestError as err:
+            problems.extend(err.problems)
+    if problems:
+        raise ManifestError(problems)
+    return makers
 
 
 def job_maker(manifest: Manifest, entry: Entry) -> Callable[[], Any]:
