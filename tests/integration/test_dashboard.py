@@ -24,6 +24,10 @@ try:
     from farm.schedule import upcoming
 except ImportError:                 # the scheduler (issue 16) not there yet: no schedule section
     upcoming = None
+try:
+    from farm import metrics as METRICS
+except ImportError:                 # metrics (issue 16) not there yet: /metrics says so
+    METRICS = None
 
 TOKEN = "s3cret-token"
 HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
@@ -210,6 +214,11 @@ def test_actions_need_the_token_and_a_dashboard_without_one_is_read_only(make_fa
     # /metrics is Prometheus text
     code, text = http("GET", with_token + "metrics")
     assert code == 200 and isinstance(text, str)
+    if METRICS:
+        assert "# TYPE farm_queue_jobs gauge" in text
+    # TERM (supervisord, Kubernetes) stops a dashboard with status 0
+    f.procs[-1].terminate()
+    assert f.procs[-1].wait(10) == 0
 
 
 def test_the_api_reads_and_retries_on_redis(make_farm: Any) -> None:
