@@ -106,6 +106,9 @@ def test_the_page_shows_the_farm_and_its_buttons_retry_and_forget_failed_jobs(ma
     url = start_dashboard(f, TOKEN)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(url)
+    other = browser.new_page()      # a second browser tab, never reloaded
+    other.goto(url)
+    expect(other.locator("#failed-total")).to_have_text("(2)", timeout=10_000)
 
     # Then the page shows the queues, the worker and the failed jobs as they are
     expect(page.locator('#queues tr[data-queue="backlog"] td.ready')).to_have_text("3", timeout=10_000)
@@ -159,6 +162,9 @@ def test_the_page_shows_the_farm_and_its_buttons_retry_and_forget_failed_jobs(ma
     expect(page.locator("#failed > .empty")).to_be_visible()
     assert f.store().count_failed() == 0
     expect(page.locator("#failed-total")).to_have_text("(0)")
+    # and the other tab, refreshing itself, shows it too
+    expect(other.locator("#failed-total")).to_have_text("(0)", timeout=10_000)
+    expect(other.locator('#queues tr[data-queue="backlog"] td.ready')).to_have_text("3")
 
 
 def test_actions_need_the_token_and_a_dashboard_without_one_is_read_only(make_farm: Any) -> None:
