@@ -48,6 +48,7 @@ class DatabaseQueue:
         # are, and a claimed job's successor in its batch gets its start written with its ack
         self._started: set[int] = set()
         self._successor: dict[int, Reserved] = {}
+        self._predecessor: dict[int, int] = {}      # the reverse: a settled job is no one's next
         self._errors = dbapi.errors(self.target)
         self._any_error = dbapi.any_error(self.target)
         self._ensure_schema()
@@ -254,6 +255,7 @@ class DatabaseQueue:
                     rows = [(r[0], r[1], _utf8(r[2]), r[3]) for r in rows]
             out.extend(Reserved(id=r[1], queue=queue, body=r[2], attempts=r[3] + 1, handle=r[0]) for r in rows)
         self._successor = {a.handle: b for a, b in zip(out, out[1:])}
+        self._predecessor = {b.handle: a.handle for a, b in zip(out, out[1:])}
         return out
 
     def _idle(self, queues: Sequence[str], remaining: float) -> None:
@@ -316,6 +318,7 @@ class DatabaseQueue:
         transaction (the worker starts it next, or hands it back, which takes the start back)."""
         row = job.handle
         self._started.discard(row)
+        self._successor.pop(self._predecessor.pop(row, None), None)
         after = self._successor.pop(row, None)
         start = None if after is None or after.handle in self._started else after.handle
         if self.dialect == "postgresql":     # pipelined: whether it matched is not known here
@@ -348,6 +351,7 @@ class DatabaseQueue:
         """Forget the job's start (1 if it was written); PostgreSQL's pipelined starts land
         first, so that a statement on another connection cannot overtake them."""
         self._successor.pop(job.handle, None)
+        self._successor.pop(self._predecessor.pop(job.handle, None), None)   # no later start of it
         if self.dialect == "postgresql":
             self._pipelined(_settle)
         if job.handle in self._started:

@@ -204,8 +204,11 @@ class Worker:
             return StopReason.FATAL
         delay = backoff(self.failures)
         self.log.warning("worker.unavailable", error=str(e), retry_in=delay)
-        waker.wait(delay)
+        self._back_off(delay)
         return self.lifecycle.should_stop(time.monotonic(), self.heart.rss_mb, self.done)
+
+    def _back_off(self, seconds: float) -> None:
+        waker.wait(seconds)
 
 
 def backoff(failures: int) -> float:

@@ -26,10 +26,12 @@ from .. import waker
 from ..errors import Abandon, DriverUnavailable, FarmError, JobTimeout
 from .heart import GRACE
 from .lifecycle import StopReason
-from .loop import Worker
+from .loop import MAX_FAILURES, Worker
 from .runner import Attempt
 
 IDLE_POLL = 0.5           # how long a worker with jobs running waits between claims of an empty queue
+ABANDON_WAIT = 0.5        # a second stop signal waits this long for jobs ending just then
+EXIT_WAIT = 1.0           # at exit, for the job threads (all of them together) to end
 
 
 @dataclass(eq=False)
@@ -40,7 +42,9 @@ class Running:
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread: int | None = None     # the job thread's ident, once it has taken the attempt
     ended: bool = False           # handle() has ended: no timeout may be raised in its thread now
-    interrupted: bool = False     # JobTimeout was raised in its thread
+    interrupted: bool = False     # JobTimeout or Abandon was raised in its thread (once at most)
+    abandoned: bool = False       # ... Abandon: a second stop signal gives the job back
+    cancelled: bool = False       # given back before any thread took it: no thread may run it
 
 
 def _checkpoint() -> None:
@@ -54,6 +58,8 @@ def call(run: Running) -> BaseException | None:
     exc: BaseException | None = None
     try:
         with run.lock:
+            if run.cancelled:
+                return None
             run.thread = threading.get_ident()
         try:
             run.attempt.job.handle()        # type: ignore[union-attr]
@@ -77,6 +83,7 @@ class ThreadedWorker(Worker):
         self.todo: queues.SimpleQueue[Running | None] = queues.SimpleQueue()
         self.finished: queues.SimpleQueue[tuple[Running, BaseException | None]] = queues.SimpleQueue()
         self.stuck = False
+        self.fatal = False                              # gave up on the database or broker
         self.poll = 0.02                                # grows while the queue stays empty
         self.next_claim = 0.0
         if hasattr(self.queue, "slots"):               # amqp: running jobs are unacked deliveries
@@ -90,8 +97,9 @@ class ThreadedWorker(Worker):
 
     def run(self) -> int:
         code = super().run()
+        deadline = time.monotonic() + EXIT_WAIT
         for t in self.threads:
-            t.join(0.1)
+            t.join(max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in self.threads):     # stuck, or given back by a second signal
             for stream in (sys.stdout, sys.stderr):
                 try:
@@ -125,12 +133,13 @@ class ThreadedWorker(Worker):
         reason = self.lifecycle.should_stop(now, self.heart.rss_mb, self.done)
         if reason is None and self.stuck:
             reason = StopReason.STUCK
+        if reason is None and self.fatal:
+            reason = StopReason.FATAL
         if reason is not None or self.lifecycle.paused:
             self._release_held()
-            if reason is None:
-                suspend = getattr(self.queue, "suspend", None)
-                if suspend is not None:
-                    suspend()
+            suspend = getattr(self.queue, "suspend", None)
+            if suspend is not None:             # amqp: acks free basic.qos, so stop consuming
+                suspend()
             if self.running:                    # running jobs finish first, whatever the reason
                 self._collect(self._patience(now))
                 return None
@@ -250,16 +259,20 @@ class ThreadedWorker(Worker):
             if not run.interrupted:
                 with run.lock:
                     if run.thread is not None and not run.ended:
-                        _interrupt(run.thread)
+                        _interrupt(run.thread, JobTimeout)
                         run.interrupted = True
-                if run.interrupted or run.thread is not None or now < a.started + a.timeout + GRACE:
+                    elif run.thread is None and now >= a.started + a.timeout + GRACE:
+                        run.cancelled = True
+                if not run.cancelled:
                     continue
                 # no thread took it (every one is stuck): it never started, so it goes back
                 self.running.pop(id(run), None)
                 self.queue.give_back([a.reserved])
                 self.stuck = True
                 continue
-            if now < a.started + a.timeout + GRACE or self.running.pop(id(run), None) is None:
+            if now < a.started + a.timeout + GRACE or run.ended:
+                continue                        # in time, or ended and waiting to be settled
+            if self.running.pop(id(run), None) is None:
                 continue
             self.stuck = True
             self.log.error("worker.stuck", id=a.reserved.id, timeout=a.timeout,
@@ -273,12 +286,56 @@ class ThreadedWorker(Worker):
                 self.runner.last_resort(a.reserved, e)
 
     def _abandon(self) -> None:
-        """A second stop signal: hand back the running jobs with the held ones, and go."""
-        runs = list(self.running.values())
+        """A second stop signal: raise Abandon in every running job, as the one-job worker does,
+        and hand back those it stopped (and any still blocked after ABANDON_WAIT) with the held
+        ones. A job that ended before Abandon reached it is settled as it ended."""
+        self._collect(0)
+        for run in list(self.running.values()):
+            with run.lock:
+                if run.thread is not None and not run.ended and not run.interrupted:
+                    _interrupt(run.thread, Abandon)
+                    run.interrupted = run.abandoned = True
+                elif run.thread is None:
+                    run.cancelled = True
+        back = [r for r in self.running.values() if r.cancelled]
+        for run in back:
+            self.running.pop(id(run))
+        deadline = time.monotonic() + ABANDON_WAIT
+        while self.running:
+            try:
+                run, exc = self.finished.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queues.Empty:
+                break
+            if run.abandoned and isinstance(exc, Abandon):
+                if self.running.pop(id(run), None) is not None:
+                    back.append(run)
+            else:
+                self._settle(run, exc)
+        back += self.running.values()
         self.running.clear()
-        self.held = [r.attempt.reserved for r in runs] + self.held
-        if runs:
-            self.log.error("worker.stop", reason="abandon", jobs=len(runs), detail="running jobs given back")
+        self.held = [r.attempt.reserved for r in back] + self.held
+        if back:
+            self.log.error("worker.stop", reason="abandon", jobs=len(back), detail="running jobs given back")
+
+    def _unavailable(self, e: FarmError) -> StopReason | None:
+        """As the one-job worker, except that giving up waits for the running jobs to end."""
+        if self.failures >= MAX_FAILURES and self.running:
+            self.fatal = True
+            self.log.warning("worker.unavailable", error=str(e), jobs=len(self.running),
+                             detail="giving up once the running jobs end")
+            self._back_off(1.0)
+            return None
+        return super()._unavailable(e)
+
+    def _back_off(self, seconds: float) -> None:
+        """Wait, still raising JobTimeout in a job past its timeout."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            waker.wait(min(left, 0.25))
+            try:
+                self._time_out(time.monotonic())
+            except FarmError:
+                pass                            # a stuck job's settling waits for the database too
 
     def _shut_down(self) -> None:
         super()._shut_down()
@@ -286,6 +343,6 @@ class ThreadedWorker(Worker):
             self.todo.put(None)
 
 
-def _interrupt(thread_id: int) -> None:
-    """Raise JobTimeout in that thread at its next Python instruction."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(JobTimeout))
+def _interrupt(thread_id: int, exc: type[BaseException]) -> None:
+    """Raise `exc` in that thread at its next Python instruction (hold the Running's lock)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc))
