@@ -105,30 +105,80 @@ def test_sigterm_lets_every_running_job_finish_and_hands_back_the_rest(make_farm
     assert not counts(f)["reserved"]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "redis"])
-def test_a_second_sigterm_gives_the_running_jobs_back_at_once(make_farm, backend):
-    # Given a worker whose 3 threads run jobs that do not end by themselves
+@pytest.mark.parametrize("backend,blocked", [("sqlite", False), ("postgresql", False), ("redis", False),
+                                             ("sqlite", True)], ids=["sqlite", "postgresql", "redis", "sqlite-in-C"])
+def test_a_second_sigterm_stops_the_running_jobs_and_gives_them_back_at_once(make_farm, backend, blocked):
+    # Given a worker whose 12 threads run jobs that do not end by themselves soon: waiting in
+    # Python for a gate, or (in-C) sleeping 3 s in time.sleep, where Abandon cannot reach them
     f = make_farm(backend)
     gate = f.tmp / "gate"
-    for i in range(5):
-        farm.dispatch(Timed(str(f.out), f"t{i}", gate=str(gate)))
-    p = f.worker("--concurrency", "3")
-    f.wait_for(lambda: len(started(f)) >= 3, what="three jobs running")
+    for i in range(14):
+        farm.dispatch(Timed(str(f.out), f"t{i}", seconds=3) if blocked else Timed(str(f.out), f"t{i}", gate=str(gate)))
+    p = f.worker("--concurrency", "12")
+    f.wait_for(lambda: len(started(f)) >= 12, what="twelve jobs running")
     # When it gets SIGTERM twice
     p.send_signal(signal.SIGTERM)
     time.sleep(0.2)
     t0 = time.monotonic()
     p.send_signal(signal.SIGTERM)
-    # Then it exits 1 at once, and every job is ready again, none counted as an attempt
+    time.sleep(0.1)
+    gate.touch()                # a job Abandon has not stopped would now finish, after its give-back
+    # Then it exits 1 at once; the jobs it gave back did not finish in it, so each job runs once
     assert finished(p, timeout=10) == 1
     assert time.monotonic() - t0 < 3
     assert "running jobs given back" in p.stderr.read()
-    assert f.lines() == []
-    f.wait_for(lambda: counts(f)["ready"] == 5, what="all five jobs ready again")
-    gate.touch()
-    q = f.worker("--concurrency", "5", "--stop-when-empty")
+    time.sleep(0.2 if not blocked else 3.2)          # (in-C: past the 3 s the jobs would have slept)
+    ended = len(f.lines())
+    f.wait_for(lambda: counts(f)["ready"] == 14 - ended, what="the jobs given back ready again")
+    q = f.worker("--concurrency", "14", "--stop-when-empty")
     assert finished(q) == 0
-    assert sorted(line.split()[1] for line in f.lines()) == ["1"] * 5       # each on its first attempt
+    assert Counter(tags(f.lines())) == Counter(f"t{i}" for i in range(14))
+    assert [line.split()[1] for line in f.lines()] == ["1"] * 14       # given back: no attempt used
+
+
+def test_a_graceful_stop_on_rabbitmq_stops_consuming_while_jobs_finish(make_farm):
+    # Given a threaded worker on RabbitMQ running a long job and a short one, 5 more queued
+    f = make_farm("amqp")
+    gate = f.tmp / "gate"
+    farm.dispatch(Timed(str(f.out), "long", gate=str(gate)))
+    for i in range(6):
+        farm.dispatch(Timed(str(f.out), f"s{i}", seconds=1.0))
+    p = f.worker("--concurrency", "2")
+    f.wait_for(lambda: len(started(f)) == 2, what="two jobs running")
+    # When it gets SIGTERM, and the short job then ends and is acked
+    p.send_signal(signal.SIGTERM)
+    f.wait_for(lambda: len(f.lines()) == 1, what="the short job to end")
+    # Then the worker takes no delivery in its place: the other 5 stay with the broker for
+    # other workers, while the long job runs on
+    f.wait_for(lambda: counts(f)["ready"] == 5, timeout=10, what="five jobs ready with the broker")
+    time.sleep(0.5)
+    assert counts(f)["ready"] == 5 and p.poll() is None
+    gate.touch()
+    assert finished(p) == 0
+    assert sorted(tags(f.lines())) == ["long", "s0"] or len(f.lines()) == 2
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mysql"])
+def test_a_job_settled_before_the_one_claimed_before_it_gets_its_next_start_written(make_farm, backend):
+    # Given two jobs claimed in one batch and both started, as a threaded worker does
+    f = make_farm(backend)
+    farm.dispatch(Record(str(f.out), "a"))
+    farm.dispatch(Record(str(f.out), "b"))
+    q = f.queue()
+    a, b = q.reserve(["default"], 2, 0)
+    assert q.starting(a) and q.starting(b)
+    # When the second ends first (released), then the first is acked
+    q.release(b, 0, b.body)
+    q.ack(a)
+    # Then the ack did not take the released job for started: its next start is written, and a
+    # give-back takes exactly that one back
+    (b2,) = q.reserve(["default"], 1, 0)
+    assert b2.id == b.id and b2.attempts == 2
+    assert q.starting(b2)
+    q.give_back([b2])
+    (b3,) = q.reserve(["default"], 1, 0)
+    assert b3.attempts == 2, "the second start was never written, or taken back twice"
+    q.give_back([b3])
 
 
 def test_a_job_past_its_timeout_in_python_code_is_timed_out_and_the_worker_goes_on(make_farm):
