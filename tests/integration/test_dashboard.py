@@ -18,6 +18,7 @@ import pytest
 
 import farm
 from conftest import ROOT, Farm, need_tool, require, wait_until
+from test_supervisor import sup  # noqa: F401  (the fixture: a project dir with its own supervisord)
 from testjobs import AlwaysFails, Noop, Record
 
 try:
@@ -38,15 +39,19 @@ NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def start_dashboard(f: Farm, token: str | None) -> str:
     """`farmctl dashboard --port 0` on the farm; its URL, read from the line it prints."""
-    env = f.env()
+    return dashboard_on(f.env(), f.tmp, f.procs, token)
+
+
+def dashboard_on(env: dict[str, str], cwd: Path, procs: list[Any], token: str | None) -> str:
+    env = dict(env)
     env.pop("FARM_DASHBOARD_TOKEN", None)
     if token is not None:
         env["FARM_DASHBOARD_TOKEN"] = token
-    log = f.tmp / f"dashboard-{len(f.procs)}.log"      # a file: a pipe nobody reads fills up
+    log = cwd / f"dashboard-{len(procs)}.log"      # a file: a pipe nobody reads fills up
     with log.open("w") as err:
         p = subprocess.Popen([sys.executable, "-m", "farm", "dashboard", "--port", "0", "--interval", "0.3"],
-                             cwd=f.tmp, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-    f.procs.append(p)
+                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+    procs.append(p)
     ready, _, _ = select.select([p.stdout], [], [], 20)
     line = p.stdout.readline() if ready else ""
     assert line.startswith("dashboard: http://127.0.0.1:"), (line, p.poll(), log.read_text())
@@ -247,3 +252,41 @@ def test_the_api_reads_and_retries_on_redis(make_farm: Any) -> None:
     assert http("POST", url + f"api/failed/{job_id}/retry", token=TOKEN) == (200, {"id": job_id, "retried": 1})
     wait_until(lambda: status(url)["queues"]["default"] == {"ready": 1, "delayed": 0, "reserved": 0, "failed": 0},
                10, "the retried job back on its queue")
+
+
+def test_the_page_shows_the_pipeline_of_each_worker_and_supervisords_programs(sup: Any, browser: Any) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    # Given a rendered pipeline of one worker run by supervisord, and a dashboard
+    sup.write("""
+        w:
+          queues: [default]
+          numprocs: 1
+          environment: ENV
+    """)
+    sup.start()
+    pid = sup.running("w")["w:w_00"]
+    procs: list[Any] = []
+    try:
+        url = dashboard_on(sup.env(), sup.root, procs, None)
+        page = browser.new_page()
+        page.goto(url)
+        # Then the worker is listed with its pipeline, and supervisord's program with its state
+        worker = page.locator(f'#workers tr[data-pid="{pid}"]')
+        expect(worker.locator("td").first).to_have_text("w", timeout=15_000)
+        expect(page.locator("#supervisor tbody tr")).to_have_text(["w:w_00RUNNING" + str(pid)])
+        expect(page.locator("#supervisor-none")).to_be_hidden()
+        # When a job fails and a button is clicked on this dashboard (no token set), it says so
+        sup.app()
+        job_id = farm.dispatch(AlwaysFails(str(sup.root / "af.txt")), tries=1)
+        page.fill("#token", TOKEN)
+        page.click("#token-form button[type=submit]")
+        expect(page.locator("#token-state")).to_have_text("token set for this tab")
+        page.locator(f'#failed tr[data-id="{job_id}"] button.retry').click(timeout=15_000)
+        expect(page.locator("#message")).to_contain_text("this dashboard is read-only")
+        assert sup.app().store("main").count_failed() == 1
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait(10)
+            p.stdout.close()
