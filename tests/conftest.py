@@ -201,9 +201,32 @@ def drop_vhosts() -> None:
     VHOSTS.clear()
 
 
+_STOPPING: list[tuple[Any, Path]] = []     # a supervisord told to shut down, and its directory
+
+
+def remove_once_gone(proc: Any, path: Path) -> None:
+    """Remove `path` once `proc` (a psutil.Process: a supervisord told to shut down) has exited,
+    at the session's end: supervisord takes 2-4 s to wind down (its loop ticks once a second),
+    which then overlaps the next tests instead of adding to them."""
+    _STOPPING.append((proc, path))
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Delete the session's vhosts with one `rabbitmqctl eval` (each `delete_vhost` would
-    start an Erlang VM of its own), one by one if that fails."""
+    """Wait for the supervisords told to shut down and remove their directories; delete the
+    session's vhosts with one `rabbitmqctl eval` (each `delete_vhost` would start an Erlang VM
+    of its own), one by one if that fails."""
+    import psutil
+
+    while _STOPPING:
+        proc, path = _STOPPING.pop()
+        if proc is not None:
+            try:
+                proc.wait(60)
+            except psutil.TimeoutExpired:
+                proc.kill()
+            except psutil.Error:
+                pass
+        shutil.rmtree(path, ignore_errors=True)
     names = _DONE_VHOSTS + VHOSTS + _UNUSED_VHOSTS
     if not names:
         return

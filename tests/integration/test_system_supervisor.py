@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -19,7 +18,7 @@ from typing import Any, Callable, Iterator
 import psutil
 import pytest
 
-from conftest import PG_URL, ROOT, _check_pg, need_server, require, wait_until
+from conftest import PG_URL, ROOT, _check_pg, need_server, remove_once_gone, require, wait_until
 from tcpproxy import Proxy, free_port
 
 USER = "jobfarm-test"
@@ -121,15 +120,21 @@ class Server:
         subprocess.run([str(self.venv / "bin" / "supervisord"), "-c", str(self.main)], check=True, timeout=30,
                        cwd="/")
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> psutil.Process | None:
+        """SIGTERM to supervisord (it stops the workers), and wait for it to exit unless told
+        not to; returns the process told to stop."""
         pidfile = self.base / "run" / "supervisord.pid"
         if pidfile.exists():
             pid = int(pidfile.read_text())
             try:
+                proc = psutil.Process(pid)
                 os.kill(pid, signal.SIGTERM)
-                psutil.Process(pid).wait(60)
+                if wait:
+                    proc.wait(60)
+                return proc
             except (ProcessLookupError, psutil.Error):
                 pass
+        return None
 
     def supervisorctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Exactly as an operator types it: `supervisorctl -c /etc/supervisor/supervisord.conf ...`."""
@@ -188,8 +193,8 @@ def server(worker_user: str, system_venv: Path) -> Iterator[Server]:
     try:
         yield s
     finally:
-        s.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        # not waited for: supervisord takes 2-4 s to wind down; its dir goes once it has
+        remove_once_gone(s.stop(wait=False), base)
 
 
 def test_render_and_update_deploy_onto_the_systems_supervisord_as_an_unprivileged_user(server):
