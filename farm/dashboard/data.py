@@ -27,6 +27,13 @@ class Busy(FarmError):
     """The farm did not answer in time."""
 
 
+def wait(future: concurrent.futures.Future[Any], timeout: float) -> Any:
+    try:
+        return future.result(timeout)
+    except concurrent.futures.TimeoutError:
+        raise Busy(f"the farm did not answer within {timeout:g}s") from None
+
+
 class FarmThread:
     """One thread that makes every call into the farm, with the command's click context (the
     manifest it loaded) pushed on it."""
@@ -37,12 +44,11 @@ class FarmThread:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="farm", initializer=push_context, initargs=(ctx,))
 
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        return self._pool.submit(fn, *args)
+
     def call(self, fn: Callable[..., Any], *args: Any, timeout: float = WAIT) -> Any:
-        future = self._pool.submit(fn, *args)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise Busy(f"the farm did not answer within {timeout:g}s") from None
+        return wait(self.submit(fn, *args), timeout)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -169,9 +175,12 @@ class Snapshot:
             return {**self._doc, "as_of": self._as_of, "error": self._error}
 
     def _run(self) -> None:
+        reading: concurrent.futures.Future[Any] | None = None
         while not self._stop.is_set():
             try:
-                doc = self.farm.call(status, timeout=max(WAIT, 4 * self.interval))
+                if reading is None or reading.done():     # one reading at a time, however slow
+                    reading = self.farm.submit(status)
+                doc = wait(reading, max(WAIT, 4 * self.interval))
                 doc = json.loads(json.dumps(doc, default=str))    # plain JSON values, once
                 with self._lock:
                     self._doc, self._as_of, self._error = doc, time.time(), None
