@@ -52,6 +52,11 @@ class Dashboard(ThreadingHTTPServer):
         super().__init__(address, Handler)
         self.farm, self.snapshot, self.token = farm, snapshot, token or None
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A browser that went away mid-answer (a closed tab) is not an error worth a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class Handler(BaseHTTPRequestHandler):
     server: Dashboard
