@@ -16,11 +16,14 @@ from ..errors import FarmError
               help="Address to listen on (the default answers this machine only).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8085, show_default=True,
               help="Port to listen on (0: any free port, printed at start).")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="On a loopback --host, also answer for this Host name (a reverse proxy's); "
+                   "other names are refused, so a page elsewhere cannot read the farm through DNS rebinding.")
 @click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
               help="Seconds between two readings of the farm.")
 @config_option
 @click.pass_context
-def dashboard(ctx: click.Context, host: str, port: int, interval: float) -> None:
+def dashboard(ctx: click.Context, host: str, port: int, allow_hosts: tuple[str, ...], interval: float) -> None:
     """Serve the web dashboard (retry and forget need $FARM_DASHBOARD_TOKEN)."""
     from ..dashboard.data import FarmThread, Snapshot
     from ..dashboard.server import Dashboard
@@ -30,7 +33,7 @@ def dashboard(ctx: click.Context, host: str, port: int, interval: float) -> None
     farm = FarmThread(ctx)
     snapshot = Snapshot(farm, interval)
     try:
-        server = Dashboard((host, port), farm, snapshot, token)
+        server = Dashboard((host, port), farm, snapshot, token, allow_hosts)
     except OSError as e:
         farm.close()
         raise FarmError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None

@@ -6,6 +6,7 @@ served at once; none of them waits on a database for the page's refresh (data.Sn
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import re
 import socket
@@ -46,11 +47,12 @@ class Dashboard(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], farm: data.FarmThread, snapshot: data.Snapshot,
-                 token: str | None) -> None:
+                 token: str | None, allow_hosts: tuple[str, ...] = ()) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
         self.farm, self.snapshot, self.token = farm, snapshot, token or None
+        self.hosts = loopback_hosts(self.server_address[0], allow_hosts)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A browser that went away mid-answer (a closed tab) is not an error worth a traceback."""
@@ -89,6 +91,7 @@ class Handler(BaseHTTPRequestHandler):
     def _answer(self, route: Callable[[str, dict[str, list[str]]], tuple[bytes, str] | Any]) -> None:
         url = urlsplit(self.path)
         try:
+            self._check_host()
             result = route(url.path, parse_qs(url.query))
         except HTTPError as e:
             self._json({"error": e.message}, e.status, e.headers)
@@ -135,6 +138,16 @@ class Handler(BaseHTTPRequestHandler):
         self.server.snapshot.refresh_soon()
         return {"id": job_id, "retried" if verb == "retry" else "forgotten": n}
 
+    def _check_host(self) -> None:
+        """On a loopback address, only requests for a loopback name (or an --allow-host one): a
+        page elsewhere cannot read the farm through a DNS name rebound to 127.0.0.1."""
+        if self.server.hosts is None:
+            return
+        host = host_name(self.headers.get("Host", ""))
+        if host not in self.server.hosts and not _is_loopback(host):
+            raise HTTPError(HTTPStatus.FORBIDDEN, f"this dashboard does not answer for Host {host!r} "
+                                                  "(farmctl dashboard --allow-host NAME)")
+
     def _authorize(self) -> None:
         """403 when no token is configured (read-only); 401 when the request's is missing or wrong."""
         if not self.server.token:
@@ -169,3 +182,25 @@ def _page(query: dict[str, list[str]]) -> int:
     if not raw.isdigit() or int(raw) > MAX_PAGE:
         raise HTTPError(HTTPStatus.BAD_REQUEST, f"page: expected a whole number from 0 to {MAX_PAGE}, got {raw!r}")
     return int(raw)
+
+
+def loopback_hosts(bound: str, allow: tuple[str, ...]) -> set[str] | None:
+    """The Host names served when listening on a loopback address; None (any) elsewhere."""
+    if not _is_loopback(bound):
+        return None
+    return {"localhost", *(h.lower() for h in allow)}
+
+
+def host_name(header: str) -> str:
+    """`Host: name:port` -> name (`[::1]:8085` -> `::1`)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -58,9 +58,12 @@ def dashboard_on(env: dict[str, str], cwd: Path, procs: list[Any], token: str | 
     return line.split()[1]
 
 
-def http(method: str, url: str, token: str | None = None) -> tuple[int, Any]:
+def http(method: str, url: str, token: str | None = None, host: str | None = None) -> tuple[int, Any]:
     """(status, parsed JSON body, or the text for anything else)."""
-    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"} if token else {})
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if host:
+        headers["Host"] = host
+    req = urllib.request.Request(url, method=method, headers=headers)
     try:
         with NO_PROXY.open(req, timeout=20) as r:
             status, ctype, body = r.status, r.headers["Content-Type"], r.read().decode()
@@ -200,6 +203,11 @@ def test_actions_need_the_token_and_a_dashboard_without_one_is_read_only(make_fa
     assert http("GET", with_token + "elsewhere") == (404, {"error": "no such page: /elsewhere"})
     assert http("POST", with_token + "api/status", token=TOKEN)[0] == 405
     assert http("PUT", with_token + action, token=TOKEN)[0] == 501
+    # A page elsewhere cannot read it through a DNS name rebound to 127.0.0.1
+    port = with_token.rstrip("/").rpartition(":")[2]
+    assert http("GET", with_token + "api/status", host=f"evil.example:{port}") == (
+        403, {"error": "this dashboard does not answer for Host 'evil.example' (farmctl dashboard --allow-host NAME)"})
+    assert http("GET", with_token + "api/status", host=f"localhost:{port}")[0] == 200
     # The right token forgets it
     assert http("POST", with_token + action, token=TOKEN) == (200, {"id": job_id, "forgotten": 1})
     assert f.store().count_failed() == 0
