@@ -247,8 +247,8 @@ class Scheduler:
 
     def __init__(self, entries: list[Entry], started: float,
                  claim: Callable[[Entry, Tick], bool], dispatch: Callable[[Entry, Tick], str | None],
-                 log: Log) -> None:
-        self.claim, self.dispatch, self.log = claim, dispatch, log
+                 log: Log, clock: Callable[[], float] = time.time) -> None:
+        self.claim, self.dispatch, self.log, self.clock = claim, dispatch, log, clock
         self.pending = {e.name: (e, e.ticks(started)) for e in entries}
         self.next = {name: next(ticks) for name, (_, ticks) in self.pending.items()}
 
@@ -273,9 +273,9 @@ class Scheduler:
                 self.log.warning("schedule.skipped", entry=name, ticks=len(skipped), first=skipped[0].label,
                                  reason="the scheduler was held up past them")
             if tick is not None:
-                self._fire(entry, tick, now)
+                self._fire(entry, tick)
 
-    def _fire(self, entry: Entry, tick: Tick, now: float) -> None:
+    def _fire(self, entry: Entry, tick: Tick) -> None:
         try:
             if not self.claim(entry, tick):
                 self.log.event("debug", "schedule.taken", entry=entry.name, tick=tick.label)
@@ -290,7 +290,7 @@ class Scheduler:
                            error=f"{type(e).__name__}: {e}", detail="not dispatched")
             return
         self.log.info("schedule.dispatch", entry=entry.name, tick=tick.label, id=job_id,
-                      late=round(now - tick.at, 3))
+                      late=round(self.clock() - tick.at, 3))     # when the job was stored
 
 
 CHECK = 1.0     # seconds between looks at the manifest file (a stat), at the longest
@@ -341,17 +341,21 @@ class _Run:
         self.manifest, self.log, self.clock = manifest, log, clock
         self.makers = _makers(manifest)
         self.seen = _file_state(manifest.path)
-        self.last = clock()             # ticks after this are still to be looked at
+        self.last: float | None = None  # ticks after this are still to be looked at
 
     def start(self, event: str) -> None:
         from . import app
 
         for name in sorted({e.connection for e in self.manifest.schedule.values()}):
             try:                        # open them now, so that the first tick is not late
+                app.queue(name)
                 app.store(name)
             except FarmError as e:
                 self.log.warning("schedule.connection", connection=name, error=str(e), detail="tried at each tick")
-        self.sched = Scheduler(list(self.manifest.schedule.values()), self.last, self._claim, self._send, self.log)
+        if self.last is None:           # the first start: from now on, with the connections open
+            self.last = self.clock()
+        self.sched = Scheduler(list(self.manifest.schedule.values()), self.last, self._claim, self._send, self.log,
+                               self.clock)
         for name, tick in self.sched.next.items():
             self.log.info("schedule.entry", entry=name, cron=self.manifest.schedule[name].cron, next=tick.label)
         self.log.info(event, entries=len(self.makers))

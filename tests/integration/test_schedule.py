@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +175,35 @@ def test_an_edited_manifest_is_read_again_and_a_broken_one_leaves_the_entries_as
     before = len(_dispatches([log]))
     wait_until(lambda: len(_dispatches([log])) > before, 10, "a tick after the broken edit", explain=log.read_text)
     assert _stop(p) < 1.0 and "Traceback" not in log.read_text()
+
+
+def test_ticks_while_the_database_is_down_are_logged_and_the_next_tick_after_it_is_back_is_dispatched(make_farm):
+    from sqlalchemy.engine import make_url
+
+    from conftest import PG_URL
+    from tcpproxy import Proxy, free_port
+
+    # Given a scheduler whose PostgreSQL is down (a proxy not yet listening)
+    make_farm("postgresql")                    # checks the server is there (fails under CI if not)
+    real = make_url(PG_URL)
+    proxy = Proxy(free_port(), (real.host or "127.0.0.1", real.port or 5432))
+    f = make_farm("sqlite")
+    table = "sched" + uuid.uuid4().hex[:8]
+    f.manifest.write_text(
+        "imports: [testjobs]\ndefault: main\nconnections:\n  main:\n    driver: database\n"
+        f"    url: {real.set(port=proxy.port).render_as_string(hide_password=False)}\n"
+        f"    table: {table}\n    failed_table: f{table}\n" + _schedule(f))
+    p, log = _start(f, 0)
+    try:
+        # Then each tick's failure is logged, and the scheduler goes on
+        wait_until(lambda: log.read_text().count(" schedule.error ") >= 2, 30, "two failed ticks",
+                   explain=log.read_text)
+        assert p.poll() is None
+        # When the database comes back, the next tick is dispatched
+        proxy.start()
+        wait_until(lambda: _dispatches([log]), 30, "a tick after the database is back", explain=log.read_text)
+        assert _stop(p) < 1.0
+        assert "Traceback" not in log.read_text() and "detail=\"not dispatched; the next tick tries again\"" \
+            in log.read_text()
+    finally:
+        proxy.close()
