@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import psutil
 import pytest
 
-from conftest import ROOT, SUPPORT, wait_until
+from conftest import ROOT, SUPPORT, remove_once_gone, wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -31,6 +30,7 @@ class Supervised:
         self.manifest = root / "conf" / "farm.yaml"
         self.started = False
         self.configured = False
+        self.supervisord: psutil.Process | None = None      # once told to shut down
 
     def write(self, pipelines: str) -> None:
         env = f"{{PYTHONPATH: '{SUPPORT}{os.pathsep}{ROOT}'}}"
@@ -131,18 +131,16 @@ class Supervised:
         return wait_until(predicate, timeout, what)
 
     def shutdown(self) -> None:
+        """Tell supervisord to shut down (it stops the workers); not waited for here: the
+        fixture removes the project dir once it has gone, at the session's end."""
         if not self.started:
             return
+        self.started = False
+        try:
+            self.supervisord = psutil.Process(int((self.root / "var" / "supervisord.pid").read_text()))
+        except (OSError, ValueError, psutil.Error):
+            pass
         self.ctl("shutdown", ok=None)
-        pidfile = self.root / "var" / "supervisord.pid"
-        deadline = time.monotonic() + 30
-        while pidfile.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pidfile.exists():
-            try:
-                os.kill(int(pidfile.read_text()), 9)
-            except (OSError, ValueError):
-                pass
 
 
 @pytest.fixture
@@ -156,7 +154,7 @@ def sup() -> Iterator[Supervised]:
         from farm import app
 
         app._close_all()
-        shutil.rmtree(root, ignore_errors=True)
+        remove_once_gone(s.supervisord, root)
 
 
 TWO = """
