@@ -496,8 +496,8 @@ class DatabaseQueue:
             return {name: float(v) for name, v in cur.fetchall() if name.startswith(prefix)}
 
     def claim(self, name: str, expires: float) -> bool:
-        """Take `name` if no one has: one INSERT into the stamps table, whose primary key refuses
-        a second (never a check, then an insert). Expired claims are pruned hourly."""
+        """Take `name` if no one has: one INSERT into the stamps table, whose primary key keeps
+        out a second (never a check, then an insert). Expired claims are pruned hourly."""
         now = time.time()
         if now >= getattr(self, "_claims_pruned", 0.0):
             self._claims_pruned = now + 3600

@@ -121,7 +121,10 @@ class Queries:
         self.stamp = q(f"SELECT value FROM {j}_stamps WHERE name = %s")
         self.delete_stamp = q(f"DELETE FROM {j}_stamps WHERE name = %s")
         self.stamps = q(f"SELECT name, value FROM {j}_stamps WHERE name LIKE %s ORDER BY name")
-        # claims (schedule ticks) are stamps named `claim:...` holding when they may be pruned
+        # claims (schedule ticks) are stamps named `claim:...` holding when they may be pruned; a
+        # name taken already inserts no row, without an error (PostgreSQL would log each one)
+        self.claim = q(f"INSERT IGNORE INTO {j}_stamps (name, value) VALUES (%s, %s)" if dialect == "mysql" else
+                       f"INSERT INTO {j}_stamps (name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING")
         self.prune_claims = q(f"DELETE FROM {j}_stamps WHERE name LIKE 'claim:%%' AND value < %s")
         self.beat_update = q(f"UPDATE {j}_workers SET doc = %s, heartbeat = %s WHERE id = %s")
         self.beat_insert = q(f"INSERT INTO {j}_workers (id, doc, heartbeat) VALUES (%s, %s, %s)")

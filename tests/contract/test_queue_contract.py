@@ -458,3 +458,15 @@ def test_the_store_keeps_stamps_and_worker_heartbeats(farm_):
     assert store.workers() == []
     store.add_failed(FailedJob("fid", "main", "q", "{}", "E: x", time.time() - 7200))
     assert store.prune_failed(time.time() - 3600) == 1
+
+
+def test_a_claim_is_won_by_its_first_caller_only_and_is_no_stamp(farm_):
+    # Given a store (amqp: its database store), as schedulers on any host share it
+    store = farm_.store()
+    # When a name is claimed twice, and another name once
+    first = store.claim("schedule:beat:100", time.time() + 60)
+    second = store.claim("schedule:beat:100", time.time() + 60)
+    other = store.claim("schedule:beat:101", time.time() + 60)
+    # Then only the first claim of each name wins, and claims stay out of the stamps workers read
+    assert (first, second, other) == (True, False, True)
+    assert store.stamp("schedule:beat:100") is None and store.stamps("schedule:") == {}
