@@ -504,11 +504,8 @@ class DatabaseQueue:
             with self._cursor() as cur:
                 cur.execute(self.sql.prune_claims, (now,))
         with self._cursor() as cur:
-            try:
-                cur.execute(self.sql.set_stamp_insert, ("claim:" + name, expires))
-            except self.target.module.IntegrityError:
-                return False            # another scheduler's (autocommit: nothing to roll back)
-        return True
+            cur.execute(self.sql.claim, ("claim:" + name, expires))
+            return cur.rowcount == 1
 
     def beat(self, worker: dict[str, Any]) -> None:
         doc, now = json.dumps(worker), time.time()
