@@ -61,7 +61,8 @@ def hold_a_batch(f, p, jobs) -> None:
     farm.dispatch_many([Record(str(warm), f"warm{i}") for i in range(30)])
     f.wait_for(lambda: len(f.lines(warm)) == 30, what="the warm-up jobs")
     p.send_signal(signal.SIGUSR2)
-    time.sleep(1.0)                     # the loop looks at the pause flag at least once a second
+    # the loop looks at the pause flag at least once a second; once it has, it cancels its consumer
+    f.wait_for(lambda: ready_and_consumers(f)[1] == 0, timeout=10, what="the paused worker to cancel its consumer")
     farm.dispatch_many(jobs)
     p.send_signal(signal.SIGCONT)
 
