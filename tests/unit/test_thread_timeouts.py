@@ -58,7 +58,7 @@ def test_a_timeout_raced_against_the_end_of_a_job_never_reaches_the_next_one():
         time.sleep(rng.uniform(0, seconds * 1.5))
         with run.lock:
             if run.thread is not None and not run.ended:
-                _interrupt(run.thread)
+                _interrupt(run.thread, JobTimeout)
                 run.interrupted = True
     todo.put(None)
     t.join(30)
