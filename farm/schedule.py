@@ -242,8 +242,9 @@ def upcoming(manifest: Manifest, count: int = 3, now: float | None = None) -> li
 
 # -- the loop ----------------------------------------------------------------------------
 class Scheduler:
-    """Finds due ticks and hands each to `claim` then `dispatch`; every input is an argument
-    (`now`), so it is tested without a clock. Its errors are the callers' to log."""
+    """Finds due ticks and hands each to `claim` then `dispatch`, logging what became of it.
+    The time is an argument (`now`), so it is tested without waiting; `clock` only times the
+    `late=` of the log."""
 
     def __init__(self, entries: list[Entry], started: float,
                  claim: Callable[[Entry, Tick], bool], dispatch: Callable[[Entry, Tick], str | None],
