@@ -5,10 +5,12 @@ from .dispatch import dispatch, dispatch_many, dispatch_sync
 from .errors import (DriverUnavailable, FarmError, JobTimeout, ManifestError, MaxAttemptsExceeded,
                      PayloadError, SerializationError)
 from .jobs import Job, job
+from .operations import cancel, job_status, pause, paused, resume
 
 __all__ = [
     "Job", "job", "dispatch", "dispatch_many", "dispatch_sync", "configure", "reserve", "Reservation",
     "FarmError", "ManifestError", "SerializationError", "DriverUnavailable", "PayloadError",
     "JobTimeout", "MaxAttemptsExceeded",
 ]
+__all__ += ["job_status", "cancel", "pause", "resume", "paused"]     # operations (farmctl job, cancel, pause)
 __version__ = "0.1.0"

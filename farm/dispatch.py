@@ -92,7 +92,7 @@ def options_of(job: Job) -> dict[str, Any]:
         key = type(job)
         found = {"queue": job.queue, "connection": job.connection, "tries": job.tries,
                  "backoff": job.backoff, "timeout": job.timeout, "max_exceptions": job.max_exceptions,
-                 "delay": job.delay}
+                 "delay": job.delay, "retention": job.retention}
         until = key.retry_until is not Job.retry_until
     names = _NAMES.get(key)
     if names is None:
@@ -120,7 +120,7 @@ def _document(job: Job, own: dict[str, Any], queue: str | None, tries: int | Non
     backoff = backoff if backoff is not None else own["backoff"]
     if isinstance(backoff, (int, float)):
         backoff = [backoff]
-    return {
+    doc = {
         "v": payload.VERSION,
         "id": job_id or new_id(),
         "job": own["name"],
@@ -134,6 +134,9 @@ def _document(job: Job, own: dict[str, Any], queue: str | None, tries: int | Non
         "retry_until": until,
         "dispatched_at": dispatched_at or payload.utcnow_iso(),
     }
+    if own["retention"] is not None:        # only then: a plain job's document is unchanged
+        doc["retention"] = own["retention"]
+    return doc
 
 
 def new_id() -> str:

@@ -9,7 +9,8 @@ from typing import Any, Callable
 from .errors import PayloadError
 
 # Attributes that are options of the job, never part of its payload.
-OPTIONS = frozenset({"queue", "connection", "tries", "backoff", "timeout", "max_exceptions", "delay"})
+OPTIONS = frozenset({"queue", "connection", "tries", "backoff", "timeout", "max_exceptions", "delay",
+                     "retention"})
 
 
 class Job:
@@ -22,6 +23,7 @@ class Job:
     timeout: float | None = None
     max_exceptions: int | None = None
     delay: Any = None         # seconds, a timedelta or an aware datetime
+    retention: float | None = None   # seconds a finished job stays visible as done (farm.job_status)
 
     def handle(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__}.handle() is not written")

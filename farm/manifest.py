@@ -51,6 +51,7 @@ class Pipeline:
     rest: float = 0.0
     prefetch: int | None = None
     concurrency: int = 1              # jobs each worker runs at once, on threads
+    retention: float | None = None    # seconds its finished jobs stay visible as done (farmctl job)
     drain: str | None = None
     environment: tuple[tuple[str, str], ...] = ()
     user: str | None = None           # run its workers as this user (supervisord user=, systemd User=)
@@ -251,7 +252,7 @@ _CONNECTION_KEYS = {"driver", "url", "table", "failed_table", "retry_after", "st
 _REDIS_SCHEMES = ("redis://", "rediss://", "redis+sentinel://", "unix://")
 _PIPELINE_KEYS = {"connection", "queues", "numprocs", "max_jobs", "max_time", "memory", "sleep",
                   "timeout", "tries", "backoff", "rest", "prefetch", "drain", "environment", "user", "group",
-                  "stop_wait", "scale", "concurrency"}
+                  "stop_wait", "scale", "concurrency", "retention"}
 _TOP_KEYS = {"imports", "default", "connections", "pipelines", "supervisor", "systemd", "schedule", "kubernetes"}
 
 
@@ -501,6 +502,7 @@ class _Builder:
                 rest=self._number(spec, key, "rest", 0),
                 prefetch=self._number(spec, key, "prefetch", None, integer=True, minimum=1, optional=True),
                 concurrency=self._number(spec, key, "concurrency", 1, integer=True, minimum=1),
+                retention=self._number(spec, key, "retention", None, minimum=1, optional=True),
                 drain=drain,
                 environment=self._environment(spec.get("environment"), f"{key}.environment"),
                 user=self._name(spec.get("user"), f"{key}.user"),

@@ -23,7 +23,7 @@ _MAX = 1e9          # a sane ceiling for counts and seconds (about 31 years)
 _OPTIONAL: dict[str, tuple[Any, float | None]] = {
     "queue": (str, None), "attempts": (int, 0), "exceptions": (int, 0), "tries": (int, 0),
     "backoff": ((list, int, float), 0), "timeout": ((int, float), 0), "max_exceptions": (int, 1),
-    "retry_until": (str, None), "dispatched_at": (str, None)}
+    "retry_until": (str, None), "dispatched_at": (str, None), "retention": ((int, float), 0)}
 MAX_ID = 36         # the id columns are uuid-sized
 
 

@@ -261,8 +261,10 @@ def status_doc() -> dict[str, Any]:
     code = fingerprint.on_disk(m.imports, m.root)
     from ..supervisor_client import process_states
 
+    from ..operations import paused
+
     return {"queues": queues, "connections": per_conn, "workers": _workers(code), "code": code,
-            "supervisor": process_states(m), "notes": notes}
+            "supervisor": process_states(m), "notes": notes, "paused": paused() if _stores() else []}
 
 
 FORGET_AFTER = 600.0      # seconds: a lost worker's heartbeat is deleted after max(3 x retry_after, this)
@@ -339,6 +341,8 @@ def status_view(doc: dict[str, Any]) -> Any:
                   str(x.get("done")), f"{x.get('rss_mb')}MB", f"{now - x['heartbeat']:.0f}s ago",
                   "STALE" if x.get("stale") else "current")
     parts: list[Any] = [*(f"warning: {n}" for n in doc.get("notes", [])), q, w]
+    if doc.get("paused"):
+        parts.insert(-1, f"paused (farmctl resume QUEUE): {', '.join(doc['paused'])}")
     if doc["supervisor"] is None:
         parts.append("supervisord: not reachable")
     else:

@@ -28,7 +28,7 @@ from ..errors import DriverUnavailable, FarmError
 from ..manifest import Connection
 from .amqp_io import (PIKA_ERRORS, Buffered, Confirms, Consumer, Delivery, close_quietly, declare,
                       delay_bucket, describe_error)
-from .base import FailedJob, Outgoing, Reserved
+from .base import FailedJob, Outgoing, Reserved, done_info
 
 DEFAULT_PREFETCH = 100
 
@@ -57,6 +57,7 @@ class AmqpQueue:
         self.buffer_wait = conn.consumer_timeout / 2
         self.slots = 1                   # jobs the worker runs at once (--concurrency)
         self.longest_job = 60.0          # the longest a job may run; the worker sets it (timeout, stop window)
+        self.every_queue: tuple[str, ...] = ()   # the worker's queues, paused ones included (it sets them)
         self._publisher: pika.BlockingConnection | None = None
         self._channels: dict[str, Any] = {}
         self._declared: set[str] = set()
@@ -138,12 +139,24 @@ class AmqpQueue:
 
     # -- consuming ------------------------------------------------------------------------
     def _consumer_for(self, queues: Sequence[str], qos: int) -> Consumer:
+        # a worker asking for some of its queues only (others paused: farmctl pause) keeps one
+        # consumer for them all and stops consuming the paused ones, handing back what they had
+        # buffered; restarting the consumer would void the deliveries of the jobs running now
+        every = list(self.every_queue) if set(queues) <= set(self.every_queue) else list(queues)
         c = self._consumer
-        if c is None or c.queues != list(queues):
+        if c is None or c.queues != every:
             if c is not None:
                 c.stop()
-            c = self._consumer = Consumer(self.params, queues, qos, self.prefetch, self.buffer_wait,
+            c = self._consumer = Consumer(self.params, every, qos, self.prefetch, self.buffer_wait,
                                                 self._hand_back)
+        if c.active != list(queues):
+            with c.lock:
+                try:
+                    buffered = c.only(queues)
+                except PIKA_ERRORS as e:
+                    c.lost(e)            # the broker requeues what it had sent us
+                    buffered = []
+                self._hand_back(c, buffered)
         return c
 
     def reserve(self, queues: Sequence[str], limit: int, wait: float) -> list[Reserved]:
@@ -269,8 +282,15 @@ class AmqpQueue:
 
     def ack(self, job: Reserved) -> None:
         """Done. A stale delivery's ack is lost: the job runs again (at-least-once)."""
-        if self._ack(job) and job.handle.deaths:
+        acked = self._ack(job)
+        if acked and job.handle.deaths:
             self._forget_deaths(job)
+        if acked and job.retain and self.store is not None:     # `retention`: kept in the store
+            now = time.time()
+            try:
+                self.store.record_done(job.id, done_info(job, self.name, now), now + job.retain)
+            except FarmError:
+                pass                     # bookkeeping only: the job is done whatever the store says
 
     def release(self, job: Reserved, delay: float, body: str) -> None:
         """Again after `delay`; a stale delivery is left to the broker's requeued copy."""

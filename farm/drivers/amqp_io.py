@@ -184,6 +184,7 @@ class Consumer:
         self.connection: pika.BlockingConnection | None = None
         self.channels: dict[str, Any] = {}   # queue -> the channel it is consumed on
         self.tags: dict[str, str] = {}       # queue -> our consumer; none while suspended
+        self.active = list(queues)           # the queues consumed: all but the paused ones
         self.freed_at: dict[int, float] = {}  # channel number -> when an ack last freed a slot
         self.owed: dict[str, float] = {}     # queue -> until when: we handed its deliveries back
         self.cancelled_by_broker = False
@@ -218,9 +219,31 @@ class Consumer:
     def consuming(self) -> None:
         """Connected, and consuming every queue (again, after a suspend)."""
         self.connected()
-        if not self.tags:
-            self.tags = {q: ch.basic_consume(q, self._on_message(q, self.generation))
-                         for q, ch in self.channels.items()}
+        if len(self.tags) < len(self.active):
+            for q in self.active:
+                if q not in self.tags:
+                    self.tags[q] = self.channels[q].basic_consume(q, self._on_message(q, self.generation))
+
+    def only(self, queues: Sequence[str]) -> Buffered:
+        """Consume these of our queues only (the others are paused): cancel the consumers of the
+        others (prefetch 1 first, as in stop_consuming) and return what they had buffered; a
+        queue consumed again gets the channel's prefetch back."""
+        self.active = [q for q in self.queues if q in queues]
+        out: Buffered = []
+        for q in self.queues:
+            ch = self.channels.get(q)
+            if q in self.active:
+                if ch is not None and q not in self.tags and ch.is_open:
+                    ch.basic_qos(prefetch_count=self.qos, global_qos=True)
+                continue
+            if q in self.tags and ch is not None and self.open():
+                ch.basic_qos(prefetch_count=1, global_qos=True)
+                self.connection.process_data_events(time_limit=0)
+                ch.basic_cancel(self.tags.pop(q))
+            self.tags.pop(q, None)
+            buf = self.buffers[q]
+            out.extend((q, buf.popleft()) for _ in range(len(buf)))
+        return out
 
     def _on_message(self, queue: str, gen: int) -> Callable[..., None]:
         buf = self.buffers[queue]

@@ -24,6 +24,7 @@ class Reserved:
     body: str | bytes     # the v1 document; bytes only when they are not UTF-8 (failed as such)
     attempts: int         # starts so far, this one included (written by `starting`)
     handle: Any = field(default=None, repr=False)   # the driver's own (row id, delivery tag)
+    retain: float = 0     # seconds its ack keeps it as done (`retention`); 0: plain, forgotten
 
 
 @dataclass(frozen=True)
@@ -73,3 +74,21 @@ class Store(Protocol):
     def workers(self) -> list[dict[str, Any]]: ...
     def forget_worker(self, worker_id: str) -> None: ...
     def prune_workers(self, before: float) -> int: ...            # heartbeats older than `before`
+    # jobs kept as done (`retention`); the database and redis drivers keep their own, amqp the store's
+    def record_done(self, job_id: str, info: dict[str, Any], until: float) -> None: ...
+    def done_job(self, job_id: str) -> dict[str, Any] | None: ...
+    def prune_done(self, before: float) -> int: ...
+
+
+def done_info(job: Reserved, connection: str, now: float) -> dict[str, Any]:
+    """What `farm.job_status` says of a job kept as done (read from its document only for
+    jobs with a retention, at their ack)."""
+    import json
+
+    try:
+        doc = json.loads(job.body)
+    except (TypeError, ValueError):
+        doc = {}
+    name = doc.get("job") if isinstance(doc, dict) else None
+    return {"id": job.id, "connection": connection, "queue": job.queue, "job": name,
+            "attempts": job.attempts, "done_at": now}

@@ -18,7 +18,7 @@ from .. import waker
 from ..errors import DriverUnavailable, FarmError, SerializationError
 from ..manifest import Connection
 from . import dbapi, pgacks, sql
-from .base import FailedJob, Outgoing, Reserved
+from .base import FailedJob, Outgoing, Reserved, done_info
 
 
 DEFAULT_URL = "sqlite:///var/farm.db"
@@ -186,6 +186,7 @@ class DatabaseQueue:
         t = self.config.table
         probes = [f"SELECT 1 FROM {name} WHERE 1 = 0" for name in
                   (t, self.config.failed_table, f"{t}_stamps", f"{t}_workers")]
+        probes.append(f"SELECT 1 FROM {t}_done WHERE 1 = 0")
         if self.dialect == "postgresql":
             probes.append(f"SELECT 1 / COUNT(*) FROM pg_trigger WHERE tgname = '{t}_notify'")
         try:
@@ -316,6 +317,9 @@ class DatabaseQueue:
     def ack(self, job: Reserved) -> None:
         """Delete the job, and write the start of the next job of its batch in the same
         transaction (the worker starts it next, or hands it back, which takes the start back)."""
+        if job.retain:
+            self._ack_kept(job)
+            return
         row = job.handle
         self._started.discard(row)
         self._successor.pop(self._predecessor.pop(row, None), None)
@@ -346,6 +350,18 @@ class DatabaseQueue:
                 wrote = cur.rowcount == 1
         if wrote:                           # not when this worker's hold on it lapsed
             self._started.add(start)
+
+    def _ack_kept(self, job: Reserved) -> None:
+        """A job with a `retention`: deleted and recorded as done in one transaction (the next
+        job of its batch gets its start written on its own)."""
+        self._settled(job)
+        now = time.time()
+        with self._cursor(tx=True) as cur:
+            cur.execute(self.sql.ack, (job.handle, self.token))
+            if cur.rowcount == 1:
+                cur.execute(self.sql.delete_done, (job.id,))
+                cur.execute(self.sql.insert_done, (job.id, json.dumps(done_info(job, self.name, now)),
+                                                   now + job.retain))
 
     def _settled(self, job: Reserved) -> int:
         """Forget the job's start (1 if it was written); PostgreSQL's pipelined starts land
@@ -401,6 +417,28 @@ class DatabaseQueue:
         with self._cursor() as cur:
             cur.execute(self.sql.clear, (queue, time.time()))
             return int(cur.rowcount)
+
+    def lookup(self, job_id: str) -> dict[str, Any] | None:
+        """The job if it is in the jobs table: its queue, state (ready, delayed, or reserved and
+        by which token), starts so far and job name; None if it is not there."""
+        with self._cursor() as cur:
+            cur.execute(self.sql.lookup, (job_id,))
+            row = cur.fetchone()
+        if row is None:
+            return None
+        queue, body, attempts, available_at, token = row
+        if isinstance(body, bytes):
+            body = body.decode("utf-8", "replace")
+        return waiting_state(queue, body, int(attempts), float(available_at), token, time.time())
+
+    def cancel(self, job_id: str) -> bool | None:
+        """Delete the job if no worker holds it: True; False if one does; None if unknown."""
+        with self._cursor() as cur:
+            cur.execute(self.sql.cancel, (job_id,))
+            if cur.rowcount > 0:
+                return True
+            cur.execute(self.sql.exists, (job_id,))
+            return False if cur.fetchone() else None
 
     def close(self) -> None:
         acks = self._local.__dict__.get("ack_pipeline")
@@ -528,6 +566,22 @@ class DatabaseQueue:
             cur.execute(self.sql.prune_workers, (before,))
             return int(cur.rowcount)
 
+    def record_done(self, job_id: str, info: dict[str, Any], until: float) -> None:
+        with self._cursor(tx=True) as cur:
+            cur.execute(self.sql.delete_done, (job_id,))
+            cur.execute(self.sql.insert_done, (job_id, json.dumps(info), until))
+
+    def done_job(self, job_id: str) -> dict[str, Any] | None:
+        with self._cursor() as cur:
+            cur.execute(self.sql.done, (job_id, time.time()))
+            row = cur.fetchone()
+        return json.loads(row[0]) if row else None
+
+    def prune_done(self, before: float) -> int:
+        with self._cursor("renew") as cur:      # the heart's connection
+            cur.execute(self.sql.prune_done, (before,))
+            return int(cur.rowcount)
+
 
 def ddl(conn: Connection) -> str:
     """The CREATE statements for a connection's tables (and PostgreSQL's wake-up trigger),
@@ -549,6 +603,22 @@ def ddl(conn: Connection) -> str:
     if name == "postgresql":
         out.append(sql.PG_NOTIFY.format(t=conn.table).strip())
     return "\n\n".join(out) + "\n"
+
+
+def waiting_state(queue: str, body: str, attempts: int, available_at: float, token: str | None,
+                  now: float) -> dict[str, Any]:
+    """A stored job's state as `farm.job_status` tells it: a lapsed reservation is ready again."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = {}
+    name = doc.get("job") if isinstance(doc, dict) else None
+    if token is not None and available_at > now:
+        state = "reserved"
+    else:
+        state, token = ("delayed" if available_at > now else "ready"), None
+    return {"queue": queue, "state": state, "attempts": attempts, "job": name, "token": token,
+            "available_at": available_at}
 
 
 def _is_disconnect(e: BaseException, dialect: str) -> bool:

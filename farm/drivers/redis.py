@@ -29,7 +29,7 @@ from .. import waker
 from ..errors import DriverUnavailable, FarmError
 from ..manifest import Connection
 from . import redis_lua as lua
-from .base import FailedJob, Outgoing, Reserved
+from .base import FailedJob, Outgoing, Reserved, done_info
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFETCH = 100
@@ -265,6 +265,11 @@ class RedisQueue:
     def ack(self, job: Reserved) -> None:
         """Delete the job, and write the start of the next job of its batch in the same script
         (the worker starts it next, or hands it back, which takes the start back)."""
+        if job.retain:                  # `retention`: kept as done, in Redis, until it expires
+            self._settled(job)
+            if self._settle("ack", job):
+                self.record_done(job.id, done_info(job, self.name, time.time()), time.time() + job.retain)
+            return
         self._started.discard(job.handle)
         after = self._successor.pop(job.handle, None)
         if after is None or after.handle in self._started or after.queue != job.queue:
@@ -331,6 +336,59 @@ class RedisQueue:
     def clear(self, queue: str) -> int:
         with self._calling("cannot clear"):
             return int(self._run("CLEAR", self._keys(queue), []))
+
+    def _op(self, name: str) -> Any:
+        """An operations script (LOOKUP, CANCEL), registered on first use."""
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self.client.register_script(getattr(lua, name))
+        return script
+
+    def _every_queue(self) -> list[str]:
+        from .. import app
+
+        names = set(self.queues())
+        names |= {q for p in app.manifest().pipelines.values() if p.connection == self.name for q in p.queues}
+        return sorted(names)
+
+    def lookup(self, job_id: str) -> dict[str, Any] | None:
+        """The job on whichever queue holds it (one script per queue; a ready one is found by
+        scanning its queue's list), or None."""
+        from .database import waiting_state
+
+        now = time.time()
+        with self._calling("cannot look the job up"):
+            for q in self._every_queue():
+                found = self._op("LOOKUP")(keys=self._keys(q), args=[job_id])
+                if not found:
+                    continue
+                state, body, starts, owner, score = found
+                at = float(score) if score else now
+                token = owner.rsplit(":", 2)[0] if state == "reserved" else None   # <token>:<claim>:<n>
+                return waiting_state(q, body, int(starts), at, token, now)
+        return None
+
+    def cancel(self, job_id: str) -> bool | None:
+        """Remove the job if no worker holds it: True; False if one does; None if unknown."""
+        with self._calling("cannot cancel"):
+            for q in self._every_queue():
+                result = int(self._op("CANCEL")(keys=self._keys(q), args=[job_id]))
+                if result >= 0:
+                    return bool(result)
+        return None
+
+    def record_done(self, job_id: str, info: dict[str, Any], until: float) -> None:
+        ttl = max(1, int(until - time.time() + 0.999))
+        with self._calling("cannot keep a done job"):
+            self.client.set(f"{self.prefix}:done:{job_id}", json.dumps(info), ex=ttl)
+
+    def done_job(self, job_id: str) -> dict[str, Any] | None:
+        with self._calling("cannot read a done job"):
+            raw = self.client.get(f"{self.prefix}:done:{job_id}")
+        return json.loads(raw) if raw else None
+
+    def prune_done(self, before: float) -> int:
+        return 0                        # Redis expires them itself
 
     def notes(self) -> list[str]:
         """What `farmctl status` should warn about: a server that keeps nothing on disk."""

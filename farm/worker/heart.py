@@ -22,6 +22,8 @@ GRACE = 1.0          # seconds past a job's timeout before the watchdog steps in
 BEAT_EVERY = 5.0
 STAMP_EVERY = 1.0
 RSS_EVERY = 1.0
+PAUSE_EVERY = 0.5    # seconds between reads of the paused queues (farmctl pause): taken within a second
+DONE_EVERY = 60.0    # seconds between prunes of expired done jobs, once this worker has kept one
 
 
 def rss_mb(proc: psutil.Process) -> float:
@@ -46,6 +48,7 @@ class Heart(threading.Thread):
         self.host = socket.gethostname()
         self.last = {"renew": 0.0, "beat": 0.0, "stamp": 0.0, "rss": 0.0}
         self.rss_mb = rss_mb(self.proc)
+        self.last.update(pause=0.0, done=0.0)
 
     def run(self) -> None:
         while not self.halt.wait(self.tick):
@@ -78,6 +81,11 @@ class Heart(threading.Thread):
             stamp = w.store.stamp("restart")
             if stamp is not None and stamp > w.started_wall:
                 w.lifecycle.restart_requested = True
+        if w.store is not None and self.due("pause", PAUSE_EVERY, now):
+            w.paused = frozenset(name[len("pause:"):] for name in w.store.stamps("pause:"))
+        if w.runner.kept and self.due("done", DONE_EVERY, now):
+            done_by = w.queue if hasattr(w.queue, "prune_done") else w.store
+            done_by.prune_done(time.time())
         if w.store is not None and self.due("beat", BEAT_EVERY, now):
             w.store.beat(self.info())
 
@@ -91,6 +99,7 @@ class Heart(threading.Thread):
                 "job": attempt.doc.get("job") if attempt and attempt.doc else None,
                 "job_id": attempt.reserved.id if attempt else None,
                 "job_seconds": round(time.monotonic() - attempt.started, 1) if attempt else None,
+                "job_ids": [a.reserved.id for a in running], "token": getattr(w.queue, "token", None),
                 "jobs": len(running), "done": w.done, "rss_mb": round(self.rss_mb, 1), "started": w.started_wall, "code": w.code}
 
     def watchdog(self, now: float) -> None:

@@ -19,6 +19,7 @@ from .runner import Attempt, Runner
 MAX_FAILURES = 12           # about a minute of backoff before exiting for the process manager
 BATCH_SECONDS = 0.05        # claim about this much work at once: many no-op jobs, one slow job
 STARTSECS = 1.0             # supervisord's startsecs: a recycling exit waits out the first second
+PAUSED_POLL = 0.25          # seconds between looks at the paused queues while every queue is paused
 
 
 class Batch:
@@ -56,6 +57,9 @@ class Worker:
             queue.prefetch = options.prefetch        # amqp: the channel's basic.qos
         if hasattr(queue, "longest_job"):            # amqp: how long a delivery may wait to start
             queue.longest_job = options.job_limit or options.timeout
+        if hasattr(queue, "every_queue"):            # amqp: one consumer whatever is paused
+            queue.every_queue = tuple(options.queues)
+        self.paused: frozenset[str] = frozenset()    # queues paused across the farm (the heart reads them)
         self.heart = Heart(self)
         self.failures = 0
 
@@ -112,11 +116,16 @@ class Worker:
                 suspend()
             waker.wait(1.0)
             return None
+        queues = self.taking()
+        if not queues:                  # every queue paused (farmctl pause): as SIGUSR2, until resumed
+            self._release_held()
+            self.idle_paused()
+            return None
         if self.runner.unacked:
             self.runner.ack_again()
         if not self.held:
             wait = 0.0 if self.options.stop_when_empty else min(self.options.sleep, 1.0)
-            self.held = self.queue.reserve(self.options.queues, self.batch.size(), wait)
+            self.held = self.queue.reserve(queues, self.batch.size(), wait)
             self.failures = 0
             if self.lifecycle.stop_signal is not None:
                 return None             # stopped while waiting: what came is handed back
@@ -140,6 +149,25 @@ class Worker:
         if self.options.rest:
             waker.wait(self.options.rest)
         return None
+
+    def idle_paused(self) -> None:
+        """Every queue of the worker is paused: stop consuming (amqp), look again shortly."""
+        suspend = getattr(self.queue, "suspend", None)
+        if suspend is not None:
+            suspend()
+        waker.wait(PAUSED_POLL)
+
+    def taking(self) -> tuple[str, ...]:
+        """The queues to claim from: the worker's, less those paused across the farm; claimed
+        jobs of a paused queue not started yet are handed back."""
+        paused = self.paused
+        if not paused:
+            return self.options.queues
+        back = [r for r in self.held if r.queue in paused]
+        if back:
+            self.held = [r for r in self.held if r.queue not in paused]
+            self.queue.give_back(back)
+        return tuple(q for q in self.options.queues if q not in paused)
 
     def _run(self, reserved: Any) -> None:
         attempt = self.runner.prepare(reserved)

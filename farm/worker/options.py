@@ -31,6 +31,7 @@ class WorkerOptions:
     concurrency: int = 1           # jobs run at once, on threads (1: in the worker's own thread)
     retry_after: float = 90.0
     job_limit: float = 0           # a pipeline's stop window less a margin: no job runs longer; 0: none
+    retention: float = 0           # the pipeline's `retention:`: seconds a finished job is kept as done
 
     @property
     def prefetch_limit(self) -> int:
@@ -46,6 +47,8 @@ def merge(manifest: Manifest, flags: dict[str, Any]) -> WorkerOptions:
         values.update(connection=p.connection, queues=p.queues, pipeline=p.name, max_jobs=p.max_jobs,
                       max_time=p.max_time, sleep=p.sleep, memory=p.memory, rest=p.rest, prefetch=p.prefetch,
                       concurrency=p.concurrency)
+        if p.retention is not None:
+            values["retention"] = p.retention
         for name in ("timeout", "tries", "backoff"):
             if getattr(p, name) is not None:
                 values[name] = getattr(p, name)

@@ -43,6 +43,7 @@ class Runner:
         self.lifecycle = lifecycle
         self.current: Attempt | None = None
         self.unacked: list[Any] = []       # finished jobs whose ack failed: acked again later
+        self.kept = 0                      # jobs acked with a retention (the heart prunes expired ones)
         self._settling = threading.Lock()
 
     def prepare(self, reserved: Any) -> Attempt | None:
@@ -104,6 +105,10 @@ class Runner:
             return self.settle(attempt, exc)
         outcome = getattr(job, "_farm_outcome", None)
         if outcome is None:
+            retain = attempt.doc.get("retention") or self.options.retention
+            if retain:                  # `retention`: the ack keeps it as done for that long
+                r.retain = float(retain)
+                self.kept += 1
             self._ack(r)
             self.log.info("job.done", id=r.id, job=attempt.doc["job"], queue=r.queue, attempt=r.attempts,
                           ms=round((time.monotonic() - attempt.started) * 1000, 3))

@@ -147,6 +147,13 @@ class ThreadedWorker(Worker):
                 return reason
             waker.wait(1.0)
             return None
+        queues = self.taking()
+        if not queues:                          # every queue paused: running jobs finish
+            if self.running:
+                self._collect(self._patience(now))
+            else:
+                self.idle_paused()
+            return None
         if self.runner.unacked:
             self.runner.ack_again()
         free = self._free()
@@ -159,7 +166,7 @@ class ThreadedWorker(Worker):
             else:
                 wait = 0.0 if self.options.stop_when_empty else min(self.options.sleep, 1.0)
             extra = 0 if (self.options.max_jobs or self.options.once) else self.batch.size() - 1
-            self.held = self.queue.reserve(self.options.queues, free + extra, wait)
+            self.held = self.queue.reserve(queues, free + extra, wait)
             self.failures = 0
             if self.lifecycle.stop_signal is not None:
                 return None                     # stopped while waiting: what came is handed back

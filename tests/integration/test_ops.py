@@ -326,6 +326,7 @@ def test_schema_prints_ddl_that_makes_working_tables_on_each_dialect(make_farm, 
     conn = farm.app.manifest().connections["main"]
     t = conn.table
     expected = {t, conn.failed_table, f"{t}_stamps", f"{t}_workers"}
+    expected.add(f"{t}_done")           # jobs kept as done (`retention`, farm.job_status)
     if backend == "postgresql":
         expected.add(f"trigger {t}_notify")
     with fresh_place(backend, f.tmp) as (url, run, tables, count):

@@ -367,3 +367,9 @@ class Spawner(farm.Job):
 
     def handle(self) -> None:
         farm.dispatch(Record(self.path, self.tag))
+
+
+class Kept(Record):
+    """A `Record` kept as done for a minute once it succeeds (`retention`: farm.job_status)."""
+
+    retention = 60
