@@ -19,11 +19,12 @@ CONNECTION_HELP = "Only this connection (default: every connection of the manife
 @config_option
 def job(job_id: str, connection: str | None, as_json: bool) -> None:
     """Where a job is: ready, delayed, reserved (by which worker), failed or done (exit 1: unknown)."""
-    load_manifest()
+    m = load_manifest()
     found = operations.job_status(job_id, connection)
     if found is None:
-        raise UnknownJob(f"no job with id {job_id} (a finished job is kept only with a `retention`; "
-                         "RabbitMQ shows a job only while a worker runs it)")
+        amqp = any(c.driver == "amqp" for c in m.connections.values())
+        raise UnknownJob(f"no job with id {job_id} (a finished job is kept only with a `retention`"
+                         + ("; RabbitMQ shows a job only while a worker runs it)" if amqp else ")"))
     if as_json:
         click.echo(json.dumps(found, indent=2))
         return
