@@ -33,6 +33,7 @@ from .base import FailedJob, Outgoing, Reserved, done_info
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFETCH = 100
+READY_SCAN = 1000       # entries of a ready list read a call when a job is looked up by id
 UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.ClusterDownError, rx.ReadOnlyError,
                rx.TryAgainError, rx.MasterDownError)
 
@@ -352,30 +353,60 @@ class RedisQueue:
         return sorted(names)
 
     def lookup(self, job_id: str) -> dict[str, Any] | None:
-        """The job on whichever queue holds it (one script per queue; a ready one is found by
-        scanning its queue's list), or None."""
+        """The job on whichever queue holds it (a script per queue finds a delayed or reserved
+        one by id; a ready one is found by scanning the ready lists), or None."""
         from .database import waiting_state
 
         now = time.time()
         with self._calling("cannot look the job up"):
-            for q in self._every_queue():
+            queues = self._every_queue()
+            for q in queues:
                 found = self._op("LOOKUP")(keys=self._keys(q), args=[job_id])
-                if not found:
-                    continue
-                state, body, starts, owner, score = found
-                at = float(score) if score else now
-                token = owner.rsplit(":", 2)[0] if state == "reserved" else None   # <token>:<claim>:<n>
-                return waiting_state(q, body, int(starts), at, token, now)
+                if found:
+                    state, body, starts, owner, score = found
+                    token = owner.rsplit(":", 2)[0] if state == "reserved" else None   # <token>:<claim>:<n>
+                    return waiting_state(q, body, int(starts), float(score), token, now)
+            for q in queues:
+                body = self._find_ready(q, job_id)
+                if body is not None:
+                    starts = self.client.hget(self._keys(q)[5], job_id)
+                    return waiting_state(q, body, int(starts or 0), now, None, now)
         return None
 
     def cancel(self, job_id: str) -> bool | None:
-        """Remove the job if no worker holds it: True; False if one does; None if unknown."""
+        """Remove the job if no worker holds it: True; False if one does; None if unknown. A
+        ready one goes with one LREM of its document, atomic against a worker's claim."""
         with self._calling("cannot cancel"):
-            for q in self._every_queue():
+            queues = self._every_queue()
+            for q in queues:
                 result = int(self._op("CANCEL")(keys=self._keys(q), args=[job_id]))
                 if result >= 0:
                     return bool(result)
+            for q in queues:
+                body = self._find_ready(q, job_id)
+                if body is None:
+                    continue
+                k = self._keys(q)
+                if not self.client.lrem(k[0], 1, body):
+                    return False            # claimed meanwhile: a worker holds it now
+                self.client.hdel(k[5], job_id)
+                return True
         return None
+
+    def _find_ready(self, queue: str, job_id: str) -> str | None:
+        """The document of a ready job of `queue`: its list read READY_SCAN entries a call from
+        the left, so Redis is never blocked for long; a push moves entries further on, never
+        back past the scan, so an entry that stays is not missed."""
+        key = self._keys(queue)[0]
+        start = 0
+        while True:
+            chunk = self.client.lrange(key, start, start + READY_SCAN - 1)
+            for body in chunk:
+                if job_id in body and _doc_id(body) == job_id:
+                    return body
+            if len(chunk) < READY_SCAN:
+                return None
+            start += READY_SCAN
 
     def record_done(self, job_id: str, info: dict[str, Any], until: float) -> None:
         ttl = max(1, int(until - time.time() + 0.999))
@@ -533,6 +564,14 @@ class RedisQueue:
             with self._calling("cannot prune workers"):
                 self.client.hdel(f"{self.prefix}:workers", *gone)
         return len(gone)
+
+
+def _doc_id(body: str) -> Any:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    return doc.get("id") if isinstance(doc, dict) else None
 
 
 def _body(text: str) -> str | bytes:

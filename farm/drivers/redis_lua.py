@@ -192,40 +192,30 @@ wake_if_empty(KEYS[1], ARGV[2], before)
 return n
 """
 
-# KEYS: the queue's 8 keys. ARGV: id. Where the job is on this queue: {state, body, starts,
-# owner handle, score} with state reserved, delayed or ready; false when it is not here. A
-# ready job is found by scanning the list (a document holding the id, then parsed): O(ready).
-LOOKUP = _ID + """
-local ready, delayed, reserved, bodies, owners, starts =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+# KEYS: the queue's 8 keys. ARGV: id. A reserved or delayed job of this queue (kept by id):
+# {state, body, starts, owner handle, score}; false when it is neither (a ready job is found
+# by the driver, scanning the ready list in chunks: a script must not block Redis that long).
+LOOKUP = """
+local delayed, reserved, bodies, owners, starts = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id = ARGV[1]
 local n = redis.call('HGET', starts, id) or '0'
 local at = redis.call('ZSCORE', reserved, id)
 if at then return {'reserved', redis.call('HGET', bodies, id) or '', n, redis.call('HGET', owners, id) or '', at} end
 at = redis.call('ZSCORE', delayed, id)
 if at then return {'delayed', redis.call('HGET', bodies, id) or '', n, '', at} end
-for _, body in ipairs(redis.call('LRANGE', ready, 0, -1)) do
-  if string.find(body, id, 1, true) and job_id(body) == id then return {'ready', body, n, '', ''} end
-end
 return false
 """
 
-# KEYS: the queue's 8 keys. ARGV: id. Removes the job if no worker holds it: 1; 0 if one does
-# (a lapsed reservation included: it may have started); -1 when it is not on this queue.
-CANCEL = _ID + """
-local ready, delayed, reserved, bodies, owners, starts =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+# KEYS: the queue's 8 keys. ARGV: id. A delayed job goes: 1; a reserved one (a lapsed
+# reservation included: it may have started) stays: 0; neither: -1 (the driver then looks
+# in the ready list and takes the job out with one LREM, atomic against a worker's claim).
+CANCEL = """
+local delayed, reserved, bodies, owners, starts = KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local id = ARGV[1]
 if redis.call('ZSCORE', reserved, id) or redis.call('HEXISTS', owners, id) == 1 then return 0 end
 if redis.call('ZREM', delayed, id) == 1 then
   redis.call('HDEL', bodies, id); redis.call('HDEL', starts, id)
   return 1
-end
-for _, body in ipairs(redis.call('LRANGE', ready, 0, -1)) do
-  if string.find(body, id, 1, true) and job_id(body) == id then
-    redis.call('LREM', ready, 1, body); redis.call('HDEL', starts, id)
-    return 1
-  end
 end
 return -1
 """
