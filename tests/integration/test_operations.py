@@ -152,3 +152,18 @@ def test_a_pipeline_retention_is_validated_with_its_line(tmp_path):
     assert any("farm.yaml:5: pipelines.keep.retention" in problem for problem in e.value.problems), e.value.problems
     path.write_text(path.read_text().replace("retention: 0", "retention: 30"))
     assert manifest.load(path).pipelines["keep"].retention == 30
+
+
+def test_retention_travels_in_the_document_only_for_jobs_that_set_it():
+    from farm import payload
+    from farm.dispatch import build
+    from farm.errors import PayloadError
+
+    # Given a job class with a retention and one without
+    kept, plain = build(Kept("/dev/null", "k")), build(Record("/dev/null", "p"))
+    # Then only the first document carries it (a plain job's document is as before)
+    assert kept["retention"] == 60 and "retention" not in plain
+    assert "retention" not in kept["data"]                 # an option, never payload
+    # And a document with a negative retention is refused
+    with pytest.raises(PayloadError):
+        payload.check_shape(dict(kept, retention=-1))
