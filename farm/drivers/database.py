@@ -14,7 +14,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
-from .. import waker
+from .. import counts, waker
 from ..errors import DriverUnavailable, FarmError, SerializationError
 from ..manifest import Connection
 from . import dbapi, pgacks, sql
@@ -185,7 +185,7 @@ class DatabaseQueue:
         """One cheap probe per table, on a connection the queue keeps anyway."""
         t = self.config.table
         probes = [f"SELECT 1 FROM {name} WHERE 1 = 0" for name in
-                  (t, self.config.failed_table, f"{t}_stamps", f"{t}_workers")]
+                  (t, self.config.failed_table, f"{t}_stamps", f"{t}_workers", f"{t}_counts")]
         probes.append(f"SELECT 1 FROM {t}_done WHERE 1 = 0")
         if self.dialect == "postgresql":
             probes.append(f"SELECT 1 / COUNT(*) FROM pg_trigger WHERE tgname = '{t}_notify'")
@@ -564,6 +564,31 @@ class DatabaseQueue:
     def prune_workers(self, before: float) -> int:
         with self._cursor() as cur:
             cur.execute(self.sql.prune_workers, (before,))
+            return int(cur.rowcount)
+
+    def add_counts(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Add a worker's sums (farm/counts.py) to the per-minute rows and the totals: one statement."""
+        keyed = counts.key_rows(rows)
+        if not keyed:
+            return
+        params = [v for r in keyed for v in r]
+        with self._cursor("renew") as cur:      # the heart's connection
+            cur.execute(self.sql.add_counts(len(keyed)), params)
+
+    def counts_by_minute(self, since: float) -> list[dict[str, Any]]:
+        with self._cursor() as cur:
+            cur.execute(self.sql.counts_by_minute, (int(since) // 60 * 60,))
+            return [{"minute": int(m), "queue": q, "job": j, "outcome": o, "n": int(n)}
+                    for m, q, j, o, n in cur.fetchall()]
+
+    def job_totals(self) -> list[dict[str, Any]]:
+        with self._cursor() as cur:
+            cur.execute(self.sql.count_totals)
+            return counts.totals_from(cur.fetchall())
+
+    def prune_counts(self, before: float) -> int:
+        with self._cursor("renew") as cur:
+            cur.execute(self.sql.prune_counts, (before,))
             return int(cur.rowcount)
 
     def record_done(self, job_id: str, info: dict[str, Any], until: float) -> None:

@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError
 
-from .. import waker
+from .. import counts, waker
 from ..errors import DriverUnavailable, FarmError
 from ..manifest import Connection
 from . import redis_lua as lua
@@ -564,6 +564,56 @@ class RedisQueue:
             with self._calling("cannot prune workers"):
                 self.client.hdel(f"{self.prefix}:workers", *gone)
         return len(gone)
+
+    # counts (farm/counts.py): `<prefix>:counts` holds the totals, fields `n|s<TAB>queue<TAB>job
+    # <TAB>outcome<TAB>le`; `<prefix>:counts:<minute>` a minute's, fields `queue<TAB>job<TAB>outcome`,
+    # expiring by itself after counts.PRUNE_AFTER
+    def add_counts(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Add a worker's sums: HINCRBY/HINCRBYFLOAT in one pipeline (one round trip)."""
+        keyed = counts.key_rows(rows)
+        if not keyed:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for minute, q, j, o, le, n, seconds in keyed:
+            if minute:
+                key = f"{self.prefix}:counts:{minute}"
+                pipe.hincrby(key, f"{q}\t{j}\t{o}", n)
+                pipe.expire(key, int(counts.PRUNE_AFTER) + 120)
+                continue
+            pipe.hincrby(f"{self.prefix}:counts", f"n\t{q}\t{j}\t{o}\t{le}", n)
+            if not le:
+                pipe.hincrbyfloat(f"{self.prefix}:counts", f"s\t{q}\t{j}\t{o}\t", seconds)
+        with self._calling("cannot add counts"):
+            pipe.execute()
+
+    def counts_by_minute(self, since: float) -> list[dict[str, Any]]:
+        first, last = int(since) // 60 * 60, int(time.time()) // 60 * 60
+        minutes = list(range(max(first, last - int(counts.PRUNE_AFTER)), last + 60, 60))
+        pipe = self.client.pipeline(transaction=False)
+        for minute in minutes:
+            pipe.hgetall(f"{self.prefix}:counts:{minute}")
+        with self._calling("cannot read counts"):
+            found = pipe.execute()
+        out = []
+        for minute, fields in zip(minutes, found):
+            for field, n in sorted(fields.items()):
+                q, j, o = field.rsplit("\t", 2)
+                out.append({"minute": minute, "queue": q, "job": j, "outcome": o, "n": int(n)})
+        return out
+
+    def job_totals(self) -> list[dict[str, Any]]:
+        with self._calling("cannot read counts"):
+            fields = self.client.hgetall(f"{self.prefix}:counts")
+        rows: dict[tuple[str, str, str, str], list[Any]] = {}
+        for field, value in fields.items():
+            kind, rest = field.split("\t", 1)
+            q, j, o, le = rest.rsplit("\t", 3)
+            cell = rows.setdefault((q, j, o, le), [0, 0.0])
+            cell[0 if kind == "n" else 1] = int(value) if kind == "n" else float(value)
+        return counts.totals_from([(*k, n, s) for k, (n, s) in rows.items()])
+
+    def prune_counts(self, before: float) -> int:
+        return 0        # a minute's hash expires by itself
 
 
 def _doc_id(body: str) -> Any:

@@ -58,7 +58,17 @@ def tables(jobs: str, failed: str) -> tuple[Any, ...]:
         Column("doc", Text, nullable=False),
         Column("heartbeat", Float(53), nullable=False),
     )
-    return md, jobs_t, failed_t, stamps_t, workers_t
+    counts_t = Table(      # farm/counts.py: minute 0 holds the totals, `le` a histogram bucket's count
+        f"{jobs}_counts", md,
+        Column("minute", BigInteger, primary_key=True, autoincrement=False),
+        Column("queue", String(191), primary_key=True),
+        Column("job", String(191), primary_key=True),
+        Column("outcome", String(16), primary_key=True),
+        Column("le", String(16), primary_key=True),
+        Column("n", BigInteger, nullable=False),
+        Column("seconds", Float(53), nullable=False),
+    )
+    return md, jobs_t, failed_t, stamps_t, workers_t, counts_t
 
 
 # PostgreSQL: a statement trigger wakes LISTENing workers on any INSERT, ours or another
@@ -138,6 +148,10 @@ class Queries:
         self.workers = f"SELECT id, doc, heartbeat FROM {j}_workers ORDER BY id"
         self.forget_worker = q(f"DELETE FROM {j}_workers WHERE id = %s")
         self.prune_workers = q(f"DELETE FROM {j}_workers WHERE heartbeat < %s")
+        self.counts_by_minute = q(f"SELECT minute, queue, job, outcome, n FROM {j}_counts "
+                                  "WHERE minute >= %s AND minute > 0 AND le = '' ORDER BY minute, queue, job, outcome")
+        self.count_totals = f"SELECT queue, job, outcome, le, n, seconds FROM {j}_counts WHERE minute = 0"
+        self.prune_counts = q(f"DELETE FROM {j}_counts WHERE minute > 0 AND minute < %s")
         # operations (farmctl job / cancel): by the job's id. No index on uuid (it would cost every
         # job about 16% more worker CPU on SQLite): a scan of the jobs table, README "Operations"
         self.lookup = q(f"SELECT queue, payload, attempts, available_at, reserved_by FROM {j} WHERE uuid = %s")
@@ -149,6 +163,19 @@ class Queries:
         self.delete_done = q(f"DELETE FROM {j}_done WHERE id = %s")
         self.done = q(f"SELECT doc FROM {j}_done WHERE id = %s AND expires_at > %s")
         self.prune_done = q(f"DELETE FROM {j}_done WHERE expires_at <= %s")
+
+    def add_counts(self, n_rows: int) -> str:
+        """One statement adding n rows of (minute, queue, job, outcome, le, n, seconds) to the
+        counts, each an insert or an increment of the row with its key."""
+        c = f"{self.jobs}_counts"
+        rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * n_rows)
+        sql = f"INSERT INTO {c} (minute, queue, job, outcome, le, n, seconds) VALUES {rows} "
+        if self.dialect == "mysql":     # MariaDB: VALUES(col) is the row that would have been inserted
+            sql += "ON DUPLICATE KEY UPDATE n = n + VALUES(n), seconds = seconds + VALUES(seconds)"
+        else:                           # PostgreSQL and SQLite (3.24+) share the upsert's spelling
+            sql += (f"ON CONFLICT (minute, queue, job, outcome, le) DO UPDATE "
+                    f"SET n = {c}.n + excluded.n, seconds = {c}.seconds + excluded.seconds")
+        return self._q(sql)
 
     def renew_ids(self, row_ids: list[int]) -> str:
         """The renew statement for these rows (integers from our own claim, inlined: one

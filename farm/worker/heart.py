@@ -22,6 +22,7 @@ GRACE = 1.0          # seconds past a job's timeout before the watchdog steps in
 BEAT_EVERY = 5.0
 STAMP_EVERY = 1.0
 RSS_EVERY = 1.0
+COUNTS_EVERY = 5.0   # seconds between adds of the job counts to the store (farm/counts.py)
 PAUSE_EVERY = 0.5    # seconds between reads of the paused queues (farmctl pause): taken within a second
 DONE_EVERY = 60.0    # seconds between prunes of expired done jobs, once this worker has kept one
 
@@ -46,7 +47,7 @@ class Heart(threading.Thread):
         self.renew_every = max(0.2, worker.options.retry_after / 3)
         self.tick = min(0.25, self.renew_every)
         self.host = socket.gethostname()
-        self.last = {"renew": 0.0, "beat": 0.0, "stamp": 0.0, "rss": 0.0}
+        self.last = {"renew": 0.0, "beat": 0.0, "stamp": 0.0, "rss": 0.0, "counts": time.monotonic()}
         self.rss_mb = rss_mb(self.proc)
         self.last.update(pause=0.0, done=0.0)
 
@@ -58,6 +59,7 @@ class Heart(threading.Thread):
                 self.worker.log.warning("worker.heart", error=str(e))
             except Exception as e:      # the heart must keep beating whatever one tick hit
                 self.worker.log.error("worker.heart", error=f"{type(e).__name__}: {e}")
+        self.worker.flush_counts()      # the last counts, on this thread's own connection
 
     def stop(self) -> None:
         self.halt.set()
@@ -88,6 +90,11 @@ class Heart(threading.Thread):
             done_by.prune_done(time.time())
         if w.store is not None and self.due("beat", BEAT_EVERY, now):
             w.store.beat(self.info())
+        counts = w.runner.counts
+        if counts is not None:
+            counts.collect()            # summed here, off the worker's thread
+            if self.due("counts", COUNTS_EVERY, now):
+                counts.flush(w.store)
 
     def info(self) -> dict[str, Any]:
         w = self.worker
@@ -121,6 +128,7 @@ class Heart(threading.Thread):
                             detail="the job did not stop at its timeout; settling it and exiting")
                 w.runner.settle(attempt, JobTimeout(f"the job ran past its timeout of {attempt.timeout:g}s"))
                 w.queue.give_back(w.held)
+            w.flush_counts()
         except Exception as e:
             w.log.error("worker.stuck", error=f"{type(e).__name__}: {e}",
                         detail="the jobs held are handed out again after retry_after")

@@ -8,6 +8,7 @@ import uuid
 from typing import Any, Callable
 
 from .. import payload, waker
+from ..counts import Counts
 from ..errors import Abandon, DriverUnavailable, FarmError
 from ..log import Log
 from . import signals
@@ -60,6 +61,8 @@ class Worker:
         if hasattr(queue, "every_queue"):            # amqp: one consumer whatever is paused
             queue.every_queue = tuple(options.queues)
         self.paused: frozenset[str] = frozenset()    # queues paused across the farm (the heart reads them)
+        if store is not None and hasattr(store, "add_counts"):
+            self.runner.counts = Counts()     # the heart adds them to the store (farm/counts.py)
         self.heart = Heart(self)
         self.failures = 0
 
@@ -196,7 +199,7 @@ class Worker:
 
     def _shut_down(self) -> None:
         """Whatever ended the loop: hand back, say goodbye, settle the acks, close."""
-        self.heart.stop()
+        self.heart.stop()               # it adds the last job counts to the store as it ends
         self._release_held()
         try:
             self.runner.ack_again()
@@ -212,6 +215,16 @@ class Worker:
             self.queue.close()          # settles pending acks; amqp hands prefetched jobs back
         except FarmError as e:
             self.log.warning("worker.close", error=str(e))
+
+    def flush_counts(self) -> None:
+        """Add the jobs counted since the last flush to the store (the heart, as it ends)."""
+        if self.runner.counts is None or self.store is None:
+            return
+        try:
+            self.runner.counts.flush(self.store)
+        except Exception as e:          # on the heart's way out: logged, never raised
+            self.log.warning("worker.counts", error=f"{type(e).__name__}: {e}",
+                             detail="the last seconds' job counts are lost")
 
     def _release_held(self) -> None:
         """Hand back claimed jobs not started (and an abandoned one): ready again at once."""

@@ -43,6 +43,7 @@ class Runner:
         self.lifecycle = lifecycle
         self.current: Attempt | None = None
         self.unacked: list[Any] = []       # finished jobs whose ack failed: acked again later
+        self.counts: Any = None            # a farm.counts.Counts when the worker has a store to add to
         self.kept = 0                      # jobs acked with a retention (the heart prunes expired ones)
         self._settling = threading.Lock()
 
@@ -110,8 +111,11 @@ class Runner:
                 r.retain = float(retain)
                 self.kept += 1
             self._ack(r)
+            seconds = time.monotonic() - attempt.started
             self.log.info("job.done", id=r.id, job=attempt.doc["job"], queue=r.queue, attempt=r.attempts,
-                          ms=round((time.monotonic() - attempt.started) * 1000, 3))
+                          ms=round(seconds * 1000, 3))
+            if self.counts is not None:
+                self.counts.add(r.queue, attempt.doc["job"], "done", seconds)
             return "done"
         if outcome[0] == "release":
             return self.settle(attempt, None, release_delay=outcome[1])
@@ -173,7 +177,15 @@ class Runner:
 
     def settle(self, attempt: Attempt, exc: BaseException | None, release_delay: float | None = None,
                decided: retry.Decision | None = None) -> str:
-        """Release, retry or fail an attempt that did not succeed."""
+        """Release, retry or fail an attempt that did not succeed; counted when it was."""
+        outcome = self._settle(attempt, exc, release_delay, decided)
+        if self.counts is not None and outcome != "lost":
+            self.counts.add(attempt.reserved.queue, attempt.doc["job"], outcome,   # type: ignore[index]
+                            time.monotonic() - attempt.started)
+        return outcome
+
+    def _settle(self, attempt: Attempt, exc: BaseException | None, release_delay: float | None,
+                decided: retry.Decision | None) -> str:
         job, r, doc = attempt.job, attempt.reserved, attempt.doc
         assert job is not None and doc is not None
         raised = exc is not None and release_delay is None

@@ -325,7 +325,7 @@ def test_schema_prints_ddl_that_makes_working_tables_on_each_dialect(make_farm, 
     ddl = f.farmctl("schema", check=True).stdout
     conn = farm.app.manifest().connections["main"]
     t = conn.table
-    expected = {t, conn.failed_table, f"{t}_stamps", f"{t}_workers"}
+    expected = {t, conn.failed_table, f"{t}_stamps", f"{t}_workers", f"{t}_counts"}
     expected.add(f"{t}_done")           # jobs kept as done (`retention`, farm.job_status)
     if backend == "postgresql":
         expected.add(f"trigger {t}_notify")
@@ -353,4 +353,5 @@ def test_schema_prints_ddl_that_makes_working_tables_on_each_dialect(make_farm, 
         assert [w["id"] for w in f.store().workers()] == ["h:1:x"]
         assert f.queue().counts() == {"default": {"ready": 0, "delayed": 0, "reserved": 0, "failed": 1}}
         assert [count(x) for x in (t, conn.failed_table, f"{t}_stamps", f"{t}_workers")] == [0, 1, 1, 1]
+        assert count(f"{t}_counts") > 0         # the worker's job counts (farm/counts.py)
         assert tables() == expected
