@@ -135,6 +135,32 @@ def forget(job_id: str) -> int:
     return sum(s.forget([f.id]) for s, f in _find((job_id,)))
 
 
+def job(job_id: str) -> dict[str, Any] | None:
+    """`farm.job_status(id)`: where the job is now, or None."""
+    from ..operations import job_status
+
+    return job_status(job_id)
+
+
+def cancel(job_id: str) -> Any:
+    """`farm.cancel(id)`, with the reason when it refuses."""
+    from ..operations import cancel_job
+
+    return cancel_job(job_id)
+
+
+def pause(queue: str) -> None:
+    from ..operations import pause as pause_queue
+
+    pause_queue(queue)
+
+
+def resume(queue: str) -> None:
+    from ..operations import resume as resume_queue
+
+    resume_queue(queue)
+
+
 def metrics() -> bytes:
     from .. import app
 

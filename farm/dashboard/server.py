@@ -34,6 +34,9 @@ SECURITY_HEADERS = {
 }
 ACTION = re.compile(r"^/api/failed/([^/]+)/(retry|forget)$")
 ONE = re.compile(r"^/api/failed/([^/]+)$")
+JOB = re.compile(r"^/api/jobs/([^/]+)$")
+CANCEL = re.compile(r"^/api/jobs/([^/]+)/cancel$")
+QUEUE_ACTION = re.compile(r"^/api/queues/([^/]+)/(pause|resume)$")
 MAX_PAGE = 10_000
 
 
@@ -121,14 +124,34 @@ class Handler(BaseHTTPRequestHandler):
             return self.server.farm.call(data.failed_page, _arg(query, "queue"), _arg(query, "job"), page)
         if m := ONE.match(path):
             return self.server.farm.call(data.failed_one, unquote(m.group(1)))
-        if ACTION.match(path):
+        if m := JOB.match(path):
+            found = self.server.farm.call(data.job, unquote(m.group(1)))
+            if found is None:
+                raise HTTPError(HTTPStatus.NOT_FOUND, f"no job with id {unquote(m.group(1))}")
+            return found
+        if ACTION.match(path) or CANCEL.match(path) or QUEUE_ACTION.match(path):
             raise HTTPError(HTTPStatus.METHOD_NOT_ALLOWED, "use POST", {"Allow": "POST"})
         raise HTTPError(HTTPStatus.NOT_FOUND, f"no such page: {path}")
 
     def _post(self, path: str, query: dict[str, list[str]]) -> Any:
+        if m := CANCEL.match(path):
+            self._authorize()
+            job_id = unquote(m.group(1))
+            done = self.server.farm.call(data.cancel, job_id)
+            if not done.ok:
+                raise HTTPError(HTTPStatus.CONFLICT, done.reason)
+            self.server.snapshot.refresh_soon()
+            return {"id": job_id, "cancelled": True}
+        if m := QUEUE_ACTION.match(path):
+            self._authorize()
+            queue, verb = unquote(m.group(1)), m.group(2)
+            self.server.farm.call(data.pause if verb == "pause" else data.resume, queue)
+            self.server.snapshot.refresh_soon()
+            return {"queue": queue, "paused": verb == "pause"}
         m = ACTION.match(path)
         if not m:
-            if path in STATIC or path in ("/api/status", "/metrics", "/api/failed") or ONE.match(path):
+            if path in STATIC or path in ("/api/status", "/metrics", "/api/failed") or ONE.match(path) \
+                    or JOB.match(path):
                 raise HTTPError(HTTPStatus.METHOD_NOT_ALLOWED, "use GET", {"Allow": "GET"})
             raise HTTPError(HTTPStatus.NOT_FOUND, f"no such action: {path}")
         self._authorize()

@@ -300,3 +300,73 @@ def test_the_page_shows_the_pipeline_of_each_worker_and_supervisords_programs(su
             p.kill()
             p.wait(10)
             p.stdout.close()
+
+
+def test_the_page_finds_a_job_cancels_it_and_pauses_and_resumes_a_queue(make_farm: Any, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    # Given a worker on queue `mail`, a job delayed by an hour, and a dashboard with a token
+    f = make_farm("sqlite")
+    out = f.tmp / "out.txt"
+    later = farm.dispatch(Record(str(out), "later"), queue="mail", delay=3600)
+    farm.dispatch(Record(str(out), "keep"), queue="mail", delay=3600)      # keeps `mail` listed
+    worker = f.worker("--queue", "mail", "--sleep", "0.2")
+    url = start_dashboard(f, TOKEN)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.fill("#token", TOKEN)
+    page.click("#token-form button[type=submit]")
+
+    # When the person looks the delayed job up, the page says where it is
+    page.fill("#lookup-id", later)
+    page.click("#lookup-form button")
+    expect(page.locator("#lookup-result td.state")).to_have_text("delayed")
+    expect(page.locator("#lookup-result td.queue")).to_have_text("mail")
+    # and cancel removes it: it is no longer anywhere, and never runs
+    page.locator("#lookup-result button.cancel").click()
+    expect(page.locator("#message")).to_contain_text(f"job {later} cancelled")
+    assert farm.job_status(later) is None
+    code, doc = http("GET", url + f"api/jobs/{later}")
+    assert code == 404, doc
+    page.fill("#lookup-id", "no-such-id")
+    page.click("#lookup-form button")
+    expect(page.locator("#message")).to_contain_text("no job with id no-such-id")
+
+    # When the person pauses `mail`, the worker takes no job from it
+    expect(page.locator('#queues tr[data-queue="mail"] button.pause')).to_have_count(1)
+    page.locator('#queues tr[data-queue="mail"] button.pause').click()
+    expect(page.locator('#queues tr[data-queue="mail"] td.name .paused')).to_have_text("paused")
+    assert farm.paused() == ["mail"]
+    time.sleep(1.2)                     # workers stop taking from a paused queue within a second
+    farm.dispatch(Record(str(out), "now"), queue="mail")
+    time.sleep(1.0)
+    assert not out.exists()
+    # and resume lets it run
+    page.locator('#queues tr[data-queue="mail"] button.resume').click()
+    f.wait_for(lambda: out.exists() and out.read_text().startswith("now"), what="the job after resume")
+    assert farm.paused() == [] and worker.poll() is None
+
+
+def test_job_cancel_and_pause_routes_need_the_token_and_say_why_they_refuse(make_farm: Any) -> None:
+    f = make_farm("sqlite")
+    gate = f.tmp / "gate"
+    from testjobs import Timed
+
+    running = farm.dispatch(Timed(str(f.tmp / "t.txt"), "t", gate=str(gate)))
+    f.worker("--sleep", "0.2")
+    f.wait_for(lambda: (f.tmp / "t.txt.started").exists(), what="the job to start")
+    f.wait_for(lambda: f.store().workers(), what="the worker's first heartbeat")
+    url = start_dashboard(f, TOKEN)
+    for path in (f"api/jobs/{running}/cancel", "api/queues/default/pause", "api/queues/default/resume"):
+        assert http("POST", url + path)[0] == 401
+        assert http("POST", url + path, token="wrong")[0] == 401
+        assert http("GET", url + path)[0] == 405
+    code, doc = http("GET", url + f"api/jobs/{running}")
+    assert code == 200 and doc["state"] == "reserved" and doc["worker"] == f.store().workers()[0]["id"], doc
+    code, doc = http("POST", url + f"api/jobs/{running}/cancel", token=TOKEN)
+    assert code == 409 and "has started" in doc["error"], doc      # started: refused, and it finishes
+    gate.touch()
+    f.wait_for(lambda: (f.tmp / "t.txt").exists(), what="the running job to finish")
+    read_only = dashboard_on(f.env(), f.tmp, f.procs, None)
+    assert http("POST", read_only + "api/queues/default/pause")[0] == 403
+    assert farm.paused() == []

@@ -80,8 +80,11 @@ function drawQueues(doc) {
     for (const name of Object.keys(queues).sort()) {
       const q = queues[name], name_td = td(name, "name");
       if (paused.has(name)) name_td.appendChild(el("span", "paused", { class: "paused", title: "farmctl resume " + name }));
-      rows.push(row([td(conn), name_td, ...["ready", "delayed", "reserved", "failed"].map((k) => td(q[k], "n " + k))],
-                    { "data-connection": conn, "data-queue": name }));
+      const toggle = el("td");
+      toggle.appendChild(el("button", paused.has(name) ? "resume" : "pause",
+                            { type: "button", class: paused.has(name) ? "resume" : "pause", "data-queue": name }));
+      rows.push(row([td(conn), name_td, ...["ready", "delayed", "reserved", "failed"].map((k) => td(q[k], "n " + k)),
+                     toggle], { "data-connection": conn, "data-queue": name }));
     }
   }
   fill("#queues", rows);
@@ -229,22 +232,64 @@ async function showDetails(id) {
   for (const tr of document.querySelectorAll("#failed tbody tr")) tr.classList.toggle("selected", tr.dataset.id === id);
 }
 
-async function act(id, verb) {
+// POST an action with the token the person typed; true when it was done.
+async function post(url, what, done) {
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (!token) {
-    show("#message", `enter the dashboard's token (FARM_DASHBOARD_TOKEN) to ${verb} jobs`);
+    show("#message", `enter the dashboard's token (FARM_DASHBOARD_TOKEN) to ${what}`);
     $("#token").focus();
-    return;
+    return false;
   }
-  const r = await fetch(`/api/failed/${encodeURIComponent(id)}/${verb}`,
-                        { method: "POST", headers: { Authorization: "Bearer " + token } });
+  const r = await fetch(url, { method: "POST", headers: { Authorization: "Bearer " + token } });
   const doc = await r.json().catch(() => ({}));
   if (r.status === 401) show("#message", "the token was refused: " + doc.error);
   else if (r.status === 403) show("#message", "this dashboard is read-only: " + doc.error);
-  else if (!r.ok) show("#message", `${verb} ${id}: ${doc.error || r.statusText}`);
-  else show("#message", verb === "retry" ? `job ${id} is back on its queue` : `job ${id} forgotten`);
-  if (id === state.selected && r.ok) { state.selected = null; $("#details").hidden = true; }
+  else if (!r.ok) show("#message", `${what}: ${doc.error || r.statusText}`);
+  else show("#message", done);
+  return r.ok;
+}
+
+async function act(id, verb) {
+  const ok = await post(`/api/failed/${encodeURIComponent(id)}/${verb}`, `${verb} job ${id}`,
+                        verb === "retry" ? `job ${id} is back on its queue` : `job ${id} forgotten`);
+  if (id === state.selected && ok) { state.selected = null; $("#details").hidden = true; }
   await loadFailed();
+  refresh();
+}
+
+async function toggleQueue(queue, verb) {
+  await post(`/api/queues/${encodeURIComponent(queue)}/${verb}`, `${verb} queue ${queue}`,
+             verb === "pause" ? `queue ${queue} paused: workers take no more of its jobs`
+                              : `queue ${queue} resumed`);
+  refresh();
+}
+
+// ---- one job ------------------------------------------------------------------------------
+
+async function lookUp(id) {
+  const table = $("#lookup-result");
+  if (!id) { table.hidden = true; return; }
+  const r = await fetch("/api/jobs/" + encodeURIComponent(id), { cache: "no-store" });
+  const doc = await r.json().catch(() => ({}));
+  if (!r.ok) {
+    show("#message", r.status === 404 ? `no job with id ${id}` : `looking up ${id}: ${doc.error || r.statusText}`);
+    table.hidden = true;
+    return;
+  }
+  const actions = el("td");
+  if (doc.state === "ready" || doc.state === "delayed") {
+    actions.appendChild(el("button", "cancel", { type: "button", class: "cancel", "data-id": doc.id }));
+  }
+  $("#lookup-result tbody").replaceChildren(row([td(doc.id, "id"), td(doc.state, "state state-" + doc.state),
+    td(doc.queue, "queue"), td(doc.job, "job"), td(doc.attempts, "n"), td(doc.worker, "worker"), actions],
+    { "data-id": doc.id }));
+  table.hidden = false;
+}
+
+async function cancelJob(id) {
+  if (await post(`/api/jobs/${encodeURIComponent(id)}/cancel`, `cancel job ${id}`, `job ${id} cancelled`)) {
+    $("#lookup-result").hidden = true;
+  }
   refresh();
 }
 
@@ -275,6 +320,18 @@ function start() {
     if (button) return act(button.dataset.id, button.classList.contains("retry") ? "retry" : "forget");
     const tr = e.target.closest("tr");
     if (tr) showDetails(tr.dataset.id);
+  });
+  $("#queues tbody").addEventListener("click", (e) => {
+    const button = e.target.closest("button");
+    if (button) toggleQueue(button.dataset.queue, button.classList.contains("pause") ? "pause" : "resume");
+  });
+  $("#lookup-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    lookUp($("#lookup-id").value.trim());
+  });
+  $("#lookup-result tbody").addEventListener("click", (e) => {
+    const button = e.target.closest("button.cancel");
+    if (button) cancelJob(button.dataset.id);
   });
   tokenState();
   refresh();
