@@ -20,6 +20,7 @@ import click
 
 from .. import app, waker
 from ..cli import cli, load_manifest, worker_options
+from ..errors import FarmError
 from ..log import Log
 from ..worker import signals
 from ..worker.options import WorkerOptions, merge
@@ -56,8 +57,15 @@ class Listener:
             self.child.send_signal(signal.SIGTERM)
 
     def ready(self) -> bool:
+        """A queue of ours that is not paused (`farmctl pause`) has a ready job."""
+        from ..operations import paused
+
         counts = self.queue.counts()
-        return any(counts.get(q, {}).get("ready", 0) > 0 for q in self.options.queues)
+        try:
+            held = set(paused(self.options.connection))
+        except FarmError:
+            held = set()                # no store (amqp without `store:`): nothing can be paused
+        return any(counts.get(q, {}).get("ready", 0) > 0 for q in self.options.queues if q not in held)
 
     def run(self) -> int:
         """Run children until a limit; `--once`: one job (or none, after one wait), as `work --once`."""

@@ -84,7 +84,7 @@ class Heart(threading.Thread):
             if stamp is not None and stamp > w.started_wall:
                 w.lifecycle.restart_requested = True
         if w.store is not None and self.due("pause", PAUSE_EVERY, now):
-            w.paused = frozenset(name[len("pause:"):] for name in w.store.stamps("pause:"))
+            self.read_paused()
         if w.runner.kept and self.due("done", DONE_EVERY, now):
             done_by = w.queue if hasattr(w.queue, "prune_done") else w.store
             done_by.prune_done(time.time())
@@ -95,6 +95,11 @@ class Heart(threading.Thread):
             counts.collect()            # summed here, off the worker's thread
             if self.due("counts", COUNTS_EVERY, now):
                 counts.flush(w.store)
+
+    def read_paused(self) -> None:
+        """The queues paused across the farm (`farmctl pause`), which the worker claims none from."""
+        w = self.worker
+        w.paused = frozenset(name[len("pause:"):] for name in w.store.stamps("pause:"))
 
     def info(self) -> dict[str, Any]:
         w = self.worker

@@ -81,6 +81,11 @@ class Worker:
                       timeout=o.timeout, tries=o.tries, max_jobs=o.max_jobs or None,
                       max_time=o.max_time or None, memory=o.memory or None,
                       concurrency=o.concurrency if o.concurrency > 1 else None, code=self.code or None)
+        if self.store is not None:          # before the first claim (a `listen` child claims at once)
+            try:
+                self.heart.read_paused()
+            except FarmError:
+                pass                        # the heart reads them again within half a second
         self.heart.start()
         try:
             with signals.installed(self.lifecycle):
@@ -122,6 +127,8 @@ class Worker:
         queues = self.taking()
         if not queues:                  # every queue paused (farmctl pause): as SIGUSR2, until resumed
             self._release_held()
+            if self.options.stop_when_empty or self.options.once:
+                return StopReason.EMPTY     # nothing it may take
             self.idle_paused()
             return None
         if self.runner.unacked:

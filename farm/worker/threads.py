@@ -151,6 +151,8 @@ class ThreadedWorker(Worker):
         if not queues:                          # every queue paused: running jobs finish
             if self.running:
                 self._collect(self._patience(now))
+            elif self.options.stop_when_empty or self.options.once:
+                return StopReason.EMPTY         # nothing it may take
             else:
                 self.idle_paused()
             return None

@@ -167,3 +167,18 @@ def test_retention_travels_in_the_document_only_for_jobs_that_set_it():
     # And a document with a negative retention is refused
     with pytest.raises(PayloadError):
         payload.check_shape(dict(kept, retention=-1))
+
+
+def test_a_paused_queue_is_left_by_a_worker_from_its_start_and_by_listen(make_farm):
+    # Given a job on a paused queue
+    f = make_farm("sqlite")
+    farm.dispatch(Record(str(f.out), "waits"), queue="a")
+    farm.pause("a")
+    # When a worker starts and looks once (as each of listen's children does), and listen drains
+    assert f.farmctl("work", "--queue", "a", "--once").returncode == 0
+    assert f.farmctl("listen", "--queue", "a", "--stop-when-empty").returncode == 0
+    # Then the job has not run; resumed, it does
+    assert f.lines() == []
+    farm.resume("a")
+    assert f.farmctl("listen", "--queue", "a", "--stop-when-empty", "--max-jobs", "1").returncode == 0
+    assert tags(f.lines()) == ["waits"]
