@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
 from typing import Any
 
@@ -113,3 +114,20 @@ def test_two_workers_counts_add_up_in_one_scrape_and_a_stopped_worker_drops_out(
     assert w.wait(15) == 0
     assert len(f.store().workers()) == 1
     assert scrape_now()[live] == 1
+
+
+def test_a_deployment_made_before_the_counts_table_gets_it_when_a_worker_starts(make_farm):
+    # Given a database whose tables were made before the counts table existed
+    f = make_farm("sqlite")
+    conn = farm.app.manifest().connections["main"]
+    farm.dispatch(Noop())
+    farm.app._close_all()
+    db = sqlite3.connect(f.tmp / "farm.db")
+    db.execute(f"DROP TABLE {conn.table}_counts")
+    db.commit()
+    db.close()
+    # When a worker runs a job there
+    cp = f.farmctl("work", "--stop-when-empty")
+    assert cp.returncode == 0 and "worker.counts" not in cp.stderr, cp.stderr
+    # Then the table was made and the job counted
+    assert metrics(f)["farm_jobs_total"] == {labels(queue="default", job="testjobs:Noop", outcome="done"): 1}
