@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import farm
 from farm import metrics as farm_metrics
 from conftest import BACKENDS, wait_until
-from testjobs import Flaky, GivesUp, Noop, Releaser
+from testjobs import Flaky, GivesUp, Noop, Releaser, Stuck
 
 PIPELINE = "\npipelines:\n  mail: {connection: main, queues: [a]}\n  nightly: {connection: main, queues: [b], drain: '0 2 * * *'}\n"
 
@@ -131,3 +131,14 @@ def test_a_deployment_made_before_the_counts_table_gets_it_when_a_worker_starts(
     assert cp.returncode == 0 and "worker.counts" not in cp.stderr, cp.stderr
     # Then the table was made and the job counted
     assert metrics(f)["farm_jobs_total"] == {labels(queue="default", job="testjobs:Noop", outcome="done"): 1}
+
+
+def test_a_job_the_watchdog_settles_is_counted_before_its_worker_exits(make_farm):
+    # Given a job stuck where its timeout cannot reach it
+    f = make_farm("sqlite")
+    farm.dispatch(Stuck(str(f.out), 30), timeout=1, tries=1)
+    # When the heart's watchdog settles it and ends the worker
+    cp = f.farmctl("work", "--stop-when-empty", timeout=60)
+    assert cp.returncode == 1 and "worker.stuck" in cp.stderr, cp.stderr
+    # Then its failure was counted on the way out
+    assert metrics(f)["farm_jobs_total"] == {labels(queue="default", job="testjobs:Stuck", outcome="failed"): 1}
