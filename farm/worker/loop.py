@@ -142,12 +142,7 @@ class Worker:
             if not self.held:
                 return StopReason.EMPTY if (self.options.stop_when_empty or self.options.once) else None
         reserved = self.held.pop(0)
-        try:
-            go = self._starting(reserved)
-        except FarmError:
-            self.held.insert(0, reserved)    # not started: handed back like the rest
-            raise
-        if not go:
+        if not self._begin(reserved):
             return None
         try:
             self._run(reserved)
@@ -192,6 +187,15 @@ class Worker:
             self.held.insert(0, reserved)
             raise
         self.batch.record(time.monotonic() - attempt.started)
+
+    def _begin(self, reserved: Any) -> bool:
+        """`_starting`, putting the job back first in `held` (handed back with the rest) when
+        the driver fails to write its start."""
+        try:
+            return self._starting(reserved)
+        except FarmError:
+            self.held.insert(0, reserved)
+            raise
 
     def _starting(self, reserved: Any) -> bool:
         """The driver writes the job's start (a death counts only against a started job).

@@ -198,12 +198,7 @@ class ThreadedWorker(Worker):
 
     def _start(self, reserved: Any) -> int:
         """Write the job's start and hand it to a job thread; 1 if it went to one."""
-        try:
-            go = self._starting(reserved)
-        except FarmError:
-            self.held.insert(0, reserved)    # not started: handed back like the rest
-            raise
-        if not go:
+        if not self._begin(reserved):
             return 0
         try:
             attempt = self.runner.prepare(reserved)
