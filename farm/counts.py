@@ -31,7 +31,7 @@ class Counts:
         self._new: deque[tuple[str, str, str, float]] = deque()
         self._cells: dict[tuple[int, str, str, str], list[Any]] = {}
         self._lock = threading.Lock()      # the heart and the worker's shutdown, never the hot path
-        self._pruned = 0.0
+        self._pruned = time.time()         # a short-lived worker (listen's child) need not prune
 
     def add(self, queue: str, job: str, outcome: str, seconds: float) -> None:
         """One attempt settled (the hot path: keep it to this)."""

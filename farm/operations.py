@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import app
-from .errors import FarmError
+from .errors import FarmError, UsageError
 
 PAUSE = "pause:"       # a stamp per paused queue in every store: `pause:<queue>` -> when
 
@@ -125,8 +125,7 @@ def _status_on(name: str, job_id: str) -> dict[str, Any] | None:
     holder = q if hasattr(q, "done_job") else store
     if not hasattr(holder, "done_job"):
         return None
-    holder.prune_done(time.time())      # expired ones go now and then: here, and from workers' hearts
-    done = holder.done_job(job_id)
+    done = holder.done_job(job_id)      # expired ones are not read (workers' hearts prune them)
     if done is not None and done.get("connection", name) == name:
         return _doc(job_id, "done", name, done.get("queue"), done.get("job"), done.get("attempts"), None,
                     done_at=_iso(done.get("done_at")))
@@ -172,10 +171,12 @@ def _connections(connection: str | None) -> list[str]:
 
 
 def _store_or_none(name: str) -> Any:
-    try:
-        return app.store(name)
-    except FarmError:
-        return None             # an amqp connection without `store:`
+    """The connection's store; None for an amqp connection without `store:`. A store that
+    cannot be reached is an error, never skipped: a pause it missed would not hold."""
+    c = app.manifest().connection(name)
+    if c.driver == "amqp" and not c.store:
+        return None
+    return app.store(name)
 
 
 def _stores(connection: str | None) -> list[Any]:
@@ -195,7 +196,7 @@ def _stores(connection: str | None) -> list[Any]:
 
 def _check_queue(queue: str) -> None:
     if not isinstance(queue, str) or not queue.strip() or len(queue) > 150:
-        raise FarmError(f"not a queue name: {queue!r}")
+        raise UsageError(f"not a queue name: {queue!r}")
 
 
 def _parsed(body: str) -> dict[str, Any]:

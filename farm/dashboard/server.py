@@ -18,7 +18,7 @@ from importlib import resources
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..errors import FarmError, UnknownJob
+from ..errors import FarmError, UnknownJob, UsageError
 from . import data
 
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
@@ -100,6 +100,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json({"error": e.message}, e.status, e.headers)
         except UnknownJob as e:
             self._json({"error": str(e)}, HTTPStatus.NOT_FOUND)
+        except UsageError as e:
+            self._json({"error": str(e)}, HTTPStatus.BAD_REQUEST)
         except FarmError as e:
             self._json({"error": str(e)}, HTTPStatus.SERVICE_UNAVAILABLE)
         except Exception as e:     # noqa: BLE001 - the client gets one line, the log the traceback

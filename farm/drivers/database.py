@@ -529,8 +529,12 @@ class DatabaseQueue:
         return float(row[0]) if row else None
 
     def stamps(self, prefix: str) -> dict[str, float]:
-        with self._cursor() as cur:
-            cur.execute(self.sql.stamps, (prefix + "%",))      # `_` and `%` may match more: filtered
+        """The stamps whose names start with `prefix`: a range of the primary key (a LIKE scans
+        the whole table on PostgreSQL's and SQLite's default collations, claims included); read
+        on the heart's connection, as `stamp` is."""
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else "\U0010ffff"
+        with self._cursor("renew") as cur:
+            cur.execute(self.sql.stamps, (prefix, upper))      # a collation may let in more: filtered
             return {name: float(v) for name, v in cur.fetchall() if name.startswith(prefix)}
 
     def claim(self, name: str, expires: float) -> bool:

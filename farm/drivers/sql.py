@@ -137,7 +137,7 @@ class Queries:
         self.set_stamp_insert = q(f"INSERT INTO {j}_stamps (name, value) VALUES (%s, %s)")
         self.stamp = q(f"SELECT value FROM {j}_stamps WHERE name = %s")
         self.delete_stamp = q(f"DELETE FROM {j}_stamps WHERE name = %s")
-        self.stamps = q(f"SELECT name, value FROM {j}_stamps WHERE name LIKE %s ORDER BY name")
+        self.stamps = q(f"SELECT name, value FROM {j}_stamps WHERE name >= %s AND name < %s ORDER BY name")
         # claims (schedule ticks) are stamps named `claim:...` holding when they may be pruned; a
         # name taken already inserts no row, without an error (PostgreSQL would log each one)
         self.claim = q(f"INSERT IGNORE INTO {j}_stamps (name, value) VALUES (%s, %s)" if dialect == "mysql" else

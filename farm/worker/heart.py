@@ -105,7 +105,8 @@ class Heart(threading.Thread):
         w = self.worker
         running = w.attempts()
         attempt = running[0] if running else None
-        state = "paused" if w.lifecycle.paused else "busy" if attempt else "idle"
+        stopped = w.lifecycle.paused or (bool(w.paused) and all(q in w.paused for q in w.options.queues))
+        state = "paused" if stopped else "busy" if attempt else "idle"
         return {"id": w.worker_id, "host": self.host, "pid": os.getpid(), "pipeline": w.options.pipeline,
                 "connection": w.options.connection, "queues": list(w.options.queues), "state": state,
                 "job": attempt.doc.get("job") if attempt and attempt.doc else None,

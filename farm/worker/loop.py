@@ -137,6 +137,7 @@ class Worker:
             wait = 0.0 if self.options.stop_when_empty else min(self.options.sleep, 1.0)
             self.held = self.queue.reserve(queues, self.batch.size(), wait)
             self.failures = 0
+            self.taking()               # a queue paused while we waited: its jobs go back now
             if self.lifecycle.stop_signal is not None:
                 return None             # stopped while waiting: what came is handed back
             if not self.held:
@@ -170,8 +171,8 @@ class Worker:
             return self.options.queues
         back = [r for r in self.held if r.queue in paused]
         if back:
+            self.queue.give_back(back)      # held (and renewed) until it is done
             self.held = [r for r in self.held if r.queue not in paused]
-            self.queue.give_back(back)
         return tuple(q for q in self.options.queues if q not in paused)
 
     def _run(self, reserved: Any) -> None:

@@ -18,6 +18,7 @@ from .lifecycle import Lifecycle
 from .options import WorkerOptions
 from .timeout import hard_timeout
 
+BAD_PAYLOAD = "(bad payload)"   # the metrics' job label of a document that names no job we run
 CRASHES_ALLOWED = 2      # starts that ended with the worker dying, before the job is failed
 
 
@@ -57,6 +58,8 @@ class Runner:
             self.queue.fail(reserved, _text(reserved.body), f"PayloadError: {reason}")
             self.log.error("job.failed", id=reserved.id, queue=reserved.queue, reason="bad payload",
                            error=reason.splitlines()[0] if reason else "")
+            if self.counts is not None:     # under one label: the name is whatever the document says
+                self.counts.add(reserved.queue, BAD_PAYLOAD, "failed", 0.0)
             return None
         job._farm_id, job._farm_attempts = reserved.id, reserved.attempts
         timeout = float(doc.get("timeout") or _own(job, "timeout") or self.options.timeout)

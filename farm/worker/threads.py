@@ -170,6 +170,7 @@ class ThreadedWorker(Worker):
             extra = 0 if (self.options.max_jobs or self.options.once) else self.batch.size() - 1
             self.held = self.queue.reserve(queues, free + extra, wait)
             self.failures = 0
+            self.taking()                       # a queue paused while we waited: its jobs go back
             if self.lifecycle.stop_signal is not None:
                 return None                     # stopped while waiting: what came is handed back
             if self.held:

@@ -142,3 +142,15 @@ def test_a_job_the_watchdog_settles_is_counted_before_its_worker_exits(make_farm
     assert cp.returncode == 1 and "worker.stuck" in cp.stderr, cp.stderr
     # Then its failure was counted on the way out
     assert metrics(f)["farm_jobs_total"] == {labels(queue="default", job="testjobs:Stuck", outcome="failed"): 1}
+
+
+def test_a_document_naming_no_job_we_run_is_counted_as_failed_under_one_label(make_farm):
+    # Given two raw documents naming jobs that do not exist (a deploy renamed a class)
+    f = make_farm("sqlite")
+    for name in ("testjobs:Gone", "testjobs:AlsoGone"):
+        f.farmctl("push", "--queue", "a", f'{{"v": 1, "job": "{name}", "data": {{}}}}', check=True)
+    assert f.farmctl("work", "--queue", "a", "--stop-when-empty").returncode == 0
+    # Then the failure-rate alert sees them: failed, under "(bad payload)", not under their names
+    total = metrics(f)["farm_jobs_total"]
+    assert total[labels(queue="a", job="(bad payload)", outcome="failed")] == 2
+    assert not [k for k in total if ("job", "testjobs:Gone") in k]

@@ -136,7 +136,39 @@ def test_cli_job_cancel_pause_resume_exit_codes_and_one_line_errors(make_farm):
     assert f.farmctl("resume", "emails").returncode == 0
     assert json.loads(f.farmctl("status", "--json", check=True).stdout)["paused"] == []
     cp = f.farmctl("pause", " ")
-    assert cp.returncode == 1 and len(cp.stderr.strip().splitlines()) == 1
+    assert cp.returncode == 2 and len(cp.stderr.strip().splitlines()) == 1
+
+
+def test_a_pause_or_resume_that_cannot_reach_a_store_fails_instead_of_skipping_it(make_farm):
+    # Given a manifest with a second connection whose Redis is not there
+    f = make_farm("sqlite", extra="")
+    f.manifest.write_text(f.manifest.read_text().replace(
+        "connections:\n", "connections:\n  gone: {driver: redis, url: 'redis://127.0.0.1:1/0'}\n", 1))
+    # Then pause and resume say so with one line and exit 1: workers of that store would not see it
+    for verb in ("pause", "resume"):
+        cp = f.farmctl(verb, "emails")
+        assert cp.returncode == 1 and len(cp.stderr.strip().splitlines()) == 1, (verb, cp.stderr)
+        assert "Traceback" not in cp.stderr
+
+
+def test_an_idle_worker_waiting_for_a_job_does_not_start_one_of_a_queue_paused_a_second_ago(make_farm):
+    # Given an idle worker whose claims wait up to a second for a job
+    f = make_farm("sqlite")
+    p = f.worker("--queue", "a", "--sleep", "3")
+    beat = f.wait_for(lambda: f.store().workers(), what="the worker's first heartbeat")
+    assert beat
+    for i in range(3):
+        # When a is paused, and a job of a comes a second later (while a claim may be waiting)
+        farm.pause("a")
+        time.sleep(1.0)
+        farm.dispatch(Record(str(f.out), f"r{i}"), queue="a")
+        time.sleep(0.6)
+        # Then it is not started until a is resumed
+        assert f"r{i}" not in tags(f.lines()), i
+        farm.resume("a")
+        f.wait_for(lambda: f"r{i}" in tags(f.lines()), what="the job after resume")
+    p.terminate()
+    assert finished(p) == 0
 
 
 def test_a_pipeline_retention_is_validated_with_its_line(tmp_path):
