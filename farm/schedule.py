@@ -248,18 +248,30 @@ class Scheduler:
 
     def __init__(self, entries: list[Entry], started: float,
                  claim: Callable[[Entry, Tick], bool], dispatch: Callable[[Entry, Tick], str | None],
-                 log: Log, clock: Callable[[], float] = time.time) -> None:
+                 log: Log, clock: Callable[[], float] = time.time,
+                 unclaim: Callable[[Entry, Tick], None] | None = None) -> None:
         self.claim, self.dispatch, self.log, self.clock = claim, dispatch, log, clock
+        self.unclaim = unclaim
+        self.again: list[tuple[Entry, Tick]] = []     # claimed, not dispatched, claim given up: retried
         self.pending = {e.name: (e, e.ticks(started)) for e in entries}
         self.next = {name: next(ticks) for name, (_, ticks) in self.pending.items()}
 
     def wake_at(self) -> float:
-        """When the soonest tick falls."""
-        return min((t.at for t in self.next.values()), default=math.inf)
+        """When the soonest tick falls (a tick to try again: in a second)."""
+        soonest = min((t.at for t in self.next.values()), default=math.inf)
+        return min(soonest, self.clock() + 1.0) if self.again else soonest
 
     def run_once(self, now: float) -> None:
         """Dispatch the due ticks: of an entry found with several due (the process was held up),
-        only the latest, the others logged as skipped; none that is more than LATE seconds old."""
+        only the latest, the others logged as skipped; none that is more than LATE seconds old.
+        A tick whose dispatch failed is tried again (by whichever scheduler claims it) until LATE."""
+        again, self.again = self.again, []
+        for entry, tick in again:
+            if now - tick.at > LATE:
+                self.log.error("schedule.error", entry=entry.name, tick=tick.label,
+                               detail=f"not dispatched within {LATE:g} s of its time; given up")
+            else:
+                self._fire(entry, tick)
         for name, (entry, ticks) in self.pending.items():
             due = []
             while self.next[name].at <= now:
@@ -281,10 +293,14 @@ class Scheduler:
             if not self.claim(entry, tick):
                 self.log.event("debug", "schedule.taken", entry=entry.name, tick=tick.label)
                 return
-            job_id = self.dispatch(entry, tick)
         except FarmError as e:
             self.log.error("schedule.error", entry=entry.name, tick=tick.label, error=str(e),
-                           detail="not dispatched; the next tick tries again")
+                           detail="not claimed; the next tick tries again")
+            return
+        try:
+            job_id = self.dispatch(entry, tick)
+        except FarmError as e:
+            self._give_up(entry, tick, str(e))
             return
         except Exception as e:          # the job's own code (its __init__) raised
             self.log.error("schedule.error", entry=entry.name, tick=tick.label,
@@ -292,6 +308,21 @@ class Scheduler:
             return
         self.log.info("schedule.dispatch", entry=entry.name, tick=tick.label, id=job_id,
                       late=round(self.clock() - tick.at, 3))     # when the job was stored
+
+    def _give_up(self, entry: Entry, tick: Tick, error: str) -> None:
+        """The dispatch failed after our claim: give the claim up, so the tick is tried again
+        (here, or by another scheduler) until LATE; if even that fails, the tick is lost."""
+        try:
+            if self.unclaim is None:
+                raise FarmError("no way to give the claim up")
+            self.unclaim(entry, tick)
+        except FarmError as e:
+            self.log.error("schedule.error", entry=entry.name, tick=tick.label, error=error,
+                           detail=f"not dispatched, and the claim is kept ({e}): the tick is lost")
+            return
+        self.again.append((entry, tick))
+        self.log.error("schedule.error", entry=entry.name, tick=tick.label, error=error,
+                       detail="not dispatched; tried again within a second")
 
 
 CHECK = 1.0     # seconds between looks at the manifest file (a stat), at the longest
@@ -356,7 +387,7 @@ class _Run:
         if self.last is None:           # the first start: from now on, with the connections open
             self.last = self.clock()
         self.sched = Scheduler(list(self.manifest.schedule.values()), self.last, self._claim, self._send, self.log,
-                               self.clock)
+                               self.clock, unclaim=self._unclaim)
         for name, tick in self.sched.next.items():
             self.log.info("schedule.entry", entry=name, cron=self.manifest.schedule[name].cron, next=tick.label)
         self.log.info(event, entries=len(self.makers))
@@ -391,6 +422,11 @@ class _Run:
         from . import app
 
         return bool(app.store(entry.connection).claim(tick.claim_name(entry), tick.at + CLAIM_FOR))
+
+    def _unclaim(self, entry: Entry, tick: Tick) -> None:
+        from . import app
+
+        app.store(entry.connection).unclaim(tick.claim_name(entry))
 
     def _send(self, entry: Entry, tick: Tick) -> str | None:
         from .dispatch import dispatch

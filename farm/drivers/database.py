@@ -549,6 +549,9 @@ class DatabaseQueue:
             cur.execute(self.sql.claim, ("claim:" + name, expires))
             return cur.rowcount == 1
 
+
+    def unclaim(self, name: str) -> None:
+        self.delete_stamp("claim:" + name)
     def beat(self, worker: dict[str, Any]) -> None:
         doc, now = json.dumps(worker), time.time()
         with self._cursor("renew") as cur:

@@ -546,6 +546,10 @@ class RedisQueue:
         with self._calling("cannot claim"):
             return bool(self.client.set(f"{self.prefix}:claim:{name}", repr(float(expires)), nx=True, ex=ttl))
 
+    def unclaim(self, name: str) -> None:
+        with self._calling("cannot give a claim up"):
+            self.client.delete(f"{self.prefix}:claim:{name}")
+
     def beat(self, worker: dict[str, Any]) -> None:
         with self._calling("cannot beat"):
             self.client.hset(f"{self.prefix}:workers", worker["id"], json.dumps(dict(worker, heartbeat=time.time())))

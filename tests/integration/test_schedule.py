@@ -203,7 +203,7 @@ def test_ticks_while_the_database_is_down_are_logged_and_the_next_tick_after_it_
         proxy.start()
         wait_until(lambda: _dispatches([log]), 30, "a tick after the database is back", explain=log.read_text)
         assert _stop(p) < 1.0
-        assert "Traceback" not in log.read_text() and "detail=\"not dispatched; the next tick tries again\"" \
+        assert "Traceback" not in log.read_text() and "detail=\"not claimed; the next tick tries again\"" \
             in log.read_text()
     finally:
         proxy.close()

@@ -252,3 +252,35 @@ def test_the_scheduler_program_goes_where_the_system_supervisords_include_finds_
     text = files[etc / "farm-scheduler.ini"]
     assert "user=www-data\n" in text and "process_name=%(program_name)s\n" in text
     assert "User=www-data\n" in files[tmp_path / "systemd" / "farm-scheduler.service"]
+
+
+def test_a_tick_whose_dispatch_failed_is_given_up_and_dispatched_once_later_by_either_scheduler():
+    # Given two schedulers on one store, whose dispatches fail while the broker is away
+    store, out, log = Store(), [], io.StringIO()
+    broker_up = {"up": False}
+
+    def dispatch(e: Entry, t: schedule.Tick) -> str:
+        if not broker_up["up"]:
+            raise DriverUnavailable("connection 'rabbit': broker away")
+        out.append(t.key)
+        return t.key
+
+    def unclaim(e: Entry, t: schedule.Tick) -> None:
+        store.claimed.discard(t.claim_name(e))
+
+    entry = Entry(name="beat", cron="@every 10s", job="m:J", every=10)
+    a = Scheduler([entry], 1000.0, store.claim, dispatch, Log(log), unclaim=unclaim)
+    b = Scheduler([entry], 1000.0, store.claim, dispatch, Log(log), unclaim=unclaim)
+    # When the tick at 1010 fails, and the broker is back two seconds later
+    a.run_once(1010.0)
+    b.run_once(1010.0)
+    assert out == [] and "tried again" in log.getvalue()
+    broker_up["up"] = True
+    a.run_once(1012.0)
+    b.run_once(1012.0)
+    # Then it is dispatched exactly once; a tick still failing past LATE is given up with a line
+    assert len(out) == 1
+    broker_up["up"] = False
+    a.run_once(1020.0)
+    a.run_once(1020.0 + schedule.LATE + 1)
+    assert "given up" in log.getvalue()
