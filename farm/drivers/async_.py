@@ -230,7 +230,7 @@ class AsyncQueue:
                     if left <= 0:
                         with run.lock:
                             if run.thread is not None and not run.ended:
-                                _interrupt(run.thread)
+                                _interrupt(run.thread, JobTimeout)
                                 run.interrupted = True
                         continue
                     wait = left if wait is None else min(wait, left)
