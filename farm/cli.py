@@ -118,6 +118,10 @@ def work(ctx: click.Context, log_format: str, log_level: str, **flags: Any) -> N
     if options.concurrency > 1:
         from .worker.threads import ThreadedWorker
 
+        if options.rest:
+            log.warning("worker.rest_ignored", rest=options.rest, concurrency=options.concurrency,
+                        detail="--rest applies to a worker without threads only")
+
         worker: Worker = ThreadedWorker(queue, store, options, registry, log, code=code,
                                         concurrency=options.concurrency)
     else:

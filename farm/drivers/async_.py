@@ -250,12 +250,35 @@ class AsyncQueue:
                 self._drop(e)
             self._delayed = [d for d in self._delayed if d[0] <= self._deadline]
             heapq.heapify(self._delayed)
-            while any(self._ready.values()) or self._delayed or self._busy:
-                self._cond.wait()
+            try:
+                self._wait_out()
+            except KeyboardInterrupt:       # a second Ctrl-C at exit: leave now, saying what is lost
+                self._lose_running("interrupted at exit")
             self._stopping = True
             self._cond.notify_all()
         for t in self._threads:
             t.join(1)
+
+    def _wait_out(self) -> None:
+        """Until nothing is queued or running; running jobs (the last ones) get EXIT_WAIT
+        seconds at most, so a job stuck in a C call cannot hold the process forever."""
+        last_ones: float | None = None
+        while any(self._ready.values()) or self._delayed or self._busy:
+            if any(self._ready.values()) or self._delayed:
+                last_ones = None
+                self._cond.wait(1.0)
+                continue
+            last_ones = last_ones or time.monotonic()
+            left = last_ones + EXIT_WAIT - time.monotonic()
+            if left <= 0:
+                self._lose_running(f"still running {EXIT_WAIT:g} s after the process began to exit")
+                return
+            self._cond.wait(left)
+
+    def _lose_running(self, why: str) -> None:
+        for run in list(self._running.values()):
+            r = run.attempt.reserved
+            self.log.error("job.lost", id=r.id, queue=r.queue, detail=f"{why}; the async driver persists nothing")
 
     # -- bookkeeping, with the lock held ------------------------------------------------------
     def _enqueue(self, e: _Entry) -> None:

@@ -49,6 +49,7 @@ class DatabaseQueue:
         self._started: set[int] = set()
         self._successor: dict[int, Reserved] = {}
         self._predecessor: dict[int, int] = {}      # the reverse: a settled job is no one's next
+        self._claims_pruned = 0.0                      # when expired schedule claims may be pruned next
         self._errors = dbapi.errors(self.target)
         self._any_error = dbapi.any_error(self.target)
         self._ensure_schema()
@@ -528,12 +529,12 @@ class DatabaseQueue:
             row = cur.fetchone()
         return float(row[0]) if row else None
 
-    def stamps(self, prefix: str) -> dict[str, float]:
+    def stamps(self, prefix: str, role: str = "renew") -> dict[str, float]:
         """The stamps whose names start with `prefix`: a range of the primary key (a LIKE scans
         the whole table on PostgreSQL's and SQLite's default collations, claims included); read
         on the heart's connection, as `stamp` is."""
         upper = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else "\U0010ffff"
-        with self._cursor("renew") as cur:
+        with self._cursor(role) as cur:
             cur.execute(self.sql.stamps, (prefix, upper))      # a collation may let in more: filtered
             return {name: float(v) for name, v in cur.fetchall() if name.startswith(prefix)}
 
@@ -541,7 +542,7 @@ class DatabaseQueue:
         """Take `name` if no one has: one INSERT into the stamps table, whose primary key keeps
         out a second (never a check, then an insert). Expired claims are pruned hourly."""
         now = time.time()
-        if now >= getattr(self, "_claims_pruned", 0.0):
+        if now >= self._claims_pruned:
             self._claims_pruned = now + 3600
             with self._cursor() as cur:
                 cur.execute(self.sql.prune_claims, (now,))

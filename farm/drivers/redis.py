@@ -27,6 +27,7 @@ from redis.sentinel import MasterNotFoundError
 
 from .. import counts, waker
 from ..errors import DriverUnavailable, FarmError
+from ..log import Log
 from ..manifest import Connection
 from . import redis_lua as lua
 from .base import FailedJob, Outgoing, Reserved, done_info
@@ -269,7 +270,10 @@ class RedisQueue:
         if job.retain:                  # `retention`: kept as done, in Redis, until it expires
             self._settled(job)
             if self._settle("ack", job):
-                self.record_done(job.id, done_info(job, self.name, time.time()), time.time() + job.retain)
+                try:                    # acked: a lost done record is logged, never an ack to retry
+                    self.record_done(job.id, done_info(job, self.name, time.time()), time.time() + job.retain)
+                except FarmError as e:
+                    Log().warning("job.done_not_kept", id=job.id, error=str(e))
             return
         self._started.discard(job.handle)
         after = self._successor.pop(job.handle, None)

@@ -142,7 +142,7 @@ class Queries:
         # name taken already inserts no row, without an error (PostgreSQL would log each one)
         self.claim = q(f"INSERT IGNORE INTO {j}_stamps (name, value) VALUES (%s, %s)" if dialect == "mysql" else
                        f"INSERT INTO {j}_stamps (name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING")
-        self.prune_claims = q(f"DELETE FROM {j}_stamps WHERE name LIKE 'claim:%%' AND value < %s")
+        self.prune_claims = q(f"DELETE FROM {j}_stamps WHERE name >= 'claim:' AND name < 'claim;' AND value < %s")
         self.beat_update = q(f"UPDATE {j}_workers SET doc = %s, heartbeat = %s WHERE id = %s")
         self.beat_insert = q(f"INSERT INTO {j}_workers (id, doc, heartbeat) VALUES (%s, %s, %s)")
         self.workers = f"SELECT id, doc, heartbeat FROM {j}_workers ORDER BY id"

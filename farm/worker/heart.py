@@ -96,10 +96,13 @@ class Heart(threading.Thread):
             if self.due("counts", COUNTS_EVERY, now):
                 counts.flush(w.store)
 
-    def read_paused(self) -> None:
-        """The queues paused across the farm (`farmctl pause`), which the worker claims none from."""
+    def read_paused(self, role: str | None = None) -> None:
+        """The queues paused across the farm (`farmctl pause`), which the worker claims none from.
+        `role`: a database store's connection to read on (the worker's own thread passes the one
+        it claims on, so its first read opens no connection of its own)."""
         w = self.worker
-        w.paused = frozenset(name[len("pause:"):] for name in w.store.stamps("pause:"))
+        kw = {"role": role} if role and getattr(w.store, "dialect", None) else {}
+        w.paused = frozenset(name[len("pause:"):] for name in w.store.stamps("pause:", **kw))
 
     def info(self) -> dict[str, Any]:
         w = self.worker

@@ -83,7 +83,7 @@ class Worker:
                       concurrency=o.concurrency if o.concurrency > 1 else None, code=self.code or None)
         if self.store is not None:          # before the first claim (a `listen` child claims at once)
             try:
-                self.heart.read_paused()
+                self.heart.read_paused(role="fast" if self.store is self.queue else "durable")
             except FarmError:
                 pass                        # the heart reads them again within half a second
         self.heart.start()

@@ -119,9 +119,6 @@ class ThreadedWorker(Worker):
     def attempts(self) -> list[Attempt]:
         return [r.attempt for r in list(self.running.values())]
 
-    def holding(self) -> list[Any]:
-        return [a.reserved for a in self.attempts()] + list(self.held) + list(self.runner.unacked)
-
     def run_once(self, now: float | None = None) -> StopReason | None:
         """One step: settle what ended, time out what overran, stop, pause, claim, start."""
         self._collect(0)

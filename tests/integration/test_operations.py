@@ -101,8 +101,13 @@ def test_a_paused_queue_is_not_taken_from_within_a_second_while_others_go_on(mak
     f.wait_for(lambda: "a-waits" in tags(f.lines()), timeout=10, what="a's job after resume")
     assert sorted(tags(f.lines())) == ["a-waits", "b-goes", "running"]
     # and each ran on its first attempt: nothing was requeued as a redelivery (amqp hands a
-    # paused queue's buffered deliveries back as fresh messages; the running one stays valid)
-    assert {line.split()[1] for line in f.lines()} == {"1"}, f.lines()
+    # paused queue's buffered deliveries back as fresh messages; the running one stays valid).
+    # Known limit on amqp: a delivery the broker sends as the paused queue's consumer is
+    # cancelled comes back marked redelivered, which RabbitMQ cannot tell from a death, so that
+    # one job may show its second attempt (README, "Attempts and deaths").
+    first = [line for line in f.lines() if not (backend == "amqp" and line.startswith("a-waits"))]
+    assert {line.split()[1] for line in first} == {"1"}, f.lines()
+    assert all(int(line.split()[1]) <= 2 for line in f.lines()), f.lines()
     p.terminate()
     assert finished(p) == 0, p.stderr.read()
 
