@@ -26,7 +26,7 @@ from ..manifest import Connection
 from ..worker.lifecycle import Lifecycle
 from ..worker.options import WorkerOptions
 from ..worker.runner import Runner
-from ..worker.threads import Running, _interrupt, call
+from ..worker.threads import Running, call
 from .base import Outgoing, Reserved
 
 EXIT_WAIT = 60.0      # at exit, jobs due within this many seconds are waited for; later ones are dropped
@@ -228,10 +228,7 @@ class AsyncQueue:
                         continue
                     left = a.started + a.timeout - now
                     if left <= 0:
-                        with run.lock:
-                            if run.thread is not None and not run.ended:
-                                _interrupt(run.thread, JobTimeout)
-                                run.interrupted = True
+                        run.interrupt(JobTimeout)
                         continue
                     wait = left if wait is None else min(wait, left)
                 self._cond.wait(wait)

@@ -46,6 +46,23 @@ class Running:
     abandoned: bool = False       # ... Abandon: a second stop signal gives the job back
     cancelled: bool = False       # given back before any thread took it: no thread may run it
 
+    def interrupt(self, exc: type[BaseException]) -> bool:
+        """Raise `exc` in the job's thread while its handle() runs, once at most (the hand-off
+        in `call` relies on that); True if it was raised."""
+        with self.lock:
+            if self.thread is None or self.ended or self.interrupted:
+                return False
+            _interrupt(self.thread, exc)
+            self.interrupted = True
+            return True
+
+    def cancel(self) -> bool:
+        """Keep every thread from taking it, if none has yet; True if so."""
+        with self.lock:
+            if self.thread is None:
+                self.cancelled = True
+            return self.cancelled
+
 
 def _checkpoint() -> None:
     """A Python-level call: an exception raised in this thread from outside lands here at the latest."""
@@ -259,13 +276,7 @@ class ThreadedWorker(Worker):
             if a.timeout <= 0 or now < a.started + a.timeout:
                 continue
             if not run.interrupted:
-                with run.lock:
-                    if run.thread is not None and not run.ended:
-                        _interrupt(run.thread, JobTimeout)
-                        run.interrupted = True
-                    elif run.thread is None and now >= a.started + a.timeout + GRACE:
-                        run.cancelled = True
-                if not run.cancelled:
+                if run.interrupt(JobTimeout) or now < a.started + a.timeout + GRACE or not run.cancel():
                     continue
                 # no thread took it (every one is stuck): it never started, so it goes back
                 self.running.pop(id(run), None)
@@ -293,12 +304,10 @@ class ThreadedWorker(Worker):
         ones. A job that ended before Abandon reached it is settled as it ended."""
         self._collect(0)
         for run in list(self.running.values()):
-            with run.lock:
-                if run.thread is not None and not run.ended and not run.interrupted:
-                    _interrupt(run.thread, Abandon)
-                    run.interrupted = run.abandoned = True
-                elif run.thread is None:
-                    run.cancelled = True
+            if run.interrupt(Abandon):
+                run.abandoned = True
+            else:
+                run.cancel()
         back = [r for r in self.running.values() if r.cancelled]
         for run in back:
             self.running.pop(id(run))

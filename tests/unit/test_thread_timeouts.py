@@ -10,7 +10,7 @@ import time
 
 from farm.errors import JobTimeout
 from farm.worker.runner import Attempt
-from farm.worker.threads import Running, _interrupt, call
+from farm.worker.threads import Running, call
 
 
 class Spin:
@@ -56,10 +56,7 @@ def test_a_timeout_raced_against_the_end_of_a_job_never_reaches_the_next_one():
             assert time.monotonic() < deadline, f"job {len(runs)} never started: {strays}"
             time.sleep(0)
         time.sleep(rng.uniform(0, seconds * 1.5))
-        with run.lock:
-            if run.thread is not None and not run.ended:
-                _interrupt(run.thread, JobTimeout)
-                run.interrupted = True
+        run.interrupt(JobTimeout)          # as the worker's thread does at a job's timeout
     todo.put(None)
     t.join(30)
     sys.setswitchinterval(switch)
