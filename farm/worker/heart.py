@@ -50,6 +50,7 @@ class Heart(threading.Thread):
         self.last = {"renew": 0.0, "beat": 0.0, "stamp": 0.0, "rss": 0.0, "counts": time.monotonic()}
         self.rss_mb = rss_mb(self.proc)
         self.last.update(pause=0.0, done=0.0)
+        self.beat_paused = False
 
     def run(self) -> None:
         while not self.halt.wait(self.tick):
@@ -88,8 +89,11 @@ class Heart(threading.Thread):
         if w.runner.kept and self.due("done", DONE_EVERY, now):
             done_by = w.queue if hasattr(w.queue, "prune_done") else w.store
             done_by.prune_done(time.time())
-        if w.store is not None and self.due("beat", BEAT_EVERY, now):
-            w.store.beat(self.info())
+        if w.store is not None:
+            pausing = self.pausing()    # a pause or resume shows in `status` at once, not 5 s later
+            if pausing != self.beat_paused or self.due("beat", BEAT_EVERY, now):
+                self.beat_paused = pausing
+                w.store.beat(self.info())
         counts = w.runner.counts
         if counts is not None:
             counts.collect()            # summed here, off the worker's thread
@@ -104,12 +108,16 @@ class Heart(threading.Thread):
         kw = {"role": role} if role and getattr(w.store, "dialect", None) else {}
         w.paused = frozenset(name[len("pause:"):] for name in w.store.stamps("pause:", **kw))
 
+    def pausing(self) -> bool:
+        """Paused by SIGUSR2, or every queue of the worker paused across the farm."""
+        w = self.worker
+        return w.lifecycle.paused or (bool(w.paused) and all(q in w.paused for q in w.options.queues))
+
     def info(self) -> dict[str, Any]:
         w = self.worker
         running = w.attempts()
         attempt = running[0] if running else None
-        stopped = w.lifecycle.paused or (bool(w.paused) and all(q in w.paused for q in w.options.queues))
-        state = "paused" if stopped else "busy" if attempt else "idle"
+        state = "paused" if self.pausing() else "busy" if attempt else "idle"
         return {"id": w.worker_id, "host": self.host, "pid": os.getpid(), "pipeline": w.options.pipeline,
                 "connection": w.options.connection, "queues": list(w.options.queues), "state": state,
                 "job": attempt.doc.get("job") if attempt and attempt.doc else None,

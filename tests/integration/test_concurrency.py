@@ -292,8 +292,11 @@ def test_pause_stops_new_starts_and_resume_goes_on(make_farm):
         farm.dispatch(Timed(str(f.out), f"t{i}", seconds=0.2))
     p = f.worker("--concurrency", "4")
     f.wait_for(lambda: len(f.lines()) >= 4, what="some jobs done")
-    # When it is paused (SIGUSR2), the running jobs end and no other starts
+    # When it is paused (SIGUSR2), as its heartbeat says at once, the running jobs end and no
+    # other starts
     p.send_signal(signal.SIGUSR2)
+    f.wait_for(lambda: [w for w in f.store().workers() if w["state"] == "paused"], timeout=2,
+               what="a heartbeat saying paused")
     f.wait_for(lambda: len(started(f)) == len(f.lines()), what="the running jobs to end")
     n = len(started(f))
     time.sleep(1.0)

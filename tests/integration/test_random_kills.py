@@ -65,7 +65,7 @@ def test_workers_killed_at_random_moments_lose_no_job_and_rerun_only_what_a_kill
     ledger, logs = f.tmp / "ledger.txt", f.tmp / "logs"
     how = {f"j{i}": rng.choices(["ok", "release", "raise", "fail"], weights=[70, 10, 10, 10])[0]
            for i in range(JOBS)}
-    seconds = {tag: rng.choice([0.0, 0.0, 0.001, 0.005, 0.02]) for tag in how}
+    seconds = {tag: rng.choice([0.0, 0.0, 0.001, 0.005, 0.02, 0.1]) for tag in how}
     tags = list(how)
     errors: list[BaseException] = []
 
@@ -82,20 +82,33 @@ def test_workers_killed_at_random_moments_lose_no_job_and_rerun_only_what_a_kill
     producer.start()
     # When a worker that has started working is killed with SIGKILL every 5 to 200 ms (a
     # third of them get a TERM first: the KILL lands while they wind down and hand claims
-    # back), 20 times, and each is replaced by a new worker at once
+    # back), 20 times, and each is replaced by a new worker at once; every fourth kill aims
+    # at a worker inside a job (random moments alone can miss that on a slow database)
     killed: set[int] = set()
     deadline = time.monotonic() + 60
+
+    def inside_a_job() -> list[subprocess.Popen]:
+        last = {line[3]: line[0] for line in read_ledger(ledger)}
+        return [p for p in live if last.get(str(p.pid)) == "start"]
+
     try:
-        for _ in range(KILLS):
+        for k in range(KILLS):
             working = set()
             while not working:
                 assert time.monotonic() < deadline, f"workers did not get to work {why}"
                 seen = {line[3] for line in read_ledger(ledger) if line[0] == "start"}
                 working = {p for p in live if str(p.pid) in seen}
                 time.sleep(0.01)
-            time.sleep(rng.uniform(0.005, 0.2))
-            victim = rng.choice(sorted(working, key=lambda p: p.pid))
-            if rng.random() < 1 / 3:
+            aimed: list[subprocess.Popen] = []
+            if k % 4 == 0:
+                until = time.monotonic() + 2
+                while not aimed and time.monotonic() < until:
+                    aimed = inside_a_job()
+                    time.sleep(0.002)
+            else:
+                time.sleep(rng.uniform(0.005, 0.2))
+            victim = rng.choice(sorted(aimed or working, key=lambda p: p.pid))
+            if not aimed and rng.random() < 1 / 3:
                 victim.send_signal(signal.SIGTERM)
                 time.sleep(rng.uniform(0.0, 0.05))
             victim.send_signal(signal.SIGKILL)
