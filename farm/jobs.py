@@ -10,7 +10,7 @@ from .errors import PayloadError
 
 # Attributes that are options of the job, never part of its payload.
 OPTIONS = frozenset({"queue", "connection", "tries", "backoff", "timeout", "max_exceptions", "delay",
-                     "retention"})
+                     "retention", "unique_for", "unique_until", "middleware", "encrypted"})
 
 
 class Job:
@@ -24,6 +24,10 @@ class Job:
     max_exceptions: int | None = None
     delay: Any = None         # seconds, a timedelta or an aware datetime
     retention: float | None = None   # seconds a finished job stays visible as done (farm.job_status)
+    unique_for: float | None = None  # seconds a dispatched copy keeps out duplicates (farm/unique.py)
+    unique_until: str = "done"       # or "processing": the unique lock is freed when the job starts
+    middleware: list[Any] = []       # run in the worker around handle() (farm/middleware.py)
+    encrypted: bool = False          # the payload is stored encrypted with $FARM_KEY (farm/crypto.py)
 
     def handle(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__}.handle() is not written")
