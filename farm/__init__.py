@@ -3,8 +3,9 @@ from .app import configure
 from .consumer import Reservation, reserve
 from .dispatch import dispatch, dispatch_many, dispatch_sync
 from .errors import (DriverUnavailable, FarmError, JobTimeout, ManifestError, MaxAttemptsExceeded,
-                     PayloadError, SerializationError)
+                     PayloadError, SerializationError, SkipRetry)
 from .jobs import Job, job
+from .events import JobEvent, on
 from .operations import cancel, job_status, pause, paused, resume
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "JobTimeout", "MaxAttemptsExceeded",
 ]
 __all__ += ["job_status", "cancel", "pause", "resume", "paused"]     # operations (farmctl job, cancel, pause)
+__all__ += ["on", "JobEvent", "SkipRetry"]                       # events, give up without retry
 __version__ = "0.1.0"

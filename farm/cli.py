@@ -75,7 +75,7 @@ def worker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--stop-when-empty", is_flag=True, default=None, help="Exit 0 once no job is ready."),
         click.option("--sleep", type=click.FloatRange(min=0), help="Seconds to wait for a job when idle."),
         click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds one attempt may run."),
-        click.option("--tries", type=click.IntRange(min=1), help="Attempts before a job fails."),
+        click.option("--tries", type=click.IntRange(min=0), help="Attempts before a job fails (0: unlimited)."),
         click.option("--backoff", callback=_backoff, metavar="S[,S...]", help="Seconds before retry n."),
         click.option("--memory", type=click.IntRange(min=0), help="Exit 0 after a job past this RSS (MB)."),
         click.option("--rest", type=click.FloatRange(min=0), help="Seconds to rest between jobs."),

@@ -70,6 +70,8 @@ def _outgoing(job: Job, queue: str | None, delay: Any, connection: str | None, t
         payload.check_shape(doc)        # refuse here what a worker would fail (a bad queue, tries=-1)
     except PayloadError as e:
         raise SerializationError(f"{doc['job']}: {e}") from None
+    if own["encrypted"]:                # encrypted = True: only `data` is sealed (farm/crypto.py)
+        doc["data"] = payload.sealed_data(doc["data"], own["owner"])
     delay = delay if delay is not None else own["delay"]
     out = Outgoing(id=doc["id"], queue=doc["queue"], body=payload.serialize(doc, own["owner"]),
                    available_at=(now or time.time()) + delay_seconds(delay))
@@ -92,7 +94,7 @@ def options_of(job: Job) -> dict[str, Any]:
         key = type(job)
         found = {"queue": job.queue, "connection": job.connection, "tries": job.tries,
                  "backoff": job.backoff, "timeout": job.timeout, "max_exceptions": job.max_exceptions,
-                 "delay": job.delay, "retention": job.retention}
+                 "delay": job.delay, "retention": job.retention, "encrypted": job.encrypted}
         until = key.retry_until is not Job.retry_until
     names = _NAMES.get(key)
     if names is None:

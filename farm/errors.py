@@ -55,5 +55,12 @@ class MaxAttemptsExceeded(Exception):
     """The job was attempted too many times."""
 
 
+class SkipRetry(Exception):
+    """The job gave up: it is failed now, with no retry (its failed() hook still runs)."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
 class Abandon(BaseException):
     """A second stop signal: give the running job back and exit now."""

@@ -497,7 +497,7 @@ class _Builder:
                 memory=self._number(spec, key, "memory", 128, integer=True),
                 sleep=self._number(spec, key, "sleep", 3),
                 timeout=timeout,
-                tries=self._number(spec, key, "tries", None, integer=True, minimum=1, optional=True),
+                tries=self._number(spec, key, "tries", None, integer=True, minimum=0, optional=True),   # 0: unlimited
                 backoff=self._backoff(spec.get("backoff"), f"{key}.backoff"),
                 rest=self._number(spec, key, "rest", 0),
                 prefetch=self._number(spec, key, "prefetch", None, integer=True, minimum=1, optional=True),

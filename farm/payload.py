@@ -71,6 +71,17 @@ def serialize(doc: dict[str, Any], owner: str) -> str:
         raise SerializationError(_explain(doc.get("data"), owner) or f"{owner}: cannot be serialized") from None
 
 
+def sealed_data(data: dict[str, Any], owner: str) -> dict[str, str]:
+    """`encrypted = True`: the data, tagged and as JSON, sealed as `{"$encrypted": token}`."""
+    from . import crypto
+
+    try:
+        text = json.dumps(data, default=_tag, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        raise SerializationError(_explain(data, f"{owner}.data") or f"{owner}: cannot be serialized") from None
+    return crypto.seal(text, owner)
+
+
 def _explain(value: Any, path: str) -> str:
     if isinstance(value, dict):
         for k, v in value.items():
@@ -101,10 +112,24 @@ def _explain(value: Any, path: str) -> str:
 
 def decode_data(data: dict[str, Any]) -> dict[str, Any]:
     """Undo the tags of serialize(); a bad tag is a PayloadError, never a crash of the worker."""
+    if len(data) == 1 and "$encrypted" in data:     # encrypted = True (farm/crypto.py)
+        return _unsealed(data)
     try:
         return json.loads(json.dumps(data), object_hook=_untag) if _has_tags(data) else data
     except RecursionError:
         raise PayloadError("data: nested too deeply") from None
+
+
+def _unsealed(data: dict[str, Any]) -> dict[str, Any]:
+    from . import crypto
+
+    try:
+        found = json.loads(crypto.unseal(data), object_hook=_untag)
+    except (ValueError, RecursionError):
+        raise PayloadError("data: the decrypted data is not a JSON object") from None
+    if not isinstance(found, dict):
+        raise PayloadError("data: the decrypted data is not a JSON object")
+    return found
 
 
 def _has_tags(value: Any) -> bool:

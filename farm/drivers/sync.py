@@ -25,7 +25,7 @@ class SyncQueue:
             doc = payload.parse(item.body)
             job = instantiate(self.registry.resolve(doc["job"]), payload.decode_data(doc["data"]))
             job._farm_id, job._farm_attempts = item.id, 1
-            run_inline(job)
+            run_inline(job, self.name)
 
     def reserve(self, queues: Sequence[str], limit: int, wait: float) -> list[Reserved]:
         """Nothing is ever queued: wait out `wait` (as every driver does), then say so."""

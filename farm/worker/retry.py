@@ -26,14 +26,14 @@ def decide(*, attempts: int, tries: int, backoff: Sequence[float], exceptions: i
     """Retry (after the backoff) or fail, for an attempt that raised or released itself.
 
     `attempts` counts this one. With `retry_until` set, `tries` no longer limits retries,
-    as in Laravel; `max_exceptions` still does.
+    as in Laravel; `max_exceptions` still does. `tries` 0 is unlimited.
     """
     if raised and max_exceptions is not None and exceptions >= max_exceptions:
         return Decision(False, reason=f"{exceptions} exceptions, the job allows {max_exceptions}")
     if retry_until is not None:
         if now >= retry_until:
             return Decision(False, reason=f"past its retry_until {retry_until.isoformat()}")
-    elif attempts >= tries:
+    elif tries and attempts >= tries:           # tries = 0: unlimited
         return Decision(False, reason=f"{attempts} attempts, the job allows {tries}")
     return Decision(True, delay=backoff_delay(backoff, attempts))
 

@@ -6,11 +6,11 @@ import json
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .. import payload
-from ..errors import Abandon, FarmError, MaxAttemptsExceeded, PayloadError
+from .. import events, payload
+from ..errors import Abandon, FarmError, MaxAttemptsExceeded, PayloadError, SkipRetry
 from ..jobs import Job, instantiate, option
 from ..log import Log
 from . import retry
@@ -32,6 +32,7 @@ class Attempt:
     timeout: float
     started: float           # time.monotonic()
     settler: str | None = None   # "main" or "watchdog": the one thread that settles it
+    runner: Any = field(default=None, repr=False)   # for the `before` event on a job thread
 
 
 class Runner:
@@ -68,7 +69,7 @@ class Runner:
             self.log.warning("job.timeout_clamped", id=reserved.id, job=doc["job"], timeout=timeout,
                              to=limit, detail="raise the pipeline's stop_wait or timeout")
             timeout = limit
-        return Attempt(reserved, doc, job, timeout, time.monotonic())
+        return Attempt(reserved, doc, job, timeout, time.monotonic(), runner=self)
 
     def claim(self, attempt: Attempt, who: str) -> bool:
         """Make `who` the one thread that settles the attempt; False if the other one is."""
@@ -106,6 +107,8 @@ class Runner:
         job, r = attempt.job, attempt.reserved
         assert job is not None and attempt.doc is not None
         if exc is not None:
+            if isinstance(exc, SkipRetry):      # farm.SkipRetry: fail now, no retry
+                return self.settle(attempt, exc, decided=retry.Decision(False, reason="the job raised SkipRetry"))
             return self.settle(attempt, exc)
         outcome = getattr(job, "_farm_outcome", None)
         if outcome is None:
@@ -119,6 +122,8 @@ class Runner:
                           ms=round(seconds * 1000, 3))
             if self.counts is not None:
                 self.counts.add(r.queue, attempt.doc["job"], "done", seconds)
+            if events.HANDLERS["after"]:        # farm.on("after", ...)
+                self.fire("after", attempt)
             return "done"
         if outcome[0] == "release":
             return self.settle(attempt, None, release_delay=outcome[1])
@@ -132,6 +137,8 @@ class Runner:
             with hard_timeout(attempt.timeout):
                 self.lifecycle.busy = True
                 try:
+                    if events.HANDLERS["before"]:      # farm.on("before", ...)
+                        self.fire("before", attempt)
                     attempt.job.handle()        # type: ignore[union-attr]
                     returned = True
                 finally:
@@ -194,7 +201,7 @@ class Runner:
         raised = exc is not None and release_delay is None
         exceptions = int(doc.get("exceptions") or 0) + (1 if raised else 0)
         decision = decided or retry.decide(
-            attempts=r.attempts, tries=int(doc.get("tries") or _own(job, "tries") or self.options.tries),
+            attempts=r.attempts, tries=_tries(doc, job, self.options),
             backoff=_backoff(doc, job, self.options), exceptions=exceptions,
             max_exceptions=doc.get("max_exceptions") or _own(job, "max_exceptions"),
             retry_until=retry.parse_until(doc.get("retry_until")), now=dt.datetime.now(dt.timezone.utc),
@@ -219,20 +226,52 @@ class Runner:
             job.failed(exc)
         except BaseException as hook_exc:
             self.log.error("job.failed_hook_raised", id=r.id, error=_summary(hook_exc))
+        if events.HANDLERS["failing"]:          # farm.on("failing", ...)
+            self.fire("failing", attempt, exc)
         return "failed"
 
+    # -- farm.on events ------------------------------------------------------------------
+    def fire(self, event: str, attempt: Attempt, exc: BaseException | None = None) -> None:
+        """Call the `event` handlers for this attempt; their errors are logged, never raised."""
+        r = attempt.reserved
+        events.fire(event, self.log, attempt.job, r.id, r.queue, getattr(self.queue, "name", None),
+                    r.attempts, exc)
 
-def run_inline(job: Job) -> Any:
+
+def run_inline(job: Job, connection: str | None = None) -> Any:
     """`dispatch_sync`: run in this process; on an exception call `failed()` and re-raise."""
+    if not (events.HANDLERS["before"] or events.HANDLERS["after"] or events.HANDLERS["failing"]):
+        try:
+            return job.handle()
+        except Exception as exc:
+            job.failed(exc)
+            raise
+    from ..dispatch import options_of
+
+    own = options_of(job)
+    where = (job.job_id, own["queue"] or "default", connection or own["connection"], job.attempts or 1)
+    events.fire("before", None, job, *where)
     try:
-        return job.handle()
+        result = job.handle()
     except Exception as exc:
         job.failed(exc)
+        events.fire("failing", None, job, *where, exc)
         raise
+    events.fire("after", None, job, *where)
+    return result
 
 
 def _own(job: Job, name: str) -> Any:
     return option(job, name)
+
+
+def _tries(doc: dict[str, Any], job: Job, options: WorkerOptions) -> int:
+    """The document's tries, else the job's own, else the worker's; 0 (kept, not a default) is
+    unlimited, bounded by retry_until and max_exceptions."""
+    value = doc.get("tries")
+    if value is None:
+        value = _own(job, "tries")
+    return int(options.tries if value is None else value)
 
 
 def _backoff(doc: dict[str, Any], job: Job, options: WorkerOptions) -> tuple[float, ...]:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import waker
+from .. import events, waker
 from ..errors import Abandon, DriverUnavailable, FarmError, JobTimeout
 from .heart import GRACE
 from .lifecycle import StopReason
@@ -79,6 +79,8 @@ def call(run: Running) -> BaseException | None:
                 return None
             run.thread = threading.get_ident()
         try:
+            if events.HANDLERS["before"] and run.attempt.runner is not None:   # farm.on("before", ...)
+                run.attempt.runner.fire("before", run.attempt)
             run.attempt.job.handle()        # type: ignore[union-attr]
             returned = True
         except BaseException as e:          # JobTimeout, SystemExit, ...: the job's own outcome
