@@ -13,9 +13,19 @@ from .jobs import OPTIONS, FunctionCall, Job, job_name
 
 
 def dispatch(job: Job, *, queue: str | None = None, delay: Any = None, connection: str | None = None,
-             tries: int | None = None, backoff: Any = None, timeout: float | None = None) -> str | None:
-    """Store the job on its queue; return its id. Raises DriverUnavailable if it was not stored."""
+             tries: int | None = None, backoff: Any = None, timeout: float | None = None,
+             after_commit: Any = None) -> str | None:
+    """Store the job on its queue; return its id. Raises DriverUnavailable if it was not stored.
+
+    `after_commit`: an SQLAlchemy Connection or Session whose transaction the job joins
+    (farm/txdispatch.py): written in it on a database connection, published at its commit
+    on the others."""
     out, conn = _outgoing(job, queue, delay, connection, tries, backoff, timeout)
+    if after_commit is not None:
+        from .txdispatch import enqueue
+
+        enqueue(after_commit, out, conn)
+        return out.id
     app.queue(conn).push([out])
     return out.id
 

@@ -56,7 +56,7 @@ def fire(event: str, log: Any, job: Any, job_id: str | None, queue: str | None, 
                 from .log import Log
 
                 log = Log()
-            log.error("event.error", event=event, id=job_id, handler=_name(fn), error=error)
+            log.error("event.error", on=event, id=job_id, handler=_name(fn), error=error)
 
 
 def _name(fn: Any) -> str:

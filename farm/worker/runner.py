@@ -249,7 +249,7 @@ def run_inline(job: Job, connection: str | None = None) -> Any:
     from ..dispatch import options_of
 
     own = options_of(job)
-    where = (job.job_id, own["queue"] or "default", connection or own["connection"], job.attempts or 1)
+    where = (job.job_id, own["queue"] or "default", connection or own["connection"], job.attempts)
     events.fire("before", None, job, *where)
     try:
         result = job.handle()

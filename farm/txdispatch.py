@@ -1,0 +1,172 @@
+"""Transactional dispatch: `farm.dispatch(job, after_commit=conn)` with an SQLAlchemy
+`Connection` or `Session`.
+
+On a database connection the job row is inserted on the caller's connection, inside the
+caller's transaction: rolled back, it was never queued; committed, it runs (PostgreSQL's
+NOTIFY trigger fires with the commit). Any other driver (amqp, redis) publishes the job
+when the transaction commits; a crash between that commit and the publish loses the job
+(the documented gap: there is no outbox table).
+"""
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Callable
+
+from . import app
+from .drivers.base import Outgoing
+from .errors import FarmError
+
+_DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+_pending: "weakref.WeakKeyDictionary[Any, list[Callable[[], None]]]" = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def enqueue(target: Any, out: Outgoing, connection: str | None) -> None:
+    """Write (database) or schedule the publish of (other drivers) `out` on `target`'s transaction."""
+    conn = app.manifest().connection(connection)
+    sa_conn, session = _sqlalchemy(target, conn.name)
+    if conn.driver != "database":
+        app.queue(conn.name)            # a connection that cannot open fails now, not at the commit
+        _on_commit(target if session is None else session, lambda: app.queue(conn.name).push([out]), out)
+        return
+    queue = app.queue(conn.name)
+    bind = session.get_bind() if session is not None else sa_conn
+    _same_database(bind.engine.url, queue.target, conn.name)
+    if session is not None:
+        sa_conn = session.connection()      # joins (or begins) the session's transaction
+    try:
+        sa_conn.exec_driver_sql(queue.sql.insert, (out.id, out.queue, out.body, out.attempts, out.available_at,
+                                                   time.time()))
+    except Exception as e:
+        import sqlalchemy as sa
+
+        if isinstance(e, sa.exc.SQLAlchemyError):
+            first = str(getattr(e, "orig", None) or e).strip().splitlines()
+            raise FarmError(f"connection {conn.name!r}: after_commit: the job was not written: "
+                            f"{first[0] if first else type(e).__name__}") from e
+        raise
+
+
+def _sqlalchemy(target: Any, name: str) -> tuple[Any, Any]:
+    """(the Connection, None) or (None, the Session); FarmError for anything else."""
+    try:
+        import sqlalchemy as sa
+        from sqlalchemy.orm import Session
+    except ImportError:                 # pragma: no cover - SQLAlchemy is a dependency
+        raise FarmError("after_commit needs SQLAlchemy") from None
+    if isinstance(target, Session):
+        return None, target
+    if isinstance(target, sa.engine.Connection):
+        return target, None
+    raise FarmError(f"dispatch(after_commit=...) for connection {name!r} takes an SQLAlchemy Connection or "
+                    f"Session, got {type(target).__name__}")
+
+
+def _same_database(url: Any, target: Any, name: str) -> None:
+    """The SQLAlchemy URL names the database of the job's connection, or FarmError says how not."""
+    backend = url.get_backend_name()
+    backend = "mysql" if backend == "mariadb" else backend
+    want = target.dialect
+    theirs: tuple[Any, ...]
+    ours: tuple[Any, ...]
+    if backend != want:
+        raise FarmError(f"after_commit: the connection is on {backend}, but connection {name!r} is on {want}: "
+                        "the job must be written on the same database")
+    if want == "sqlite":
+        theirs, ours = (_path(url.database),), (_path(target.kwargs.get("database")),)
+    else:
+        kw = target.kwargs
+        theirs = (_host(url.host), url.port or _DEFAULT_PORTS[want], url.database)
+        ours = (_host(kw.get("host")), int(kw.get("port") or _DEFAULT_PORTS[want]),
+                kw.get("dbname" if want == "postgresql" else "database"))
+    if theirs != ours:
+        raise FarmError(f"after_commit: the connection is to a different database than connection {name!r} "
+                        f"({_show(theirs)} is not {_show(ours)}): the job must be written on the same database")
+
+
+def _path(database: str | None) -> str:
+    if not database or database == ":memory:":
+        return ":memory:"
+    return str(Path(database).resolve())
+
+
+def _host(host: str | None) -> str:
+    host = (host or "localhost").lower()
+    return "127.0.0.1" if host in ("localhost", "::1") else host
+
+
+def _show(parts: tuple[Any, ...]) -> str:
+    return "/".join(str(p) for p in parts if p is not None)
+
+
+def _on_commit(target: Any, publish: Callable[[], None], out: Outgoing) -> None:
+    """Run `publish` once `target`'s transaction has committed; forget it on a rollback."""
+    import sqlalchemy as sa
+    from sqlalchemy.orm import Session
+
+    with _lock:
+        pending = _pending.get(target)
+        if pending is None:
+            pending = _pending[target] = []
+            if isinstance(target, Session):
+                sa.event.listen(target, "after_commit", _committed)
+                sa.event.listen(target, "after_transaction_end", _ended)
+            else:
+                sa.event.listen(target, "commit", _committing)
+                sa.event.listen(target, "rollback", _rolled_back)
+        pending.append(_logged(publish, out))
+
+
+def _take(target: Any) -> list[Callable[[], None]]:
+    with _lock:
+        found = _pending.get(target) or []
+        if found:
+            _pending[target] = []
+        return found
+
+
+def _committed(session: Any) -> None:
+    """Session `after_commit`: the data is committed; publish what waited for it."""
+    for publish in _take(session):
+        publish()
+
+
+def _ended(session: Any, transaction: Any) -> None:
+    """Session `after_transaction_end` (after `after_commit` on a commit): the outermost
+    transaction ended, so what still waits was rolled back or closed away."""
+    if transaction.parent is None:
+        _take(session)
+
+
+def _committing(conn: Any) -> None:
+    """Connection `commit` runs just before the DBAPI commit and has no after-commit twin, so
+    the commit is made here, then the jobs are published (SQLAlchemy's own commit that
+    follows finds nothing left to commit)."""
+    pending = _take(conn)
+    if not pending:
+        return
+    conn.engine.dialect.do_commit(conn.connection)
+    for publish in pending:
+        publish()
+
+
+def _rolled_back(conn: Any) -> None:
+    _take(conn)
+
+
+def _logged(publish: Callable[[], None], out: Outgoing) -> Callable[[], None]:
+    """A publish whose failure, after the caller's commit, is logged as the job lost."""
+    def run() -> None:
+        try:
+            publish()
+        except Exception as e:
+            from .log import Log
+
+            first = str(e).strip().splitlines()
+            Log().error("job.lost", id=out.id, queue=out.queue,
+                        error=f"{type(e).__name__}: {first[0] if first else ''}",
+                        detail="after_commit: the transaction committed but the job could not be published")
+    return run
