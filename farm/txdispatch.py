@@ -107,6 +107,12 @@ def _on_commit(target: Any, publish: Callable[[], None], out: Outgoing) -> None:
     import sqlalchemy as sa
     from sqlalchemy.orm import Session
 
+    # the job belongs to a transaction, so one is begun now (as a statement would begin it):
+    # a rollback or commit of no transaction would fire no event and leave the job waiting
+    if isinstance(target, Session):
+        target.connection()
+    elif not target.in_transaction():
+        target.begin()
     with _lock:
         pending = _pending.get(target)
         if pending is None:
