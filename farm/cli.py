@@ -175,7 +175,8 @@ def schema(connection: str | None, apply_: bool) -> None:
         return
     app.queue(conn.name)                # opening the queue creates whatever is missing
     t = conn.table
-    click.echo(f"tables ready on connection {conn.name!r}: {t}, {conn.failed_table}, {t}_stamps, {t}_workers")
+    failed = f"{conn.failed_table}, " if conn.failed_table else ""      # failed_table: null: none
+    click.echo(f"tables ready on connection {conn.name!r}: {t}, {failed}{t}_stamps, {t}_workers")
 
 
 @cli.command()

@@ -25,7 +25,7 @@ class Connection:
     driver: str
     url: str | None = None
     table: str = "jobs"
-    failed_table: str = "failed_jobs"
+    failed_table: str | None = "failed_jobs"   # None (`failed_table: null`): failed jobs are not kept
     retry_after: float = 90.0
     store: str | None = None          # amqp, redis: the database connection holding failed jobs etc.
     prefetch: int | None = None       # amqp: unacked messages per worker
@@ -426,7 +426,8 @@ class _Builder:
             out[name] = Connection(
                 name=name, driver=driver, url=url,
                 table=spec.get("table") or "jobs",
-                failed_table=spec.get("failed_table") or "failed_jobs",
+                failed_table=(None if "failed_table" in spec and spec["failed_table"] is None   # null: keep none
+                              else spec.get("failed_table") or "failed_jobs"),
                 retry_after=self._number(spec, key, "retry_after", 90, minimum=1),
                 store=spec.get("store"),
                 prefetch=self._number(spec, key, "prefetch", None, integer=True, minimum=1, optional=True),

@@ -63,7 +63,9 @@ def failed(ctx: click.Context, as_json: bool, queue: str | None) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        click.echo("no failed jobs")
+        unkept = [name for name, s in _stores() if getattr(s, "keeps_failed", True) is False]
+        click.echo("no failed jobs" + (f" (failed_table: null on connection {', '.join(map(repr, unkept))}: "
+                                       "failed jobs are not kept)" if unkept else ""))
         return
     from rich.console import Console
     from rich.table import Table

@@ -38,6 +38,7 @@ class DatabaseQueue:
         self.dialect = self.target.dialect
         self.supports_notify = self.dialect == "postgresql"
         self.sql = sql.Queries(self.dialect, conn.table, conn.failed_table)
+        self.keeps_failed = conn.failed_table is not None     # `failed_table: null`: failed jobs are deleted
         self.token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._pid = os.getpid()
         self._local = threading.local()
@@ -186,7 +187,7 @@ class DatabaseQueue:
         """One cheap probe per table, on a connection the queue keeps anyway."""
         t = self.config.table
         probes = [f"SELECT 1 FROM {name} WHERE 1 = 0" for name in
-                  (t, self.config.failed_table, f"{t}_stamps", f"{t}_workers", f"{t}_counts")]
+                  (t, self.config.failed_table, f"{t}_stamps", f"{t}_workers", f"{t}_counts") if name]
         probes.append(f"SELECT 1 FROM {t}_done WHERE 1 = 0")
         if self.dialect == "postgresql":
             probes.append(f"SELECT 1 / COUNT(*) FROM pg_trigger WHERE tgname = '{t}_notify'")
@@ -393,6 +394,10 @@ class DatabaseQueue:
     def fail(self, job: Reserved, body: str, error: str) -> bool:
         """Move the job to the failed table; False if this worker no longer holds it."""
         self._settled(job)
+        if not self.keeps_failed:           # failed_table: null: the job is only deleted
+            with self._cursor() as cur:
+                cur.execute(self.sql.ack, (job.handle, self.token))
+                return cur.rowcount == 1
         with self._cursor(tx=True) as cur:
             cur.execute(self.sql.ack, (job.handle, self.token))
             if cur.rowcount != 1:
@@ -409,6 +414,8 @@ class DatabaseQueue:
             for queue, ready, delayed, reserved in cur.fetchall():
                 out[queue] = {"ready": int(ready or 0), "delayed": int(delayed or 0),
                               "reserved": int(reserved or 0), "failed": 0}
+            if not self.keeps_failed:
+                return out
             cur.execute(self.sql.failed_counts, (self.name,))
             for queue, n in cur.fetchall():
                 out.setdefault(queue, {"ready": 0, "delayed": 0, "reserved": 0, "failed": 0})["failed"] = int(n)
@@ -460,7 +467,10 @@ class DatabaseQueue:
                             "those jobs run again after retry_after")
 
     # -- the store ---------------------------------------------------------------------
+    # failed_table: null (self.keeps_failed False): nothing is kept, so nothing is found
     def add_failed(self, entry: FailedJob) -> None:
+        if not self.keeps_failed:
+            return
         with self._cursor(tx=True) as cur:
             cur.execute(self.sql.delete_failed, (entry.id,))
             cur.execute(self.sql.insert_failed, (entry.id, entry.connection, entry.queue, entry.body,
@@ -468,6 +478,8 @@ class DatabaseQueue:
 
     def failed(self, ids: Sequence[str] | None = None, queue: str | None = None,
                limit: int | None = None) -> list[FailedJob]:
+        if not self.keeps_failed:
+            return []
         ids = list(ids or [])
         params: list[Any] = ids + ([queue] if queue else [])
         with self._cursor() as cur:
@@ -475,11 +487,15 @@ class DatabaseQueue:
             return [FailedJob(*row) for row in cur.fetchall()]
 
     def failed_by_queue(self, connection: str) -> dict[str, int]:
+        if not self.keeps_failed:
+            return {}
         with self._cursor() as cur:
             cur.execute(self.sql.failed_counts, (connection,))
             return {q: int(n) for q, n in cur.fetchall()}
 
     def count_failed(self, queue: str | None = None) -> int:
+        if not self.keeps_failed:
+            return 0
         with self._cursor() as cur:
             if queue is None:
                 cur.execute(self.sql.count_failed)
@@ -489,6 +505,8 @@ class DatabaseQueue:
 
     def forget(self, ids: Sequence[str]) -> int:
         n = 0
+        if not self.keeps_failed:
+            return 0
         with self._cursor(tx=True) as cur:
             for fid in ids:
                 cur.execute(self.sql.delete_failed, (fid,))
@@ -497,6 +515,8 @@ class DatabaseQueue:
 
     def retry_failed(self, entries: Sequence[FailedJob], queue: str | None = None) -> int:
         """Move failed entries back onto their queue, attempts reset, in one transaction."""
+        if not self.keeps_failed:
+            return 0
         now = time.time()
         with self._cursor(tx=True) as cur:
             for e in entries:
@@ -509,6 +529,8 @@ class DatabaseQueue:
         return len(entries)
 
     def prune_failed(self, before: float) -> int:
+        if not self.keeps_failed:
+            return 0
         with self._cursor() as cur:
             cur.execute(self.sql.prune_failed, (before,))
             return int(cur.rowcount)

@@ -77,6 +77,7 @@ class RedisQueue:
     def __init__(self, conn: Connection, store: Any = None) -> None:
         self.name = conn.name
         self.config = conn
+        self.keeps_failed = conn.failed_table is not None or store is not None   # null: Redis keeps none
         self.store = store              # a database connection for failed jobs etc., or None: Redis
         self.prefix = conn.prefix
         self.retry_after = float(conn.retry_after)
@@ -304,6 +305,8 @@ class RedisQueue:
             body = job.body.decode("utf-8", "backslashreplace")
         now = time.time()
         self._settled(job)
+        if self.store is None and not self.keeps_failed:    # failed_table: null: not kept in Redis
+            return self._settle("ack", job)
         if self.store is not None:
             if not self._settle("own", job):
                 return False

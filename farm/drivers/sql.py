@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 
-def tables(jobs: str, failed: str) -> tuple[Any, ...]:
-    """The schema as SQLAlchemy Core tables (imported here only: workers never need it)."""
+def tables(jobs: str, failed: str | None) -> tuple[Any, ...]:
+    """The schema as SQLAlchemy Core tables (imported here only: workers never need it);
+    no failed table when `failed` is None (`failed_table: null`)."""
     from sqlalchemy import BigInteger, Column, Float, Index, Integer, MetaData, String, Table, Text
     from sqlalchemy.dialects import mysql
 
@@ -30,7 +31,7 @@ def tables(jobs: str, failed: str) -> tuple[Any, ...]:
         Column("created_at", Float(53), nullable=False),
         Index(f"{jobs}_queue_available", "queue", "available_at"),
     )
-    failed_t = Table(
+    failed_t = None if failed is None else Table(
         failed, md,
         Column("id", String(36), primary_key=True),
         Column("connection", String(191), nullable=False),
@@ -84,11 +85,11 @@ CREATE TRIGGER {t}_notify AFTER INSERT ON {t} FOR EACH STATEMENT EXECUTE FUNCTIO
 class Queries:
     """SQL text for one dialect, written with %s and rewritten to ? for sqlite3."""
 
-    def __init__(self, dialect: str, jobs: str, failed: str) -> None:
+    def __init__(self, dialect: str, jobs: str, failed: str | None) -> None:
         self.dialect = dialect
-        self.jobs, self.failed = jobs, failed
+        self.jobs, self.failed = jobs, failed         # failed None: `failed_table: null`, its queries unused
         self._q = (lambda s: s.replace("%s", "?")) if dialect == "sqlite" else (lambda s: s)
-        j, f = jobs, failed
+        j, f = jobs, failed or "no_failed_table"
         q = self._q
         self.insert = q(f"INSERT INTO {j} (uuid, queue, payload, attempts, available_at, created_at) "
                         "VALUES (%s, %s, %s, %s, %s, %s)")

@@ -6,6 +6,7 @@ The handlers and jobs are in tests/support/miscjobs.py, which the manifest lists
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -84,12 +85,6 @@ def test_events_fire_in_dispatch_sync_and_on_the_async_driver(tmp_path: Path):
     assert cp.stderr.count("event.error") == 2 + 3, cp.stderr
 
 
-def test_an_unknown_event_name_is_refused_when_the_handler_registers():
-    # Given / When / Then
-    with pytest.raises(farm.FarmError, match="unknown event 'afterwards'.*before, after, failing"):
-        farm.on("afterwards", print)
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mysql", "amqp"])
 def test_a_job_that_raises_skip_retry_fails_at_once_and_its_failed_hook_runs(make_farm, backend):
     # Given a job with five tries that raises farm.SkipRetry
@@ -140,3 +135,36 @@ def test_a_worker_started_with_tries_zero_retries_a_job_without_tries_of_its_own
     # Then it was retried until it succeeded
     assert f.lines() == [f"attempt {n}" for n in range(1, 6)]
     assert f.store().failed() == []
+
+
+def null_failed_table(f: Farm) -> Farm:
+    """The farm's manifest with `failed_table: null` on its connection (or its store)."""
+    text = f.manifest.read_text()
+    if f.backend == "redis":
+        text = text.replace("    driver: redis\n", "    driver: redis\n    failed_table: null\n", 1)
+    else:
+        text = re.sub(r"failed_table: f[0-9a-f]+", "failed_table: null", text)
+    assert "failed_table: null" in text
+    f.manifest.write_text(text)
+    f.app = farm.configure(f.manifest)
+    return f
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mysql", "amqp", "redis"])
+def test_with_failed_table_null_a_finally_failed_job_is_deleted_and_its_failed_hook_still_runs(make_farm, backend):
+    # Given a connection (or, for amqp, its store) with `failed_table: null`
+    f = null_failed_table(make_farm(backend))
+    import testjobs
+
+    farm.dispatch(testjobs.Flaky(str(f.out)))           # tries = 3, never succeeds
+
+    # When a worker runs it to its final failure
+    err = drain(f)
+
+    # Then failed() ran and the log says job.failed, but no failed job is kept and none is queued
+    assert f.lines() == ["attempt 1", "attempt 2", "attempt 3", "failed ValueError"]
+    assert "job.failed" in err
+    assert f.store().failed() == [] and f.store().count_failed() == 0
+    assert all(c.get(k) in (0, None) for c in f.queue().counts().values() for k in ("ready", "reserved", "failed"))
+    out = f.farmctl("failed", check=True).stdout
+    assert "no failed jobs (failed_table: null on connection 'main'" in out
