@@ -42,9 +42,8 @@ def dispatch_in_transactions(f: Farm, engine: sa.Engine) -> None:
 def run_around(f: Farm, engine: sa.Engine) -> None:
     import testjobs
 
-    # Given a running worker that has taken a first job (so it is up and idle); --sleep 30
-    # leaves PostgreSQL's worker only the NOTIFY sent at the commit to wake it in time
-    f.worker("--sleep", "30")
+    # Given a running worker that has taken a first job (so it is up and idle)
+    f.worker()
     farm.dispatch(testjobs.Record(str(f.out), "first"))
     f.wait_for(lambda: len(f.lines()) == 1, timeout=15, what="the first job")
 
@@ -94,3 +93,33 @@ def test_after_commit_refuses_another_database_and_what_is_not_a_sqlalchemy_conn
         farm.dispatch(testjobs.Record(str(f.out), "x"), after_commit="conn")
     assert f.queue().counts() == {}
     other.dispose()
+
+
+def test_on_postgresql_the_notify_that_wakes_workers_goes_out_with_the_commit(make_farm):
+    # Given a listener on the channel PostgreSQL workers wait on (a worker's claim loop also
+    # polls every second, so this listens itself rather than timing a worker)
+    import psycopg
+
+    import testjobs
+    from conftest import pg_conninfo
+
+    f = make_farm("postgresql")
+    table = f.app.connection("main").table
+    f.queue()                                   # the table and its NOTIFY trigger exist
+    listener = psycopg.connect(pg_conninfo(), autocommit=True)
+    listener.execute(f'LISTEN "{table}"')
+    engine = sa.create_engine(f.app.connection("main").url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            tx = conn.begin()
+            # When a job is dispatched in the transaction, not yet committed
+            farm.dispatch(testjobs.Record(str(f.out), "x"), after_commit=conn)
+            # Then no worker has been told
+            assert list(listener.notifies(timeout=0.3, stop_after=1)) == []
+            # When it commits
+            tx.commit()
+        # Then the notification arrives
+        assert [n.channel for n in listener.notifies(timeout=5, stop_after=1)] == [table]
+    finally:
+        listener.close()
+        engine.dispose()
