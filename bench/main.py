@@ -34,8 +34,8 @@ COLUMNS = [("dispatch_per_s", "dispatch/s", True), ("dispatch_many_per_s", "bulk
 
 
 def run(python: Path, system: str, backend: str, quick: bool, soak: bool) -> dict:
-    if system == "concurrency":      # jobfarm's threads inside a worker (bench/concurrency.py)
-        argv = [str(python), str(HERE / "concurrency.py"), "--backend", backend]
+    if system in ("concurrency", "workflows"):   # bench/concurrency.py, bench/workflows.py
+        argv = [str(python), str(HERE / f"{system}.py"), "--backend", backend]
     else:
         argv = [str(python), str(HERE / "run_system.py"), "--system", system, "--backend", backend]
     argv += ["--quick"] * quick + ["--soak"] * soak
@@ -117,8 +117,11 @@ def main() -> int:
     ap.add_argument("--chart", default=None, help="draw the figures of this run to a PNG at this path")
     ap.add_argument("--concurrency", action="store_true",
                     help="only `farmctl work --concurrency N` against processes (bench/concurrency.py)")
+    ap.add_argument("--workflows", action="store_true",
+                    help="only what each workflow feature costs a job (bench/workflows.py)")
     args = ap.parse_args()
-    backends = (args.only or ",".join(["sqlite", "postgresql"] if args.concurrency else BACKENDS)).split(",")
+    narrow = args.concurrency or args.workflows
+    backends = (args.only or ",".join(["sqlite", "postgresql"] if narrow else BACKENDS)).split(",")
     run_id = uuid.uuid4().hex[:12]
     RESULTS.mkdir(exist_ok=True)
     rows: list[dict] = []
@@ -127,6 +130,12 @@ def main() -> int:
         import concurrency          # bench/concurrency.py, beside this file (on sys.path as a script)
 
         concurrency.print_table(rows, LABELS)
+        return finish(rows, run_id, None)
+    if args.workflows:
+        rows = [run(JOBFARM_PY, "workflows", b, args.quick, soak=False) for b in backends]
+        import workflows            # bench/workflows.py
+
+        workflows.print_table(rows, LABELS)
         return finish(rows, run_id, None)
     own = {b: run(JOBFARM_PY, "jobfarm", b, args.quick, soak=not args.quick) for b in backends}
     rows += own.values()

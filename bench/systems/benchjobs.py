@@ -29,3 +29,25 @@ class Nap(Tick):
         record.write(self.n)
         time.sleep(0.05)
         record.write(-1 - self.n)
+
+
+# -- scripts/bench --workflows (bench/workflows.py): the same no-op job with one feature each ----
+class Sealed(Tick):
+    """Its payload encrypted with $FARM_KEY."""
+
+    encrypted = True
+
+
+class Unique(Tick):
+    """A unique job: a lock taken at dispatch and freed at its end."""
+
+    unique_for = 600
+
+    def unique_id(self) -> str:
+        return str(self.n)
+
+
+class Limited(Tick):
+    """Through one middleware that goes to the store on each start (a limit never reached)."""
+
+    middleware = [farm.RateLimited("bench", per_minute=10**9)] if hasattr(farm, "RateLimited") else []
