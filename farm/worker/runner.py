@@ -9,7 +9,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from .. import payload
+from .. import batches, chains, payload
 from ..errors import Abandon, FarmError, MaxAttemptsExceeded, PayloadError
 from ..jobs import Job, instantiate, option
 from ..log import Log
@@ -97,6 +97,9 @@ class Runner:
         assert attempt.doc is not None
         crashes = attempt.reserved.attempts - 1 - int(attempt.doc.get("attempts") or 0)
         if crashes <= CRASHES_ALLOWED:
+            # batches (farm/batches.py): a job of a cancelled batch is skipped, not run
+            if "batch" in attempt.doc and batches.skipped(self, attempt):
+                return "skipped"
             return None
         exc = MaxAttemptsExceeded(f"the job was started {crashes} times by workers that died running it")
         return self.settle(attempt, exc, decided=retry.Decision(False, reason=str(exc)))
@@ -113,6 +116,11 @@ class Runner:
             if retain:                  # `retention`: the ack keeps it as done for that long
                 r.retain = float(retain)
                 self.kept += 1
+            doc = attempt.doc
+            if "batch" in doc:          # chains and batches: counted, next link pushed, before the ack
+                batches.finished(self, doc, r.id, False)
+            if "chain" in doc:
+                chains.succeeded(self, doc)
             self._ack(r)
             seconds = time.monotonic() - attempt.started
             self.log.info("job.done", id=r.id, job=attempt.doc["job"], queue=r.queue, attempt=r.attempts,
@@ -215,6 +223,8 @@ class Runner:
             return "lost"
         self.log.error("job.failed", id=r.id, job=doc["job"], queue=r.queue, attempt=r.attempts,
                        reason=decision.reason, error=_summary(exc))
+        if "batch" in doc:              # batches (farm/batches.py): a final failure counts
+            batches.finished(self, doc, r.id, True)
         try:
             job.failed(exc)
         except BaseException as hook_exc:

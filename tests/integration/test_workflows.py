@@ -1,0 +1,185 @@
+"""Issue #15, chains and batches: real workers on every backend (farm/chains.py, farm/batches.py)."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+import farm
+from conftest import BACKENDS
+from farm.log import Log
+from testjobs import Barrier, Grower, Link, Record, WhatBatch
+
+from test_worker_lifecycle import beating, finished
+
+
+def run_until_empty(f, *args: str) -> str:
+    """One worker run to an empty queue; its log."""
+    p = f.worker("--stop-when-empty", "--sleep", "0.1", *args)
+    assert finished(p) == 0, p.stderr.read()
+    return p.stderr.read()
+
+
+def tags(f, path=None) -> list[str]:
+    return [line.split()[0] for line in f.lines(path)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_chain_runs_in_order_stops_at_a_failed_link_and_retry_of_that_link_resumes_it(make_farm, backend):
+    # Given a chain of three links whose second fails while its gate is closed
+    f = make_farm(backend)
+    gate = f.tmp / "gate"
+    first = farm.chain([Link(str(f.out), "a"), Link(str(f.out), "b", gate=str(gate)),
+                        Link(str(f.out), "c")]).dispatch()
+    # When a worker runs what is queued
+    run_until_empty(f)
+    # Then the first link ran, the second finally failed and the third never ran
+    assert tags(f) == ["a"]
+    failed = f.store().failed()
+    assert len(failed) == 1 and failed[0].id != first
+    doc = json.loads(failed[0].body)
+    assert doc["data"]["tag"] == "b" and [d["data"]["tag"] for d in doc["chain"]] == ["c"]
+    # When the gate opens and the failed link is retried
+    gate.touch()
+    f.farmctl("retry", failed[0].id, check=True)
+    run_until_empty(f)
+    # Then the chain resumes where it stopped, each link once, in order
+    assert tags(f) == ["a", "b", "c"]
+    assert f.store().count_failed() == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_link_finishing_twice_after_a_crash_pushes_the_next_link_once(make_farm, backend):
+    # Given a chain whose first link's document a worker holds
+    f = make_farm(backend)
+    farm.chain([Link(str(f.out), "a"), Link(str(f.out), "b"), Link(str(f.out), "c")]).dispatch()
+    (reserved,) = f.wait_for(lambda: f.queue().reserve(["default"], 1, 1), what="the first link")
+    doc = json.loads(reserved.body)
+    # When its success is settled twice (its worker died after pushing the next link, before
+    # the ack, and the link ran again), through the hook the runner calls before each ack
+    runner = SimpleNamespace(queue=f.queue(), log=Log(level="error"))
+    farm.chains.succeeded(runner, doc)
+    farm.chains.succeeded(runner, doc)
+    f.queue().ack(reserved)
+    run_until_empty(f)
+    # Then the rest of the chain ran once
+    assert tags(f) == ["b", "c"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_callbacks_run_once_when_two_workers_finish_the_last_jobs_at_the_same_instant(make_farm, backend):
+    # Given two workers taking one job at a time
+    f = make_farm(backend)
+    calls = f.tmp / "callbacks.txt"
+    for _ in range(2):
+        f.worker("--sleep", "0.05", "--prefetch", "1")
+    beating(f, 2)
+    for rnd, fail in enumerate([False, False, True]):
+        # When a batch of two jobs that wait for each other and end together is dispatched
+        barrier = str(f.tmp / f"barrier{rnd}")
+        b = farm.batch([Barrier(str(f.out), f"r{rnd}j{i}", barrier, 2, fail=fail) for i in range(2)],
+                       name=f"round {rnd}")
+        b.then(Record(str(calls), f"then{rnd}")).catch(Record(str(calls), f"catch{rnd}"))
+        b.finally_(Record(str(calls), f"finally{rnd}")).dispatch()
+        f.wait_for(lambda: f"finally{rnd}" in tags(f, calls), what=f"round {rnd}'s finally callback")
+        status = f.wait_for(lambda: (s := farm.batch_status(b.id))["finished_at"] and s, what="the batch finished")
+        # Then the two jobs ran on different workers, and each callback that is due ran once
+        ran = [line.split() for line in f.lines() if line.startswith(f"r{rnd}j")]
+        assert len(ran) == 2 and ran[0][1] != ran[1][1], ran
+        assert (status["total"], status["pending"], status["processed"], status["failed"]) == (2, 0, 2, 2 * fail)
+    # and once the workers have stopped (settling what they ran) and what is left has run, no more ran
+    for p in f.procs:
+        p.terminate()
+    assert [finished(p) for p in f.procs] == [0, 0]
+    run_until_empty(f)
+    assert sorted(tags(f, calls)) == sorted(["then0", "finally0", "then1", "finally1", "catch2", "finally2"]), \
+        f.lines(calls)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_status_counts_added_and_failed_jobs_and_a_cancelled_batch_skips_its_jobs(make_farm, backend):
+    # Given a batch whose first job adds two jobs to it and whose last job fails
+    f = make_farm(backend)
+    calls = f.tmp / "callbacks.txt"
+    grown = farm.batch([Grower(str(f.out), "grower", 2), WhatBatch(str(f.out)),
+                        Link(str(f.out), "doomed", gate=str(f.tmp / "never"))], name="grown") \
+        .then(Record(str(calls), "then")).catch(Record(str(calls), "catch")) \
+        .finally_(Record(str(calls), "finally")).dispatch()
+    # and a batch cancelled before any worker ran it, and a job outside any batch
+    cancelled = farm.batch([Link(str(f.out), f"skip{i}") for i in range(3)], name="cancelled") \
+        .then(Record(str(calls), "then-cancelled")).finally_(Record(str(calls), "finally-cancelled")).dispatch()
+    assert farm.batch_cancel(cancelled) is True
+    farm.dispatch(WhatBatch(str(f.out)))
+    # Then before any worker, nothing has finished
+    before = farm.batch_status(grown)
+    assert before["name"] == "grown" and (before["total"], before["pending"], before["progress"]) == (3, 3, 0.0)
+    assert before["finished_at"] is None and before["cancelled"] is False
+    assert farm.batch_status("00000000-0000-4000-8000-000000000000") is None
+    assert farm.batch_cancel("00000000-0000-4000-8000-000000000000") is False
+    # When a worker runs everything
+    log = run_until_empty(f)
+    # Then the added jobs ran and counted, the failure too, and `self.batch` named the batch
+    lines = f.lines()
+    assert sorted(tags(f)) == sorted(["grower", "grower-child0", "grower-child1", "batch", "batch"])
+    assert f"grower batch={grown}" in lines and f"batch {grown}" in lines and "batch none" in lines
+    after = farm.batch_status(grown)
+    assert (after["total"], after["pending"], after["processed"], after["failed"], after["progress"]) == \
+        (5, 0, 5, 1, 100.0)
+    assert after["finished_at"] is not None
+    # and the cancelled batch's jobs were skipped (processed, not failed), its `finally_` ran, not `then`
+    gone = farm.batch_status(cancelled)
+    assert gone["cancelled"] is True and (gone["processed"], gone["failed"], gone["pending"]) == (3, 0, 0)
+    assert log.count("job.skipped") == 3 and not any(t.startswith("skip") for t in tags(f))
+    assert sorted(tags(f, calls)) == ["catch", "finally", "finally-cancelled"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_job_finished_twice_counts_once_in_its_batch(make_farm, backend):
+    # Given a batch of two jobs, in the connection's store
+    f = make_farm(backend)
+    b = farm.batch([Link(str(f.out), "a"), Link(str(f.out), "b")]).dispatch()
+    store = farm.batches.store_of(f.queue())
+    # When one job is counted twice (run again after its worker died before its ack)
+    store.batch_job_finished(b, "job-1", False)
+    again = store.batch_job_finished(b, "job-1", False)
+    # Then it counts once, and the batch finishes only with the other job
+    assert (again["processed"], again["finished_at"]) == (1, None)
+    last = store.batch_job_finished(b, "job-2", True)
+    assert (last["processed"], last["failed"]) == (2, 1) and last["finished_at"] is not None
+    assert store.batch_job_finished("00000000-0000-4000-8000-000000000000", "x", False) is None
+
+
+def test_farmctl_batches_lists_shows_one_refuses_an_unknown_id_and_prunes_finished_ones(make_farm):
+    # Given a finished batch and an unfinished one
+    f = make_farm("sqlite")
+    done = farm.batch([Link(str(f.out), "a")], name="done").dispatch()
+    run_until_empty(f)
+    waiting = farm.batch([Link(str(f.out), "b")], name="waiting").dispatch()
+    # Then `batches` lists both, as a table and as JSON
+    table = f.farmctl("batches", check=True).stdout
+    assert "NAME" in table and "PROGRESS" in table and done in table and "waiting" in table
+    listed = json.loads(f.farmctl("batches", "--json", check=True).stdout)
+    assert [b["id"] for b in listed] == [waiting, done] and listed[1]["progress"] == 100.0
+    one = json.loads(f.farmctl("batches", done, "--json", check=True).stdout)
+    assert one == farm.batch_status(done) and one["pending"] == 0
+    # and an unknown id is exit 1 with one line
+    cp = f.farmctl("batches", "00000000-0000-4000-8000-000000000000")
+    assert cp.returncode == 1 and cp.stderr.strip().count("\n") == 0 and "no batch" in cp.stderr
+    # When finished batches are pruned, only the finished one goes
+    assert "1 finished batch" in f.farmctl("prune-batches", "--hours", "0", check=True).stdout
+    assert farm.batch_status(done) is None and farm.batch_status(waiting) is not None
+    assert f.farmctl("prune-batches", "--hours", "x").returncode == 2
+
+
+def test_chains_and_batches_run_inline_on_the_sync_driver(make_farm):
+    # Given a sync connection, whose jobs run as they are dispatched
+    f = make_farm("sync")
+    calls = f.tmp / "callbacks.txt"
+    # When a chain and a batch are dispatched
+    farm.chain([Link(str(f.out), "a"), Link(str(f.out), "b")]).dispatch()
+    b = farm.batch([Link(str(f.out), "c"), WhatBatch(str(f.out))]).then(Record(str(calls), "then")).dispatch()
+    # Then they ran in order, the batch finished and its callback ran
+    assert f.lines() == [f"a 1 {f.lines()[0].split()[2]}", f"b 1 {f.lines()[0].split()[2]}",
+                         f"c 1 {f.lines()[0].split()[2]}", f"batch {b}"]
+    assert farm.batch_status(b)["progress"] == 100.0 and tags(f, calls) == ["then"]
