@@ -4,8 +4,9 @@ Each job of a batch carries `"batch": "<id>"` in its document. When one finishes
 or finally fails) its worker counts it in the store with `batch_job_finished`, atomic and
 idempotent per job id, and then pushes the callbacks that are due: `catch` at the first
 final failure, `then` when every job succeeded, `finally_` when every job has finished.
-Each callback's push is preceded by a claim (`batch:<id>:then`, ...), so it is pushed once
-however many workers see the batch finish. A job of a cancelled batch that has not started
+Each callback's push is preceded by `fire_batch` (a conditional update of the batch record),
+so it is pushed once however many workers see the batch finish, and however late a retried
+job of the batch finishes. A job of a cancelled batch that has not started
 is skipped: acked without running, and counted as processed (not failed), so the batch still
 finishes and `finally_` runs; `then` never runs for a cancelled batch.
 """
@@ -19,7 +20,7 @@ from .drivers.base import Outgoing
 from .errors import FarmError, SerializationError
 from .jobs import Job
 
-CLAIM_TTL = 30 * 86400.0      # seconds a callback's (or an add's) claim is kept
+CLAIM_TTL = 86400.0           # seconds an add's claim is kept (only a crashed job's rerun meets it)
 _MEMORY: dict[str, Any] = {}  # connection -> MemoryBatches, for the sync and async drivers
 
 
@@ -195,14 +196,13 @@ def _fire(queue: Any, store: Any, b: dict[str, Any] | None, log: Any) -> None:
         doc = b["callbacks"].get(which)
         if not doc:
             continue
-        name = f"batch:{b['id']}:{which}"
-        if not store.claim(name, time.time() + CLAIM_TTL):
+        if not store.fire_batch(b["id"], which):
             continue
         try:
             queue.push([Outgoing(id=doc["id"], queue=doc.get("queue") or "default", body=payload.dumps(doc),
                                  available_at=time.time())])
         except BaseException:
-            store.unclaim(name)
+            store.unfire_batch(b["id"], which)
             raise
         if log is not None:
             log.info("batch.callback", batch=b["id"], callback=which, id=doc["id"], job=doc["job"])
@@ -222,7 +222,8 @@ def status(b: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _stores(connection: str | None = None) -> list[Any]:
-    """Each connection's batch store once (amqp without `store:` has none)."""
+    """Each connection's batch store once (amqp without `store:` has none); a broker is not
+    connected to just to find its store."""
     m = app.manifest()
     names = [m.connection(connection).name] if connection else list(m.connections)
     seen: dict[int, Any] = {}
@@ -230,7 +231,7 @@ def _stores(connection: str | None = None) -> list[Any]:
         c = m.connection(name)
         if c.driver == "amqp" and not c.store:
             continue
-        s = store_of(app.queue(name))
+        s = app.queue(c.store) if c.store else store_of(app.queue(name))
         seen.setdefault(id(s), s)
     return list(seen.values())
 

@@ -20,7 +20,7 @@ from .drivers.base import Outgoing
 from .errors import SerializationError
 from .jobs import Job
 
-CLAIM_TTL = 7 * 86400.0     # seconds a link's push claim is kept (a crashed link reruns long before)
+CLAIM_TTL = 86400.0     # seconds a link's push claim is kept: only a crashed link's rerun meets it
 
 
 class Chain:

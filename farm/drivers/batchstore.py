@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any, Sequence
 
+CALLBACKS = ("then", "catch", "finally")
 COLUMNS = "id, name, total, processed, failed, callbacks, created_at, finished_at, cancelled_at"
 
 
@@ -47,6 +48,9 @@ class BatchQueries:
         self.cancel = q(f"UPDATE {b} SET cancelled_at = %s WHERE id = %s AND cancelled_at IS NULL")
         self.prune_jobs = q(f"DELETE FROM {bj} WHERE batch_id IN "
                             f"(SELECT id FROM {b} WHERE finished_at IS NOT NULL AND finished_at < %s)")
+        # a callback is pushed by the one caller whose update sets its column
+        self.fire = {w: q(f"UPDATE {b} SET {w}_at = %s WHERE id = %s AND {w}_at IS NULL") for w in CALLBACKS}
+        self.unfire = {w: q(f"UPDATE {b} SET {w}_at = NULL WHERE id = %s") for w in CALLBACKS}
         self.prune = q(f"DELETE FROM {b} WHERE finished_at IS NOT NULL AND finished_at < %s")
 
 
@@ -102,6 +106,17 @@ class DatabaseBatches:
                 return True
         return self.batch(batch_id) is not None
 
+    def fire_batch(self, batch_id: str, which: str) -> bool:
+        """True for the one caller that may push the batch's `which` callback."""
+        with self._cursor() as cur:        # type: ignore[attr-defined]
+            cur.execute(self.batch_sql.fire[which], (time.time(), batch_id))
+            return cur.rowcount == 1
+
+    def unfire_batch(self, batch_id: str, which: str) -> None:
+        """Its push failed: the next worker to see the batch due pushes it."""
+        with self._cursor() as cur:        # type: ignore[attr-defined]
+            cur.execute(self.batch_sql.unfire[which], (batch_id,))
+
     def prune_batches(self, before: float) -> int:
         """Forget batches that finished before `before` (and their job records)."""
         with self._cursor(tx=True) as cur:   # type: ignore[attr-defined]
@@ -118,6 +133,7 @@ class MemoryBatches:
         self._batches: dict[str, dict[str, Any]] = {}
         self._jobs: dict[str, set[str]] = {}
         self._claims: dict[str, float] = {}
+        self._fired: dict[str, set[str]] = {}
 
     def add_batch(self, doc: dict[str, Any]) -> None:
         with self._lock:
@@ -168,7 +184,20 @@ class MemoryBatches:
             gone = [i for i, b in self._batches.items() if b["finished_at"] is not None and b["finished_at"] < before]
             for i in gone:
                 del self._batches[i], self._jobs[i]
+                self._fired.pop(i, None)
             return len(gone)
+
+    def fire_batch(self, batch_id: str, which: str) -> bool:
+        with self._lock:
+            fired = self._fired.setdefault(batch_id, set())
+            if which in fired:
+                return False
+            fired.add(which)
+            return True
+
+    def unfire_batch(self, batch_id: str, which: str) -> None:
+        with self._lock:
+            self._fired.get(batch_id, set()).discard(which)
 
     def claim(self, name: str, expires: float) -> bool:
         with self._lock:

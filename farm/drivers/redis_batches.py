@@ -1,7 +1,7 @@
 """Batch state in Redis (farm/batches.py), for a redis connection without `store:`.
 
-    <prefix>:{batch:ID}       HASH  name, total, processed, failed, callbacks, created_at,
-                                    finished_at, cancelled_at (the last two once set)
+    <prefix>:{batch:ID}       HASH  name, total, processed, failed, callbacks, created_at, and
+                                    once set: finished_at, cancelled_at, then_at, catch_at, finally_at
     <prefix>:{batch:ID}:jobs  SET   the ids of its jobs that have finished (each counted once)
     <prefix>:batches          ZSET  ID -> created_at (the recent batches, for listing)
 
@@ -85,6 +85,15 @@ class RedisBatches:
                 return False
             self.client.hsetnx(key, "cancelled_at", repr(time.time()))   # type: ignore[attr-defined]
         return True
+
+    def fire_batch(self, batch_id: str, which: str) -> bool:
+        """True for the one caller that may push the batch's `which` callback (HSETNX)."""
+        with self._calling("cannot fire a batch callback"):    # type: ignore[attr-defined]
+            return bool(self.client.hsetnx(self._batch_keys(batch_id)[0], f"{which}_at", repr(time.time())))  # type: ignore[attr-defined]
+
+    def unfire_batch(self, batch_id: str, which: str) -> None:
+        with self._calling("cannot unfire a batch callback"):  # type: ignore[attr-defined]
+            self.client.hdel(self._batch_keys(batch_id)[0], f"{which}_at")   # type: ignore[attr-defined]
 
     def prune_batches(self, before: float) -> int:
         n = 0

@@ -81,6 +81,9 @@ def tables(jobs: str, failed: str) -> tuple[Any, ...]:
         Column("created_at", Float(53), nullable=False),
         Column("finished_at", Float(53), nullable=True),
         Column("cancelled_at", Float(53), nullable=True),
+        Column("then_at", Float(53), nullable=True),       # when each callback was pushed (once)
+        Column("catch_at", Float(53), nullable=True),
+        Column("finally_at", Float(53), nullable=True),
         Index(f"{jobs}_batches_created", "created_at"),
     )
     Table(
