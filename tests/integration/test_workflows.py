@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from types import SimpleNamespace
 
 import pytest
 
 import farm
-from conftest import BACKENDS
+from conftest import BACKENDS, ROOT, SUPPORT
 from farm.log import Log
 from testjobs import Barrier, Grower, Link, Record, WhatBatch
 
@@ -184,3 +188,39 @@ def test_chains_and_batches_run_inline_on_the_sync_driver(make_farm):
     assert f.lines() == [f"a 1 {f.lines()[0].split()[2]}", f"b 1 {f.lines()[0].split()[2]}",
                          f"c 1 {f.lines()[0].split()[2]}", f"batch {b}"]
     assert farm.batch_status(b)["progress"] == 100.0 and tags(f, calls) == ["then"]
+
+
+def test_chains_and_batches_run_on_the_async_drivers_threads(tmp_path):
+    # Given a process whose connection is async (a pool of threads of its own)
+    out, calls = tmp_path / "out.txt", tmp_path / "callbacks.txt"
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "farm.yaml").write_text(
+        "imports: [testjobs]\ndefault: dev\nconnections:\n  dev: {driver: async, workers: 2}\n")
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(f"""\
+        import json, time, farm
+        from testjobs import Grower, Link, Record
+        # When it dispatches a chain and a batch whose first job adds one more
+        farm.chain([Link({str(out)!r}, "a"), Link({str(out)!r}, "b")]).dispatch()
+        b = farm.batch([Grower({str(out)!r}, "g", 1), Link({str(out)!r}, "x")]) \\
+            .then(Record({str(calls)!r}, "then")).dispatch()
+        deadline = time.monotonic() + 20
+        while farm.batch_status(b)["finished_at"] is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print(json.dumps(farm.batch_status(b)))
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(SUPPORT), str(ROOT)])
+    env["FARM_CONFIG"] = str(tmp_path / "conf" / "farm.yaml")
+    cp = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                        timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    # Then the batch finished with the added job, its callback ran once, and the chain in order
+    status = json.loads(cp.stdout)
+    assert (status["total"], status["processed"], status["failed"]) == (3, 3, 0) and status["finished_at"]
+    assert [t for t in tags_of(out) if t in ("a", "b")] == ["a", "b"]
+    assert sorted(tags_of(out)) == ["a", "b", "g", "g-child0", "x"] and tags_of(calls) == ["then"]
+
+
+def tags_of(path) -> list[str]:
+    return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
