@@ -13,7 +13,7 @@ import pytest
 import farm
 from conftest import BACKENDS, ROOT, SUPPORT
 from farm.log import Log
-from testjobs import Barrier, Grower, Link, Record, WhatBatch
+from testjobs import Barrier, Grower, Link, Record, Timed, WhatBatch
 
 from test_worker_lifecycle import beating, finished
 
@@ -224,3 +224,50 @@ def test_chains_and_batches_run_on_the_async_drivers_threads(tmp_path):
 
 def tags_of(path) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_batch_job_run_again_after_its_worker_died_before_the_ack_counts_once_and_fires_nothing_again(make_farm):
+    # Given a PostgreSQL farm (its row locks let the test hold a job's ack) and a batch of one
+    # job that waits for its gate, with callbacks; a worker has started the job
+    import psycopg
+
+    from conftest import PG_URL
+
+    f = make_farm("postgresql", retry_after=1)
+    gate, calls = f.tmp / "gate", f.tmp / "callbacks.txt"
+    then, final = Record(str(calls), "then"), Record(str(calls), "finally")
+    then.queue = final.queue = "callbacks"      # run by the second worker only (a killed worker's
+    bid = farm.batch([Timed(str(f.out), "job", gate=str(gate))]).then(then).finally_(final).dispatch()
+    first = f.worker("--sleep", "0.05")         # lost acks would run them again, rightly)
+    f.wait_for(lambda: f.lines(f.tmp / "out.txt.started"), what="the job to start")
+    # When the test locks the job's row, so the worker's ack waits, and the job ends
+    table = farm.app.manifest().connections["main"].table
+    with psycopg.connect(PG_URL.replace("+psycopg", "")) as db:
+        (job_id,) = db.execute(f"SELECT uuid FROM {table} WHERE payload LIKE %s FOR UPDATE",
+                               (f'%"batch":"{bid}"%',)).fetchone()
+        gate.touch()
+        # Then the worker counts it, finishes the batch and pushes both callbacks before its ack
+        f.wait_for(lambda: farm.batch_status(bid)["finished_at"], what="the batch counted as finished")
+        fired = f"SELECT 1 FROM {table}_batches WHERE id = %s AND then_at IS NOT NULL AND finally_at IS NOT NULL"
+        f.wait_for(lambda: db.execute(fired, (bid,)).fetchone(), what="both callbacks pushed")
+        # When the worker is killed with its ack not committed
+        first.kill()
+        first.wait(10)
+        # (its server sessions, blocked on the lock, would not notice the closed socket before
+        # the lock is gone: ended here, as a server does once it sees the client gone)
+        db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
+                   (f"farm {first.pid} %",))
+        db.rollback()
+    # Then another worker runs the job again (its reservation lapsed), and the callbacks
+    f.worker("--sleep", "0.05", "--queue", "default,callbacks")
+    f.wait_for(lambda: len(f.lines()) == 2, what="the job run a second time")
+    f.wait_for(lambda: len(f.lines(calls)) >= 2, what="the callbacks")
+    f.procs[-1].terminate()
+    assert finished(f.procs[-1]) == 0
+    run_until_empty(f, "--queue", "default,callbacks")
+    # and the job counted once, each callback ran once
+    assert [line.split()[:2] for line in f.lines()] == [["job", "1"], ["job", "2"]]
+    assert sorted(tags(f, calls)) == ["finally", "then"]
+    status = farm.batch_status(bid)
+    assert (status["total"], status["processed"], status["failed"]) == (1, 1, 0)
+    assert farm.job_status(job_id) is None
