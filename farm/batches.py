@@ -12,6 +12,7 @@ finishes and `finally_` runs; `then` never runs for a cancelled batch.
 """
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Sequence
 
@@ -171,6 +172,17 @@ def finished(runner: Any, doc: dict[str, Any], job_id: str, failed: bool) -> Non
     bid = doc.get("batch")
     if isinstance(bid, str):
         _count(runner, store_of(runner.queue), bid, job_id, failed)
+
+
+def unrunnable(runner: Any, reserved: Any) -> None:
+    """A job failed without running (its document names no job we run): if it belongs to a
+    batch, count it as failed, so the batch still finishes. Only on that failure path."""
+    try:
+        doc = json.loads(reserved.body)
+    except (TypeError, ValueError, RecursionError):
+        return
+    if isinstance(doc, dict) and isinstance(doc.get("batch"), str):
+        _count(runner, store_of(runner.queue), doc["batch"], reserved.id, True)
 
 
 def _count(runner: Any, store: Any, bid: str, job_id: str, failed: bool) -> None:

@@ -60,6 +60,7 @@ class Runner:
                            error=reason.splitlines()[0] if reason else "")
             if self.counts is not None:     # under one label: the name is whatever the document says
                 self.counts.add(reserved.queue, BAD_PAYLOAD, "failed", 0.0)
+            batches.unrunnable(self, reserved)      # a batch job that cannot run still counts, failed
             return None
         job._farm_id, job._farm_attempts = reserved.id, reserved.attempts
         timeout = float(doc.get("timeout") or _own(job, "timeout") or self.options.timeout)
@@ -93,7 +94,8 @@ class Runner:
         return self.conclude(attempt, exc)
 
     def killed_too_often(self, attempt: Attempt) -> str | None:
-        """Fail, without running it, a job whose earlier starts each ended with its worker dead."""
+        """Fail, without running it, a job whose earlier starts each ended with its worker dead
+        (or skip a job of a cancelled batch)."""
         assert attempt.doc is not None
         crashes = attempt.reserved.attempts - 1 - int(attempt.doc.get("attempts") or 0)
         if crashes <= CRASHES_ALLOWED:

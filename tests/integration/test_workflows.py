@@ -18,6 +18,13 @@ from testjobs import Barrier, Grower, Link, Record, Timed, WhatBatch
 from test_worker_lifecycle import beating, finished
 
 
+class NotImported(farm.Job):
+    """A job a worker refuses: this module is not under the manifest's `imports:`."""
+
+    def handle(self) -> None:
+        pass
+
+
 def run_until_empty(f, *args: str) -> str:
     """One worker run to an empty queue; its log."""
     p = f.worker("--stop-when-empty", "--sleep", "0.1", *args)
@@ -116,6 +123,8 @@ def test_batch_status_counts_added_and_failed_jobs_and_a_cancelled_batch_skips_i
         .then(Record(str(calls), "then-cancelled")).finally_(Record(str(calls), "finally-cancelled")).dispatch()
     assert farm.batch_cancel(cancelled) is True
     farm.dispatch(WhatBatch(str(f.out)))
+    # and a batch whose job no worker can run (its class is not in the manifest's imports:)
+    unrunnable = farm.batch([NotImported()]).then(Record(str(calls), "then-unrunnable")).dispatch()
     # Then before any worker, nothing has finished
     before = farm.batch_status(grown)
     assert before["name"] == "grown" and (before["total"], before["pending"], before["progress"]) == (3, 3, 0.0)
@@ -137,6 +146,9 @@ def test_batch_status_counts_added_and_failed_jobs_and_a_cancelled_batch_skips_i
     assert gone["cancelled"] is True and (gone["processed"], gone["failed"], gone["pending"]) == (3, 0, 0)
     assert log.count("job.skipped") == 3 and not any(t.startswith("skip") for t in tags(f))
     assert sorted(tags(f, calls)) == ["catch", "finally", "finally-cancelled"]
+    # and the job that could not run counted as failed: its batch finished, without `then`
+    bad = farm.batch_status(unrunnable)
+    assert (bad["processed"], bad["failed"]) == (1, 1) and bad["finished_at"] is not None
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
