@@ -131,8 +131,8 @@ def test_batch_status_counts_added_and_failed_jobs_and_a_cancelled_batch_skips_i
     assert before["finished_at"] is None and before["cancelled"] is False
     assert farm.batch_status("00000000-0000-4000-8000-000000000000") is None
     assert farm.batch_cancel("00000000-0000-4000-8000-000000000000") is False
-    # When a worker runs everything
-    log = run_until_empty(f)
+    # When a threaded worker runs everything (`self.batch.add` from a job thread)
+    log = run_until_empty(f, "--concurrency", "2")
     # Then the added jobs ran and counted, the failure too, and `self.batch` named the batch
     lines = f.lines()
     assert sorted(tags(f)) == sorted(["grower", "grower-child0", "grower-child1", "batch", "batch"])
