@@ -133,11 +133,9 @@ class BatchRef:
         per job id: a job run again after its worker died does not add them twice."""
         items, _ = _docs(jobs, self.id, None)
         self._adds += 1
-        store = store_of(self._queue)
-        if not items or not store.claim(f"batchadd:{self._job_id}:{self._adds}", time.time() + CLAIM_TTL):
+        if not items or not push_once(self._queue, store_of(self._queue), f"batchadd:{self._job_id}:{self._adds}",
+                                      items, grow=self.id):
             return []
-        store.grow_batch(self.id, len(items))      # first: the batch must not finish in between
-        self._queue.push(items)
         return [o.id for o in items]
 
     def status(self) -> dict[str, Any] | None:
@@ -145,6 +143,29 @@ class BatchRef:
 
     def __repr__(self) -> str:
         return f"BatchRef({self.id!r})"
+
+
+def push_once(queue: Any, store: Any, name: str, items: list[Outgoing], grow: str | None = None) -> bool:
+    """Push `items` unless claim `name` was taken (growing batch `grow` by their number first);
+    False when it was. On the database driver claim, growth and jobs are one transaction; on
+    the others the claim comes first, so a worker killed before the push loses the push."""
+    expires = time.time() + CLAIM_TTL
+    if store is queue and hasattr(queue, "claim_and_push"):
+        return bool(queue.claim_and_push(name, expires, items, grow))
+    if not store.claim(name, expires):
+        return False
+    grown = False
+    try:
+        if grow is not None:
+            store.grow_batch(grow, len(items))      # first: the batch must not finish in between
+            grown = True
+        queue.push(items)
+    except BaseException:
+        if grown:
+            store.grow_batch(grow, -len(items))
+        store.unclaim(name)
+        raise
+    return True
 
 
 # -- in the worker (farm/worker/runner.py calls these for documents with a "batch" key) --------
@@ -208,14 +229,19 @@ def _fire(queue: Any, store: Any, b: dict[str, Any] | None, log: Any) -> None:
         doc = b["callbacks"].get(which)
         if not doc:
             continue
-        if not store.fire_batch(b["id"], which):
+        items = [Outgoing(id=doc["id"], queue=doc.get("queue") or "default", body=payload.dumps(doc),
+                          available_at=time.time())]
+        if store is queue and hasattr(queue, "fire_and_push"):     # database: one transaction
+            if not queue.fire_and_push(b["id"], which, items):
+                continue
+        elif not store.fire_batch(b["id"], which):
             continue
-        try:
-            queue.push([Outgoing(id=doc["id"], queue=doc.get("queue") or "default", body=payload.dumps(doc),
-                                 available_at=time.time())])
-        except BaseException:
-            store.unfire_batch(b["id"], which)
-            raise
+        else:
+            try:
+                queue.push(items)
+            except BaseException:
+                store.unfire_batch(b["id"], which)
+                raise
         if log is not None:
             log.info("batch.callback", batch=b["id"], callback=which, id=doc["id"], job=doc["job"])
 

@@ -5,10 +5,11 @@ assigned at dispatch. When a link succeeds its worker pushes the next (carrying 
 before it acks the link. A link that finally fails goes to the failed jobs with `"chain"`
 still in its document, so `farmctl retry` of it resumes the chain where it stopped.
 
-The next link is pushed at most once: its push is preceded by a claim in the store on its
+The next link is pushed at most once: its push goes with a claim in the store on its
 pre-assigned id (`chain:<id>`), so a link run again after its worker died between the push
-and the ack does not push it again. The window that remains: a worker killed after the
-claim and before the push ends the chain there (README "Chains and batches").
+and the ack does not push it again. On the database driver the claim and the push are one
+transaction; on redis and amqp the claim comes first, and a worker killed between the two
+ends the chain there (README "Chains and batches").
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from .drivers.base import Outgoing
 from .errors import SerializationError
 from .jobs import Job
 
-CLAIM_TTL = 86400.0     # seconds a link's push claim is kept: only a crashed link's rerun meets it
 
 
 class Chain:
@@ -54,7 +54,7 @@ def chain(jobs: Sequence[Job]) -> Chain:
 
 def succeeded(runner: Any, doc: dict[str, Any]) -> None:
     """A link succeeded: push the next one (once), before the link is acked."""
-    from .batches import store_of
+    from .batches import push_once, store_of
 
     rest = doc.get("chain")
     if not rest:
@@ -72,15 +72,9 @@ def succeeded(runner: Any, doc: dict[str, Any]) -> None:
     except Exception as e:
         runner.log.error("chain.bad", id=doc.get("id"), detail=f"its next link: {e}")
         return
-    store = store_of(runner.queue)
-    name = "chain:" + nxt["id"]
-    if not store.claim(name, time.time() + CLAIM_TTL):
+    items = [Outgoing(id=nxt["id"], queue=nxt.get("queue") or "default", body=payload.dumps(nxt),
+                      available_at=time.time())]
+    if not push_once(runner.queue, store_of(runner.queue), "chain:" + nxt["id"], items):
         runner.log.info("chain.pushed_already", id=doc["id"], next=nxt["id"])
         return
-    try:
-        runner.queue.push([Outgoing(id=nxt["id"], queue=nxt.get("queue") or "default",
-                                    body=payload.dumps(nxt), available_at=time.time())])
-    except BaseException:
-        store.unclaim(name)
-        raise
     runner.log.info("chain.next", id=doc["id"], next=nxt["id"], job=nxt["job"], left=len(rest) - 1)

@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any, Sequence
 
+from .base import Outgoing
+
 CALLBACKS = ("then", "catch", "finally")
 COLUMNS = "id, name, total, processed, failed, callbacks, created_at, finished_at, cancelled_at"
 
@@ -116,6 +118,40 @@ class DatabaseBatches:
         """Its push failed: the next worker to see the batch due pushes it."""
         with self._cursor() as cur:        # type: ignore[attr-defined]
             cur.execute(self.batch_sql.unfire[which], (batch_id,))
+
+    # pushes that must happen once: the mark and the jobs in one transaction, so a worker
+    # killed at any point has either done both or neither (farm/batches.py push_once)
+    def claim_and_push(self, name: str, expires: float, items: Sequence[Outgoing],
+                       grow: str | None = None) -> bool:
+        """Take claim `name` and insert the jobs (growing batch `grow` by their number); False,
+        with nothing written, when the claim was taken already."""
+        now = time.time()
+        if now >= self._claims_pruned:                   # type: ignore[has-type]
+            self._claims_pruned = now + 3600
+            with self._cursor() as cur:                  # type: ignore[attr-defined]
+                cur.execute(self.sql.prune_claims, (now,))   # type: ignore[attr-defined]
+        with self._cursor(tx=True) as cur:               # type: ignore[attr-defined]
+            cur.execute(self.sql.claim, ("claim:" + name, expires))   # type: ignore[attr-defined]
+            if cur.rowcount != 1:
+                return False
+            if grow is not None:
+                cur.execute(self.batch_sql.grow, (len(items), grow))
+            self._insert_all(cur, items, now)
+        return True
+
+    def fire_and_push(self, batch_id: str, which: str, items: Sequence[Outgoing]) -> bool:
+        """Mark the batch's `which` callback fired and insert it; False when it had fired."""
+        now = time.time()
+        with self._cursor(tx=True) as cur:               # type: ignore[attr-defined]
+            cur.execute(self.batch_sql.fire[which], (now, batch_id))
+            if cur.rowcount != 1:
+                return False
+            self._insert_all(cur, items, now)
+        return True
+
+    def _insert_all(self, cur: Any, items: Sequence[Outgoing], now: float) -> None:
+        rows = [(o.id, o.queue, o.body, o.attempts, o.available_at, now) for o in items]
+        cur.executemany(self.sql.insert, rows)           # type: ignore[attr-defined]
 
     def prune_batches(self, before: float) -> int:
         """Forget batches that finished before `before` (and their job records)."""
