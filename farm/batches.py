@@ -147,11 +147,14 @@ class BatchRef:
 
 def push_once(queue: Any, store: Any, name: str, items: list[Outgoing], grow: str | None = None) -> bool:
     """Push `items` unless claim `name` was taken (growing batch `grow` by their number first);
-    False when it was. On the database driver claim, growth and jobs are one transaction; on
-    the others the claim comes first, so a worker killed before the push loses the push."""
+    False when it was. On the database driver claim, growth and jobs are one transaction, on
+    redis one job's claim and push one script; else the claim comes first, so a worker killed
+    before the push loses the push."""
     expires = time.time() + CLAIM_TTL
     if store is queue and hasattr(queue, "claim_and_push"):
-        return bool(queue.claim_and_push(name, expires, items, grow))
+        done = queue.claim_and_push(name, expires, items, grow)
+        if done is not None:            # redis: None when it cannot be one step
+            return bool(done)
     if not store.claim(name, expires):
         return False
     grown = False

@@ -8,8 +8,8 @@ still in its document, so `farmctl retry` of it resumes the chain where it stopp
 The next link is pushed at most once: its push goes with a claim in the store on its
 pre-assigned id (`chain:<id>`), so a link run again after its worker died between the push
 and the ack does not push it again. On the database driver the claim and the push are one
-transaction; on redis and amqp the claim comes first, and a worker killed between the two
-ends the chain there (README "Chains and batches").
+transaction, on redis one script; on amqp the claim (in the `store:`) comes first, and a
+worker killed between the two ends the chain there (README "Chains and batches").
 """
 from __future__ import annotations
 

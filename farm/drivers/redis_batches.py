@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Sequence
+
+from .base import Outgoing
 
 # KEYS: the batch, its jobs; ARGV: job id, 1 if it failed, now. Counts the job once; the
 # record after it (an empty reply for an unknown batch)
@@ -30,6 +32,28 @@ return redis.call('HGETALL', KEYS[1])
 GROW = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'total', ARGV[1]) end
 return 0
+"""
+
+# KEYS: the queue's ready, delayed, bodies, starts, and the claim (in the queue's hash slot).
+# ARGV: now, wake channel, ttl, id, at, attempts, body. The claim and the push of one job in
+# one step (a chain's next link): 0, with nothing written, when the claim was taken already
+PUSH_ONCE = """
+local ready, delayed, bodies, starts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if redis.call('HEXISTS', bodies, ARGV[4]) == 1 then
+  return redis.error_reply('a job with id ' .. ARGV[4] .. ' is already delayed or reserved on this queue')
+end
+if not redis.call('SET', KEYS[5], '1', 'NX', 'EX', tonumber(ARGV[3])) then return 0 end
+local before = redis.call('LLEN', ready)
+local id, at, attempts, body = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+if attempts > 0 then redis.call('HSET', starts, id, attempts) end
+if at > tonumber(ARGV[1]) then
+  redis.call('HSET', bodies, id, body)
+  redis.call('ZADD', delayed, at, id)
+else
+  redis.call('LPUSH', ready, body)
+end
+if before == 0 then redis.call('PUBLISH', ARGV[2], '1') end
+return 1
 """
 
 
@@ -94,6 +118,24 @@ class RedisBatches:
     def unfire_batch(self, batch_id: str, which: str) -> None:
         with self._calling("cannot unfire a batch callback"):  # type: ignore[attr-defined]
             self.client.hdel(self._batch_keys(batch_id)[0], f"{which}_at")   # type: ignore[attr-defined]
+
+    def claim_and_push(self, name: str, expires: float, items: Sequence[Outgoing],
+                       grow: str | None = None) -> bool | None:
+        """Take claim `name` and push the job in one script (its claim in the queue's hash
+        slot); False when it was taken. None when that cannot be one step (several jobs, or a
+        batch to grow, whose keys are elsewhere): the caller claims, then pushes."""
+        if len(items) != 1 or grow is not None:
+            return None
+        (o,) = items
+        k = self._keys(o.queue)                          # type: ignore[attr-defined]
+        ttl = max(1, int(expires - time.time()) + 1)
+        with self._calling("push failed"):               # type: ignore[attr-defined]
+            self._register([o.queue])                    # type: ignore[attr-defined]
+            done = self.client.eval(PUSH_ONCE, 5, k[0], k[1], k[3], k[5],   # type: ignore[attr-defined]
+                                    f"{self.prefix}:{{{o.queue}}}:claim:{name}",   # type: ignore[attr-defined]
+                                    repr(time.time()), self._wake(o.queue), ttl,   # type: ignore[attr-defined]
+                                    o.id, repr(o.available_at), o.attempts, o.body)
+        return bool(done)
 
     def prune_batches(self, before: float) -> int:
         n = 0
