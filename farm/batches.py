@@ -218,7 +218,7 @@ def _count(runner: Any, store: Any, bid: str, job_id: str, failed: bool) -> None
 
 
 def _fire(queue: Any, store: Any, b: dict[str, Any] | None, log: Any) -> None:
-    """Push each callback that is due, once (a claim per callback decides who pushes it)."""
+    """Push each callback that is due, once (its fired mark in the batch record decides who)."""
     if b is None:
         return
     due = []
