@@ -15,4 +15,7 @@ __all__ = [
 ]
 __all__ += ["job_status", "cancel", "pause", "resume", "paused"]     # operations (farmctl job, cancel, pause)
 __all__ += ["on", "JobEvent", "SkipRetry"]                       # events, give up without retry
+from .batches import batch, batch_cancel, batch_status   # noqa: E402  (chains and batches)
+from .chains import chain   # noqa: E402
+__all__ += ["chain", "batch", "batch_status", "batch_cancel"]
 __version__ = "0.1.0"

@@ -59,6 +59,11 @@ class Job:
     def attempts(self) -> int:
         return getattr(self, "_farm_attempts", 0)
 
+    @property
+    def batch(self) -> Any:
+        """The batch this job runs in (`.id`, `.add([...])`, farm/batches.py), else None."""
+        return getattr(self, "_farm_batch", None)
+
     # -- dispatching --------------------------------------------------------------------
     def dispatch(self, **options: Any) -> str | None:
         from .dispatch import dispatch

@@ -60,10 +60,16 @@ def status() -> dict[str, Any]:
     from ..commands.ops import _stores, status_doc
 
     doc = status_doc()
-    doc["batches"] = []            # farm.batch does not exist yet
+    doc["batches"] = _section(doc, "batches", _batches)     # farm/batches.py: recent ones, with progress
     doc["schedule"] = _section(doc, "schedule", _schedule, app.manifest())
     doc["throughput"] = _section(doc, "throughput", _throughput, _stores())
     return doc
+
+
+def _batches() -> list[dict[str, Any]]:
+    from ..batches import recent_batches
+
+    return recent_batches(20)
 
 
 def _section(doc: dict[str, Any], what: str, read: Callable[..., list[Any]], *args: Any) -> list[Any]:

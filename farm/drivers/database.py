@@ -19,12 +19,13 @@ from ..errors import DriverUnavailable, FarmError, SerializationError
 from ..manifest import Connection
 from . import dbapi, pgacks, sql
 from .base import FailedJob, Outgoing, Reserved, done_info
+from .batchstore import DatabaseBatches
 
 
 DEFAULT_URL = "sqlite:///var/farm.db"
 
 
-class DatabaseQueue:
+class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
     supports_notify = False
 
     def __init__(self, conn: Connection) -> None:
@@ -189,6 +190,7 @@ class DatabaseQueue:
         probes = [f"SELECT 1 FROM {name} WHERE 1 = 0" for name in
                   (t, self.config.failed_table, f"{t}_stamps", f"{t}_workers", f"{t}_counts") if name]
         probes.append(f"SELECT 1 FROM {t}_done WHERE 1 = 0")
+        probes += [f"SELECT 1 FROM {t}_batches WHERE 1 = 0", f"SELECT 1 FROM {t}_batch_jobs WHERE 1 = 0"]
         if self.dialect == "postgresql":
             probes.append(f"SELECT 1 / COUNT(*) FROM pg_trigger WHERE tgname = '{t}_notify'")
         try:

@@ -31,6 +31,7 @@ from ..log import Log
 from ..manifest import Connection
 from . import redis_lua as lua
 from .base import FailedJob, Outgoing, Reserved, done_info
+from .redis_batches import RedisBatches
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFETCH = 100
@@ -71,7 +72,7 @@ def connect(url: str) -> Any:
     return client
 
 
-class RedisQueue:
+class RedisQueue(RedisBatches):    # batches: drivers/redis_batches.py
     supports_notify = True
 
     def __init__(self, conn: Connection, store: Any = None) -> None:

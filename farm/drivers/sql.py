@@ -69,6 +69,30 @@ def tables(jobs: str, failed: str | None) -> tuple[Any, ...]:
         Column("n", BigInteger, nullable=False),
         Column("seconds", Float(53), nullable=False),
     )
+    # chains and batches (farm/batches.py, drivers/batchstore.py): a batch's counters, and
+    # each of its jobs once it has finished (so a job run again is not counted again)
+    Table(
+        f"{jobs}_batches", md,
+        Column("id", String(36), primary_key=True),
+        Column("name", String(191), nullable=True),
+        Column("total", Integer, nullable=False),
+        Column("processed", Integer, nullable=False),
+        Column("failed", Integer, nullable=False),
+        Column("callbacks", LONGTEXT, nullable=False),
+        Column("created_at", Float(53), nullable=False),
+        Column("finished_at", Float(53), nullable=True),
+        Column("cancelled_at", Float(53), nullable=True),
+        Column("then_at", Float(53), nullable=True),       # when each callback was pushed (once)
+        Column("catch_at", Float(53), nullable=True),
+        Column("finally_at", Float(53), nullable=True),
+        Index(f"{jobs}_batches_created", "created_at"),
+    )
+    Table(
+        f"{jobs}_batch_jobs", md,
+        Column("batch_id", String(36), primary_key=True),
+        Column("job_id", String(36), primary_key=True),
+        Column("failed", Integer, nullable=False),
+    )
     return md, jobs_t, failed_t, stamps_t, workers_t, counts_t
 
 

@@ -25,6 +25,11 @@ class SyncQueue:
             doc = payload.parse(item.body)
             job = instantiate(self.registry.resolve(doc["job"]), payload.decode_data(doc["data"]))
             job._farm_id, job._farm_attempts = item.id, 1
+            if "chain" in doc or "batch" in doc:    # chains and batches (farm/batches.py)
+                from ..batches import run_inline as run_workflow
+
+                run_workflow(self, doc, job, item.id)
+                continue
             run_inline(job, self.name)
 
     def reserve(self, queues: Sequence[str], limit: int, wait: float) -> list[Reserved]:

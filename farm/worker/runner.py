@@ -9,7 +9,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import events, payload
+from .. import batches, chains, events, payload
 from ..errors import Abandon, FarmError, MaxAttemptsExceeded, PayloadError, SkipRetry
 from ..jobs import Job, instantiate, option
 from ..log import Log
@@ -61,6 +61,7 @@ class Runner:
                            error=reason.splitlines()[0] if reason else "")
             if self.counts is not None:     # under one label: the name is whatever the document says
                 self.counts.add(reserved.queue, BAD_PAYLOAD, "failed", 0.0)
+            batches.unrunnable(self, reserved)      # a batch job that cannot run still counts, failed
             return None
         job._farm_id, job._farm_attempts = reserved.id, reserved.attempts
         timeout = float(doc.get("timeout") or _own(job, "timeout") or self.options.timeout)
@@ -94,10 +95,14 @@ class Runner:
         return self.conclude(attempt, exc)
 
     def killed_too_often(self, attempt: Attempt) -> str | None:
-        """Fail, without running it, a job whose earlier starts each ended with its worker dead."""
+        """Fail, without running it, a job whose earlier starts each ended with its worker dead
+        (or skip a job of a cancelled batch)."""
         assert attempt.doc is not None
         crashes = attempt.reserved.attempts - 1 - int(attempt.doc.get("attempts") or 0)
         if crashes <= CRASHES_ALLOWED:
+            # batches (farm/batches.py): a job of a cancelled batch is skipped, not run
+            if "batch" in attempt.doc and batches.skipped(self, attempt):
+                return "skipped"
             return None
         exc = MaxAttemptsExceeded(f"the job was started {crashes} times by workers that died running it")
         return self.settle(attempt, exc, decided=retry.Decision(False, reason=str(exc)))
@@ -116,6 +121,11 @@ class Runner:
             if retain:                  # `retention`: the ack keeps it as done for that long
                 r.retain = float(retain)
                 self.kept += 1
+            doc = attempt.doc
+            if "batch" in doc:          # chains and batches: counted, next link pushed, before the ack
+                batches.finished(self, doc, r.id, False)
+            if "chain" in doc:
+                chains.succeeded(self, doc)
             self._ack(r)
             seconds = time.monotonic() - attempt.started
             self.log.info("job.done", id=r.id, job=attempt.doc["job"], queue=r.queue, attempt=r.attempts,
@@ -222,6 +232,8 @@ class Runner:
             return "lost"
         self.log.error("job.failed", id=r.id, job=doc["job"], queue=r.queue, attempt=r.attempts,
                        reason=decision.reason, error=_summary(exc))
+        if "batch" in doc:              # batches (farm/batches.py): a final failure counts
+            batches.finished(self, doc, r.id, True)
         try:
             job.failed(exc)
         except BaseException as hook_exc:

@@ -175,6 +175,15 @@ def test_the_page_shows_the_farm_and_its_buttons_retry_and_forget_failed_jobs(ma
     expect(other.locator("#failed-total")).to_have_text("(0)")
     expect(other.locator('#queues tr[data-queue="backlog"] td.ready')).to_have_text("3")
 
+    # When a batch of two jobs is dispatched, one for the worker and one on the unworked queue
+    waiting = Noop()
+    waiting.queue = "backlog"
+    batch_id = farm.batch([Noop(), waiting], name="thumbs").dispatch()
+    # Then the page shows the batch half done, with its progress bar
+    box = page.locator(f'#batches .batch[data-id="{batch_id}"]')
+    expect(box).to_contain_text("thumbs: 1 of 2 finished")
+    expect(box.locator(".bar > div")).to_have_attribute("style", "width: 50%;")
+
 
 def test_actions_need_the_token_and_a_dashboard_without_one_is_read_only(make_farm: Any) -> None:
     # Given a failed job and two dashboards: one with a token, one without

@@ -373,3 +373,59 @@ class Kept(Record):
     """A `Record` kept as done for a minute once it succeeds (`retention`: farm.job_status)."""
 
     retention = 60
+
+
+# -- chains and batches (tests/integration/test_workflows.py) ---------------------------------
+class Link(farm.Job):
+    """A chain link or batch job: records `<tag> <attempt> <pid>`; fails (no retry) while the file
+    `gate` is missing, when a gate is given."""
+
+    tries = 1
+
+    def __init__(self, path: str, tag: str, gate: str = "") -> None:
+        self.path, self.tag, self.gate = path, tag, gate
+
+    def handle(self) -> None:
+        if self.gate and not os.path.exists(self.gate):
+            raise RuntimeError(f"{self.tag}: the gate is closed")
+        record(self.path, f"{self.tag} {self.attempts} {os.getpid()}")
+
+
+class Barrier(farm.Job):
+    """Arrives at a barrier directory, waits until `n` jobs have arrived, then records `tag`:
+    jobs on different workers end at the same instant."""
+
+    def __init__(self, path: str, tag: str, barrier: str, n: int, fail: bool = False) -> None:
+        self.path, self.tag, self.barrier, self.n, self.fail_at_end = path, tag, barrier, n, fail
+
+    def handle(self) -> None:
+        os.makedirs(self.barrier, exist_ok=True)
+        record(os.path.join(self.barrier, self.tag), str(os.getpid()))
+        deadline = time.monotonic() + 20
+        while len(os.listdir(self.barrier)) < self.n and time.monotonic() < deadline:
+            time.sleep(0.002)
+        record(self.path, f"{self.tag} {os.getpid()}")
+        if self.fail_at_end:
+            self.fail("failing at the barrier")
+
+
+class Grower(farm.Job):
+    """Adds `n` Link jobs to its own batch and records its batch id."""
+
+    def __init__(self, path: str, tag: str, n: int) -> None:
+        self.path, self.tag, self.n = path, tag, n
+
+    def handle(self) -> None:
+        assert self.batch is not None
+        self.batch.add([Link(self.path, f"{self.tag}-child{i}") for i in range(self.n)])
+        record(self.path, f"{self.tag} batch={self.batch.id}")
+
+
+class WhatBatch(farm.Job):
+    """Records the id of its batch (`none` outside one)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def handle(self) -> None:
+        record(self.path, f"batch {self.batch.id if self.batch else 'none'}")

@@ -1,0 +1,285 @@
+"""Issue #15, chains and batches: real workers on every backend (farm/chains.py, farm/batches.py)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+
+import farm
+from conftest import BACKENDS, ROOT, SUPPORT
+from farm.log import Log
+from testjobs import Barrier, Grower, Link, Record, Timed, WhatBatch
+
+from test_worker_lifecycle import beating, finished
+
+
+class NotImported(farm.Job):
+    """A job a worker refuses: this module is not under the manifest's `imports:`."""
+
+    def handle(self) -> None:
+        pass
+
+
+def run_until_empty(f, *args: str) -> str:
+    """One worker run to an empty queue; its log."""
+    p = f.worker("--stop-when-empty", "--sleep", "0.1", *args)
+    assert finished(p) == 0, p.stderr.read()
+    return p.stderr.read()
+
+
+def tags(f, path=None) -> list[str]:
+    return [line.split()[0] for line in f.lines(path)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_chain_runs_in_order_stops_at_a_failed_link_and_retry_of_that_link_resumes_it(make_farm, backend):
+    # Given a chain of three links whose second fails while its gate is closed
+    f = make_farm(backend)
+    gate = f.tmp / "gate"
+    first = farm.chain([Link(str(f.out), "a"), Link(str(f.out), "b", gate=str(gate)),
+                        Link(str(f.out), "c")]).dispatch()
+    # When a worker runs what is queued
+    run_until_empty(f)
+    # Then the first link ran, the second finally failed and the third never ran
+    assert tags(f) == ["a"]
+    failed = f.store().failed()
+    assert len(failed) == 1 and failed[0].id != first
+    doc = json.loads(failed[0].body)
+    assert doc["data"]["tag"] == "b" and [d["data"]["tag"] for d in doc["chain"]] == ["c"]
+    # When the gate opens and the failed link is retried
+    gate.touch()
+    f.farmctl("retry", failed[0].id, check=True)
+    run_until_empty(f)
+    # Then the chain resumes where it stopped, each link once, in order
+    assert tags(f) == ["a", "b", "c"]
+    assert f.store().count_failed() == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_link_finishing_twice_after_a_crash_pushes_the_next_link_once(make_farm, backend):
+    # Given a chain whose first link's document a worker holds
+    f = make_farm(backend)
+    farm.chain([Link(str(f.out), "a"), Link(str(f.out), "b"), Link(str(f.out), "c")]).dispatch()
+    (reserved,) = f.wait_for(lambda: f.queue().reserve(["default"], 1, 1), what="the first link")
+    doc = json.loads(reserved.body)
+    # When its success is settled twice (its worker died after pushing the next link, before
+    # the ack, and the link ran again), through the hook the runner calls before each ack
+    runner = SimpleNamespace(queue=f.queue(), log=Log(level="error"))
+    farm.chains.succeeded(runner, doc)
+    farm.chains.succeeded(runner, doc)
+    f.queue().ack(reserved)
+    f.queue().close()           # RabbitMQ: this process's consumer lets go of what it was sent
+    run_until_empty(f)
+    # Then the rest of the chain ran once
+    assert tags(f) == ["b", "c"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_callbacks_run_once_when_two_workers_finish_the_last_jobs_at_the_same_instant(make_farm, backend):
+    # Given two workers taking one job at a time
+    f = make_farm(backend)
+    calls = f.tmp / "callbacks.txt"
+    for _ in range(2):
+        f.worker("--sleep", "0.05", "--prefetch", "1")
+    beating(f, 2)
+    for rnd, fail in enumerate([False, False, True]):
+        # When a batch of two jobs that wait for each other and end together is dispatched
+        barrier = str(f.tmp / f"barrier{rnd}")
+        b = farm.batch([Barrier(str(f.out), f"r{rnd}j{i}", barrier, 2, fail=fail) for i in range(2)],
+                       name=f"round {rnd}")
+        b.then(Record(str(calls), f"then{rnd}")).catch(Record(str(calls), f"catch{rnd}"))
+        b.finally_(Record(str(calls), f"finally{rnd}")).dispatch()
+        f.wait_for(lambda: f"finally{rnd}" in tags(f, calls), what=f"round {rnd}'s finally callback")
+        status = f.wait_for(lambda: (s := farm.batch_status(b.id))["finished_at"] and s, what="the batch finished")
+        # Then the two jobs ran on different workers, and each callback that is due ran once
+        ran = [line.split() for line in f.lines() if line.startswith(f"r{rnd}j")]
+        assert len(ran) == 2 and ran[0][1] != ran[1][1], ran
+        assert (status["total"], status["pending"], status["processed"], status["failed"]) == (2, 0, 2, 2 * fail)
+    # and once the workers have stopped (settling what they ran) and what is left has run, no more ran
+    for p in f.procs:
+        p.terminate()
+    assert [finished(p) for p in f.procs] == [0, 0]
+    run_until_empty(f)
+    assert sorted(tags(f, calls)) == sorted(["then0", "finally0", "then1", "finally1", "catch2", "finally2"]), \
+        f.lines(calls)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_status_counts_added_and_failed_jobs_and_a_cancelled_batch_skips_its_jobs(make_farm, backend):
+    # Given a batch whose first job adds two jobs to it and whose last job fails
+    f = make_farm(backend)
+    calls = f.tmp / "callbacks.txt"
+    grown = farm.batch([Grower(str(f.out), "grower", 2), WhatBatch(str(f.out)),
+                        Link(str(f.out), "doomed", gate=str(f.tmp / "never"))], name="grown") \
+        .then(Record(str(calls), "then")).catch(Record(str(calls), "catch")) \
+        .finally_(Record(str(calls), "finally")).dispatch()
+    # and a batch cancelled before any worker ran it, and a job outside any batch
+    cancelled = farm.batch([Link(str(f.out), f"skip{i}") for i in range(3)], name="cancelled") \
+        .then(Record(str(calls), "then-cancelled")).finally_(Record(str(calls), "finally-cancelled")).dispatch()
+    assert farm.batch_cancel(cancelled) is True
+    farm.dispatch(WhatBatch(str(f.out)))
+    # and a batch whose job no worker can run (its class is not in the manifest's imports:)
+    unrunnable = farm.batch([NotImported()]).then(Record(str(calls), "then-unrunnable")).dispatch()
+    # Then before any worker, nothing has finished
+    before = farm.batch_status(grown)
+    assert before["name"] == "grown" and (before["total"], before["pending"], before["progress"]) == (3, 3, 0.0)
+    assert before["finished_at"] is None and before["cancelled"] is False
+    assert farm.batch_status("00000000-0000-4000-8000-000000000000") is None
+    assert farm.batch_cancel("00000000-0000-4000-8000-000000000000") is False
+    # When a threaded worker runs everything (`self.batch.add` from a job thread)
+    log = run_until_empty(f, "--concurrency", "2")
+    # Then the added jobs ran and counted, the failure too, and `self.batch` named the batch
+    lines = f.lines()
+    assert sorted(tags(f)) == sorted(["grower", "grower-child0", "grower-child1", "batch", "batch"])
+    assert f"grower batch={grown}" in lines and f"batch {grown}" in lines and "batch none" in lines
+    after = farm.batch_status(grown)
+    assert (after["total"], after["pending"], after["processed"], after["failed"], after["progress"]) == \
+        (5, 0, 5, 1, 100.0)
+    assert after["finished_at"] is not None
+    # and the cancelled batch's jobs were skipped (processed, not failed), its `finally_` ran, not `then`
+    gone = farm.batch_status(cancelled)
+    assert gone["cancelled"] is True and (gone["processed"], gone["failed"], gone["pending"]) == (3, 0, 0)
+    assert log.count("job.skipped") == 3 and not any(t.startswith("skip") for t in tags(f))
+    assert sorted(tags(f, calls)) == ["catch", "finally", "finally-cancelled"]
+    # and the job that could not run counted as failed: its batch finished, without `then`
+    bad = farm.batch_status(unrunnable)
+    assert (bad["processed"], bad["failed"]) == (1, 1) and bad["finished_at"] is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_job_finished_twice_counts_once_in_its_batch(make_farm, backend):
+    # Given a batch of two jobs, in the connection's store
+    f = make_farm(backend)
+    b = farm.batch([Link(str(f.out), "a"), Link(str(f.out), "b")]).dispatch()
+    store = farm.batches.store_of(f.queue())
+    # When one job is counted twice (run again after its worker died before its ack)
+    store.batch_job_finished(b, "job-1", False)
+    again = store.batch_job_finished(b, "job-1", False)
+    # Then it counts once, and the batch finishes only with the other job
+    assert (again["processed"], again["finished_at"]) == (1, None)
+    last = store.batch_job_finished(b, "job-2", True)
+    assert (last["processed"], last["failed"]) == (2, 1) and last["finished_at"] is not None
+    assert store.batch_job_finished("00000000-0000-4000-8000-000000000000", "x", False) is None
+
+
+def test_farmctl_batches_lists_shows_one_refuses_an_unknown_id_and_prunes_finished_ones(make_farm):
+    # Given a finished batch and an unfinished one
+    f = make_farm("sqlite")
+    done = farm.batch([Link(str(f.out), "a")], name="done").dispatch()
+    run_until_empty(f)
+    waiting = farm.batch([Link(str(f.out), "b")], name="waiting").dispatch()
+    # Then `batches` lists both, as a table and as JSON
+    table = f.farmctl("batches", check=True).stdout
+    assert "NAME" in table and "PROGRESS" in table and done in table and "waiting" in table
+    listed = json.loads(f.farmctl("batches", "--json", check=True).stdout)
+    assert [b["id"] for b in listed] == [waiting, done] and listed[1]["progress"] == 100.0
+    one = json.loads(f.farmctl("batches", done, "--json", check=True).stdout)
+    assert one == farm.batch_status(done) and one["pending"] == 0
+    # and an unknown id is exit 1 with one line
+    cp = f.farmctl("batches", "00000000-0000-4000-8000-000000000000")
+    assert cp.returncode == 1 and cp.stderr.strip().count("\n") == 0 and "no batch" in cp.stderr
+    # When finished batches are pruned, only the finished one goes
+    assert "1 finished batch" in f.farmctl("prune-batches", "--hours", "0", check=True).stdout
+    assert farm.batch_status(done) is None and farm.batch_status(waiting) is not None
+    assert f.farmctl("prune-batches", "--hours", "x").returncode == 2
+
+
+def test_chains_and_batches_run_inline_on_the_sync_driver(make_farm):
+    # Given a sync connection, whose jobs run as they are dispatched
+    f = make_farm("sync")
+    calls = f.tmp / "callbacks.txt"
+    # When a chain and a batch are dispatched
+    farm.chain([Link(str(f.out), "a"), Link(str(f.out), "b")]).dispatch()
+    b = farm.batch([Link(str(f.out), "c"), WhatBatch(str(f.out))]).then(Record(str(calls), "then")).dispatch()
+    # Then they ran in order, the batch finished and its callback ran
+    assert f.lines() == [f"a 1 {f.lines()[0].split()[2]}", f"b 1 {f.lines()[0].split()[2]}",
+                         f"c 1 {f.lines()[0].split()[2]}", f"batch {b}"]
+    assert farm.batch_status(b)["progress"] == 100.0 and tags(f, calls) == ["then"]
+
+
+def test_chains_and_batches_run_on_the_async_drivers_threads(tmp_path):
+    # Given a process whose connection is async (a pool of threads of its own)
+    out, calls = tmp_path / "out.txt", tmp_path / "callbacks.txt"
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "farm.yaml").write_text(
+        "imports: [testjobs]\ndefault: dev\nconnections:\n  dev: {driver: async, workers: 2}\n")
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(f"""\
+        import json, time, farm
+        from testjobs import Grower, Link, Record
+        # When it dispatches a chain and a batch whose first job adds one more
+        farm.chain([Link({str(out)!r}, "a"), Link({str(out)!r}, "b")]).dispatch()
+        b = farm.batch([Grower({str(out)!r}, "g", 1), Link({str(out)!r}, "x")]) \\
+            .then(Record({str(calls)!r}, "then")).dispatch()
+        deadline = time.monotonic() + 20
+        while farm.batch_status(b)["finished_at"] is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print(json.dumps(farm.batch_status(b)))
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARM_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(SUPPORT), str(ROOT)])
+    env["FARM_CONFIG"] = str(tmp_path / "conf" / "farm.yaml")
+    cp = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                        timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    # Then the batch finished with the added job, its callback ran once, and the chain in order
+    status = json.loads(cp.stdout)
+    assert (status["total"], status["processed"], status["failed"]) == (3, 3, 0) and status["finished_at"]
+    assert [t for t in tags_of(out) if t in ("a", "b")] == ["a", "b"]
+    assert sorted(tags_of(out)) == ["a", "b", "g", "g-child0", "x"] and tags_of(calls) == ["then"]
+
+
+def tags_of(path) -> list[str]:
+    return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_batch_job_run_again_after_its_worker_died_before_the_ack_counts_once_and_fires_nothing_again(make_farm):
+    # Given a PostgreSQL farm (its row locks let the test hold a job's ack) and a batch of one
+    # job that waits for its gate, with callbacks; a worker has started the job
+    import psycopg
+
+    from conftest import PG_URL
+
+    f = make_farm("postgresql", retry_after=1)
+    gate, calls = f.tmp / "gate", f.tmp / "callbacks.txt"
+    then, final = Record(str(calls), "then"), Record(str(calls), "finally")
+    then.queue = final.queue = "callbacks"      # run by the second worker only (a killed worker's
+    bid = farm.batch([Timed(str(f.out), "job", gate=str(gate))]).then(then).finally_(final).dispatch()
+    first = f.worker("--sleep", "0.05")         # lost acks would run them again, rightly)
+    f.wait_for(lambda: f.lines(f.tmp / "out.txt.started"), what="the job to start")
+    # When the test locks the job's row, so the worker's ack waits, and the job ends
+    table = farm.app.manifest().connections["main"].table
+    with psycopg.connect(PG_URL.replace("+psycopg", "")) as db:
+        (job_id,) = db.execute(f"SELECT uuid FROM {table} WHERE payload LIKE %s FOR UPDATE",
+                               (f'%"batch":"{bid}"%',)).fetchone()
+        gate.touch()
+        # Then the worker counts it, finishes the batch and pushes both callbacks before its ack
+        f.wait_for(lambda: farm.batch_status(bid)["finished_at"], what="the batch counted as finished")
+        fired = f"SELECT 1 FROM {table}_batches WHERE id = %s AND then_at IS NOT NULL AND finally_at IS NOT NULL"
+        f.wait_for(lambda: db.execute(fired, (bid,)).fetchone(), what="both callbacks pushed")
+        # When the worker is killed with its ack not committed
+        first.kill()
+        first.wait(10)
+        # (its server sessions, blocked on the lock, would not notice the closed socket before
+        # the lock is gone: ended here, as a server does once it sees the client gone)
+        db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE %s",
+                   (f"farm {first.pid} %",))
+        db.rollback()
+    # Then another worker runs the job again (its reservation lapsed), and the callbacks
+    f.worker("--sleep", "0.05", "--queue", "default,callbacks")
+    f.wait_for(lambda: len(f.lines()) == 2, what="the job run a second time")
+    f.wait_for(lambda: len(f.lines(calls)) >= 2, what="the callbacks")
+    f.procs[-1].terminate()
+    assert finished(f.procs[-1]) == 0
+    run_until_empty(f, "--queue", "default,callbacks")
+    # and the job counted once, each callback ran once
+    assert [line.split()[:2] for line in f.lines()] == [["job", "1"], ["job", "2"]]
+    assert sorted(tags(f, calls)) == ["finally", "then"]
+    status = farm.batch_status(bid)
+    assert (status["total"], status["processed"], status["failed"]) == (1, 1, 0)
+    assert farm.job_status(job_id) is None
