@@ -5,6 +5,7 @@ from .dispatch import dispatch, dispatch_many, dispatch_sync
 from .errors import (DriverUnavailable, FarmError, JobTimeout, ManifestError, MaxAttemptsExceeded,
                      PayloadError, SerializationError)
 from .jobs import Job, job
+from .middleware import RateLimited, ThrottlesExceptions, WithoutOverlapping
 from .operations import cancel, job_status, pause, paused, resume
 
 __all__ = [
@@ -13,4 +14,5 @@ __all__ = [
     "JobTimeout", "MaxAttemptsExceeded",
 ]
 __all__ += ["job_status", "cancel", "pause", "resume", "paused"]     # operations (farmctl job, cancel, pause)
+__all__ += ["WithoutOverlapping", "RateLimited", "ThrottlesExceptions"]   # middleware (farm/middleware.py)
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any, Iterable
 
-from . import app, payload
+from . import app, payload, unique
 from .drivers.base import Outgoing
 from .errors import FarmError, PayloadError, SerializationError
 from .jobs import OPTIONS, FunctionCall, Job, job_name
@@ -16,6 +16,9 @@ def dispatch(job: Job, *, queue: str | None = None, delay: Any = None, connectio
              tries: int | None = None, backoff: Any = None, timeout: float | None = None) -> str | None:
     """Store the job on its queue; return its id. Raises DriverUnavailable if it was not stored."""
     out, conn = _outgoing(job, queue, delay, connection, tries, backoff, timeout)
+    seconds = unique.wanted(job)
+    if seconds is not None:            # unique_for: None (nothing written) for a duplicate
+        return unique.dispatch(job, out, conn, seconds)
     app.queue(conn).push([out])
     return out.id
 

@@ -9,7 +9,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from .. import payload
+from .. import middleware, payload, unique
 from ..errors import Abandon, FarmError, MaxAttemptsExceeded, PayloadError
 from ..jobs import Job, instantiate, option
 from ..log import Log
@@ -32,6 +32,8 @@ class Attempt:
     timeout: float
     started: float           # time.monotonic()
     settler: str | None = None   # "main" or "watchdog": the one thread that settles it
+    store: Any = None            # where middleware keeps shared state (the worker's store)
+    unique: dict[str, Any] | None = None   # the document's unique lock (farm/unique.py), if any
 
 
 class Runner:
@@ -46,6 +48,7 @@ class Runner:
         self.unacked: list[Any] = []       # finished jobs whose ack failed: acked again later
         self.counts: Any = None            # a farm.counts.Counts when the worker has a store to add to
         self.kept = 0                      # jobs acked with a retention (the heart prunes expired ones)
+        self.store: Any = None             # the connection's store: middleware state, unique locks
         self._settling = threading.Lock()
 
     def prepare(self, reserved: Any) -> Attempt | None:
@@ -68,7 +71,10 @@ class Runner:
             self.log.warning("job.timeout_clamped", id=reserved.id, job=doc["job"], timeout=timeout,
                              to=limit, detail="raise the pipeline's stop_wait or timeout")
             timeout = limit
-        return Attempt(reserved, doc, job, timeout, time.monotonic())
+        attempt = Attempt(reserved, doc, job, timeout, time.monotonic(), store=self.store)
+        if "unique" in doc:
+            attempt.unique = unique.held(doc)
+        return attempt
 
     def claim(self, attempt: Attempt, who: str) -> bool:
         """Make `who` the one thread that settles the attempt; False if the other one is."""
@@ -114,6 +120,8 @@ class Runner:
                 r.retain = float(retain)
                 self.kept += 1
             self._ack(r)
+            if attempt.unique is not None:
+                unique.release(self.store, attempt.unique, self.log)
             seconds = time.monotonic() - attempt.started
             self.log.info("job.done", id=r.id, job=attempt.doc["job"], queue=r.queue, attempt=r.attempts,
                           ms=round(seconds * 1000, 3))
@@ -122,6 +130,8 @@ class Runner:
             return "done"
         if outcome[0] == "release":
             return self.settle(attempt, None, release_delay=outcome[1])
+        if outcome[0] == "hold":
+            return self.hold_back(attempt, outcome[1])
         return self.settle(attempt, outcome[1], decided=retry.Decision(False, reason="the job failed itself"))
 
     def _handle(self, attempt: Attempt) -> BaseException | None:
@@ -132,7 +142,7 @@ class Runner:
             with hard_timeout(attempt.timeout):
                 self.lifecycle.busy = True
                 try:
-                    attempt.job.handle()        # type: ignore[union-attr]
+                    middleware.run(attempt)     # handle(), inside the job's middleware if any
                     returned = True
                 finally:
                     self.lifecycle.busy = False
@@ -142,6 +152,17 @@ class Runner:
         except BaseException as exc:    # JobTimeout, SystemExit, asyncio's CancelledError, ...
             return None if returned else exc
         return None
+
+    def hold_back(self, attempt: Attempt, delay: float) -> str:
+        """Middleware held the job back before handle() ran: back on its queue after `delay`,
+        its start taken back, so neither its attempts nor its crash count change."""
+        r = attempt.reserved
+        self.queue.give_back([r], delay)
+        self.log.info("job.held_back", id=r.id, job=attempt.doc["job"], queue=r.queue,   # type: ignore[index]
+                      delay=round(delay, 3))
+        if self.counts is not None:
+            self.counts.add(r.queue, attempt.doc["job"], "released", 0.0)   # type: ignore[index]
+        return "released"
 
     def _ack(self, r: Any) -> None:
         """Ack a finished job; if that fails it is kept (and renewed) to be acked again, never
@@ -215,6 +236,8 @@ class Runner:
             return "lost"
         self.log.error("job.failed", id=r.id, job=doc["job"], queue=r.queue, attempt=r.attempts,
                        reason=decision.reason, error=_summary(exc))
+        if attempt.unique is not None:
+            unique.release(self.store, attempt.unique, self.log)
         try:
             job.failed(exc)
         except BaseException as hook_exc:
@@ -223,9 +246,14 @@ class Runner:
 
 
 def run_inline(job: Job) -> Any:
-    """`dispatch_sync`: run in this process; on an exception call `failed()` and re-raise."""
+    """`dispatch_sync`: run in this process; on an exception call `failed()` and re-raise.
+    Middleware runs too, with this process's locks; a job it holds back does not run."""
     try:
-        return job.handle()
+        if not middleware.chain_of(job):
+            return job.handle()
+        from ..locks import MEMORY
+
+        return middleware.wrap(job, MEMORY, float(_own(job, "timeout") or 0))
     except Exception as exc:
         job.failed(exc)
         raise

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import waker
+from .. import middleware, waker
 from ..errors import Abandon, DriverUnavailable, FarmError, JobTimeout
 from .heart import GRACE
 from .lifecycle import StopReason
@@ -79,7 +79,7 @@ def call(run: Running) -> BaseException | None:
                 return None
             run.thread = threading.get_ident()
         try:
-            run.attempt.job.handle()        # type: ignore[union-attr]
+            middleware.run(run.attempt)     # handle(), inside the job's middleware if any
             returned = True
         except BaseException as e:          # JobTimeout, SystemExit, ...: the job's own outcome
             exc = e

@@ -1,0 +1,242 @@
+"""Unique jobs and middleware (issue 15): real stores, real `farmctl work` processes.
+
+Jobs live in tests/support/uniquejobs.py, which these farms add to `imports:`.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import farm
+from conftest import BACKENDS, wait_until
+from uniquejobs import (Exclusive, HeldBack, Limited, OnlyOnce, OnlyOnceFailing, ShortUnique, Throttled,
+                        UniqueUntilStart, Wrapped)
+
+
+def unique_farm(make_farm, backend: str, **kw):
+    """A farm whose workers also import uniquejobs."""
+    f = make_farm(backend, **kw)
+    f.manifest.write_text(f.manifest.read_text().replace("imports: [testjobs]", "imports: [testjobs, uniquejobs]", 1))
+    f.app = farm.configure(f.manifest)
+    return f
+
+
+def spawn(f, log: Path, *args: str) -> subprocess.Popen:
+    """A worker whose log goes to `log`."""
+    with open(log, "ab") as err:
+        p = subprocess.Popen([sys.executable, "-m", "farm", "work", *args], cwd=f.tmp, env=f.env(),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+    f.procs.append(p)
+    return p
+
+
+def events(log: Path, name: str) -> list[str]:
+    return [line for line in (log.read_text().splitlines() if log.exists() else []) if f" {name} " in line + " "]
+
+
+def stop(*procs: subprocess.Popen) -> None:
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        assert p.wait(20) == 0
+
+
+DISPATCHER = """
+import os, sys, time
+import farm
+from farm import app, unique
+from uniquejobs import OnlyOnce
+farm.configure(sys.argv[1])
+unique.store_for(None), app.queue(None)             # connected before the race starts
+open(sys.argv[2] + "." + str(os.getpid()), "w").close()
+while not os.path.exists(sys.argv[2] + ".go"):
+    time.sleep(0.001)
+print(OnlyOnce(sys.argv[3], "same").dispatch())
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eight_processes_dispatching_the_same_unique_job_at_once_get_exactly_one_id(make_farm, backend, tmp_path):
+    # Given 8 processes, each connected and waiting for the same signal
+    f = unique_farm(make_farm, backend)
+    ready = tmp_path / "ready"
+    procs = [subprocess.Popen([sys.executable, "-c", DISPATCHER, str(f.manifest), str(ready), str(f.out)],
+                              cwd=f.tmp, env=f.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(8)]
+    f.procs.extend(procs)
+    f.wait_for(lambda: len(list(tmp_path.glob("ready.*"))) == 8, timeout=60, what="8 dispatchers ready")
+    # When they all dispatch the same unique job at once
+    (tmp_path / "ready.go").touch()
+    outs = [p.communicate(timeout=60) for p in procs]
+    # Then exactly one got an id, the others None, and one job is queued
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    ids = [out.strip() for out, _ in outs]
+    assert sum(i != "None" for i in ids) == 1, ids
+    assert sum(c["ready"] for c in f.queue().counts().values()) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis", "amqp"])
+def test_a_unique_lock_is_freed_when_its_job_is_done_or_has_finally_failed(make_farm, backend):
+    # Given a unique job that will succeed and one that will fail for good, each dispatched twice
+    f = unique_farm(make_farm, backend)
+    first = OnlyOnce(str(f.out), "a").dispatch()
+    assert first is not None
+    assert OnlyOnce(str(f.out), "a").dispatch() is None          # a duplicate: nothing written
+    assert OnlyOnceFailing(str(f.out), "b", fail=True).dispatch() is not None
+    assert OnlyOnceFailing(str(f.out), "b", fail=True).dispatch() is None
+    assert sum(c["ready"] for c in f.queue().counts().values()) == 2
+    # When a worker runs them
+    assert f.worker("--stop-when-empty").wait(30) == 0
+    assert sorted(f.lines()) == ["a 1", "b 1"]
+    # Then each can be dispatched again: done and finally failed both freed their locks
+    again = OnlyOnce(str(f.out), "a").dispatch()
+    assert again is not None and again != first
+    assert OnlyOnceFailing(str(f.out), "b", fail=True).dispatch() is not None
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+def test_a_unique_until_processing_lock_is_freed_when_the_job_starts(make_farm, backend):
+    # Given a job unique until it starts, queued, and its duplicate refused
+    f = unique_farm(make_farm, backend)
+    assert UniqueUntilStart(str(f.out)).dispatch() is not None
+    assert UniqueUntilStart(str(f.out)).dispatch() is None
+    # When a worker starts it (it then waits for the test)
+    w = f.worker("--stop-when-empty")
+    f.wait_for(lambda: f.lines(), what="the job to start")
+    # Then a copy is accepted while the first still runs
+    assert UniqueUntilStart(str(f.out)).dispatch() is not None
+    (f.tmp / "out.txt.go").touch()
+    assert w.wait(30) == 0
+    assert len(f.lines()) == 2
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mysql"])
+def test_a_unique_lock_expires_after_unique_for_even_while_the_first_copy_is_queued(make_farm, backend):
+    # Given a job unique for 1 s, queued, and no worker
+    f = unique_farm(make_farm, backend)
+    started = time.monotonic()
+    assert ShortUnique().dispatch() is not None
+    assert ShortUnique().dispatch() is None
+    # When a second copy is dispatched until one is accepted
+    f.wait_for(lambda: ShortUnique().dispatch(), timeout=10, what="the lock to expire")
+    # Then that took unique_for, and both copies are queued
+    assert time.monotonic() - started >= 0.95
+    assert sum(c["ready"] for c in f.queue().counts().values()) == 2
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "redis"])
+def test_without_overlapping_never_runs_two_jobs_holding_a_key_at_once_across_two_workers(make_farm, backend, tmp_path):
+    # Given 4 jobs sharing one WithoutOverlapping key and two workers taking one job at a time
+    f = unique_farm(make_farm, backend)
+    farm.dispatch_many([Exclusive(str(f.out)) for _ in range(4)])
+    logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
+    workers = [spawn(f, log, "--prefetch", "1") for log in logs]
+    # When they have run them all
+    f.wait_for(lambda: len(f.lines()) == 4, timeout=30, what="4 jobs")
+    stop(*workers)
+    # Then no two ran at the same time (from the times the jobs wrote), none used an attempt
+    # on being held back, and the workers did hold jobs back (the key was contended)
+    runs = sorted(tuple(float(x) for x in line.split()[:2]) for line in f.lines())
+    for (_, end), (start, _) in zip(runs, runs[1:]):
+        assert start >= end, runs
+    assert {line.split()[2] for line in f.lines()} == {"1"}
+    assert sum(len(events(log, "job.held_back")) for log in logs) >= 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_held_back_job_uses_no_attempt_and_waits_its_delay_without_spinning(make_farm, backend, tmp_path):
+    # Given the key its WithoutOverlapping wants, held by someone else
+    f = unique_farm(make_farm, backend)
+    store = f.store()
+    _, expires = store.incr("overlap:gate", 1, 60)
+    job_id = HeldBack(str(f.out)).dispatch()
+    log = tmp_path / "w.log"
+    # When a worker is held back by it three times (release_after=0.5)
+    began = time.monotonic()
+    w = spawn(f, log)
+    f.wait_for(lambda: len(events(log, "job.held_back")) >= 3, timeout=30, what="3 hold-backs")
+    held, elapsed = len(events(log, "job.held_back")), time.monotonic() - began
+    # Then it waited out each delay (no busy loop), and once the key is free the job runs on
+    # its first attempt: the hold-backs counted neither as attempts nor as crashes
+    assert held <= elapsed / 0.5 + 2, (held, elapsed)
+    assert store.drop("overlap:gate", expires)
+    f.wait_for(lambda: f.lines(), what="the job to run")
+    stop(w)
+    assert [line.split()[0] for line in f.lines()] == ["1"]
+    assert events(log, "job.done") and not events(log, "job.failed")
+    assert job_id is not None
+
+
+@pytest.mark.parametrize("backend", ["mysql", "amqp"])
+def test_rate_limited_counts_starts_across_two_workers_in_fixed_one_minute_windows(make_farm, backend, tmp_path):
+    # Given 6 jobs limited to 3 starts a minute and two workers taking one job at a time
+    f = unique_farm(make_farm, backend)
+    farm.dispatch_many([Limited(str(f.out)) for _ in range(6)])
+    logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
+    workers = [spawn(f, log, "--prefetch", "1") for log in logs]
+    store = f.store()
+    # When every job has been tried (the limiter's count reaches 6) or a new minute let them all run
+    f.wait_for(lambda: len(f.lines()) == 6 or (len(f.lines()) >= 3 and store.incr("rate:mailer", 0, 0)[0] >= 6),
+               timeout=70, what="6 tries")
+    stop(*workers)
+    # Then no minute saw more than 3 starts, both workers took part, and held-back jobs stay queued
+    per_minute: dict[int, int] = {}
+    for line in f.lines():
+        minute = int(float(line.split()[0]) // 60)
+        per_minute[minute] = per_minute.get(minute, 0) + 1
+    assert max(per_minute.values()) <= 3, per_minute
+    assert all(events(log, "job.held_back") or events(log, "job.done") for log in logs)
+    assert len(f.lines()) == 6 or sum(len(events(log, "job.held_back")) for log in logs) >= 3
+
+
+def test_throttles_exceptions_holds_a_job_back_after_n_exceptions_until_the_window_ends(make_farm, tmp_path):
+    # Given a job that always raises, throttled after 2 exceptions a minute
+    f = unique_farm(make_farm, "sqlite")
+    job_id = Throttled(str(f.out)).dispatch()
+    log = tmp_path / "w.log"
+    # When a worker has run it twice
+    w = spawn(f, log)
+    f.wait_for(lambda: events(log, "job.held_back"), what="a hold-back")
+    stop(w)
+    # Then its third attempt is held back (delayed for most of a minute), not run
+    assert f.lines() == ["1", "2"]
+    status = farm.job_status(job_id)
+    assert status["state"] == "delayed" and status["attempts"] == 2, status
+    delay = float(events(log, "job.held_back")[0].split("delay=")[1].split()[0])
+    assert 50 < delay <= 60
+
+
+def test_dispatch_sync_runs_a_jobs_own_middleware_around_handle(make_farm):
+    # Given a job with a middleware of its own (a class with handle(job, next))
+    f = unique_farm(make_farm, "sqlite")
+    # When it is run with dispatch_sync
+    result = farm.dispatch_sync(Wrapped(str(f.out)))
+    # Then the middleware ran around handle() and handle()'s result came back
+    assert result == "handled"
+    assert f.lines() == ["before", "handle", "after"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mysql", "redis", "memory"])
+def test_store_counters_count_up_expire_and_drop_only_for_their_holder(make_farm, backend):
+    # Given a store
+    if backend == "memory":
+        from farm.locks import MemoryLocks
+        store = MemoryLocks()
+    else:
+        store = unique_farm(make_farm, backend).store()
+    # When a counter is incremented, Then it counts from 1 with one expiry
+    one, expires = store.incr("c", 1, 30)
+    assert (one, store.incr("c", 2, 99)) == (1, (3, expires))
+    # a drop with another expiry (a later holder's lock) leaves it; its own drops it
+    assert store.drop("c", expires + 1) is False
+    assert store.drop("c", expires) is True
+    assert store.incr("c", 1, 30)[0] == 1
+    # and an expired counter starts again from 0 with a new expiry
+    _, short = store.incr("short", 1, 0.3)
+    again, renewed = wait_until(lambda: (r := store.incr("short", 1, 30))[0] == 1 and r, 5, "expiry")
+    assert renewed > short
