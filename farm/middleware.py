@@ -30,7 +30,7 @@ Next = Callable[[Job], Any]
 
 def chain_of(job: Job) -> list[Any]:
     """The job's middleware: the `middleware` list (or a method returning one)."""
-    found = job.option("middleware") if isinstance(job, FunctionCall) else job.middleware
+    found = job.option("middleware") if isinstance(job, FunctionCall) else getattr(job, "middleware", None)
     if found and callable(found):
         found = found()
     return list(found or ())
@@ -39,7 +39,7 @@ def chain_of(job: Job) -> list[Any]:
 def run(attempt: Any) -> Any:
     """The worker's call of one attempt's handle(), through its middleware (if any)."""
     job = attempt.job
-    chain = job.option("middleware") if isinstance(job, FunctionCall) else job.middleware
+    chain = job.option("middleware") if isinstance(job, FunctionCall) else getattr(job, "middleware", None)
     if not chain and attempt.unique is None:
         return job.handle()             # a plain job: nothing else
     return wrap(job, attempt.store, attempt.timeout, attempt.unique)

@@ -57,29 +57,56 @@ def store_for(connection: str | None) -> Any:
     return app.store(conn.name)
 
 
-def dispatch(job: Job, out: Outgoing, connection: str | None, seconds: float) -> str | None:
-    """Take the job's lock and store it; None, with nothing written, if another copy holds it.
-    A push that fails frees the lock again (a copy may then be stored if the push did land)."""
+def take(job: Job, out: Outgoing, connection: str | None, seconds: float) -> Taken | None:
+    """Take the job's lock: the job to store, its document naming the lock; None if another
+    copy holds it (then nothing may be written)."""
     until = job.option("unique_until") if isinstance(job, FunctionCall) else job.unique_until
     until = until or "done"
     if until not in UNTIL:
         raise FarmError(f"{job_name(job)}: unique_until must be 'done' or 'processing', got {until!r}")
-    store = store_for(connection)
+    conn = app.manifest().connection(connection)
+    store = MEMORY if conn.driver in ("sync", "async") else app.store(conn.name)
     key = key_of(job)
     value, expires = store.incr(key, 1, seconds)
     if value != 1:
         return None
     extra = json.dumps({"key": key, "expires": expires, "until": until}, separators=(",", ":"))
     out = dataclasses.replace(out, body=out.body[:-1] + ',"unique":' + extra + "}")
+    return Taken(out, store, key, expires, sync=conn.driver == "sync")
+
+
+@dataclasses.dataclass(frozen=True)
+class Taken:
+    """A unique job whose lock this dispatch holds."""
+
+    out: Outgoing
+    store: Any
+    key: str
+    expires: float
+    sync: bool = False      # the sync driver runs the job as it is pushed: then the lock goes
+
+    def give_up(self) -> None:
+        """Its push failed (or, sync driver, it has run): free the lock. A push that failed
+        after all may have landed: then a copy can be stored beside it."""
+        try:
+            self.store.drop(self.key, self.expires)
+        except FarmError:
+            pass
+
+
+def dispatch(job: Job, out: Outgoing, connection: str | None, seconds: float) -> str | None:
+    """Take the job's lock and store it; None, with nothing written, if another copy holds it."""
+    taken = take(job, out, connection, seconds)
+    if taken is None:
+        return None
     try:
-        app.queue(connection).push([out])
+        app.queue(connection).push([taken.out])
     except BaseException:
-        _drop_quietly(store, key, expires)
+        taken.give_up()
         raise
-    finally:
-        if store is MEMORY and app.manifest().connection(connection).driver == "sync":
-            _drop_quietly(store, key, expires)   # the sync driver has run it already (or it failed)
-    return out.id
+    if taken.sync:
+        taken.give_up()                 # the sync driver has run it already
+    return taken.out.id
 
 
 def held(doc: dict[str, Any]) -> dict[str, Any] | None:
@@ -103,9 +130,3 @@ def release(store: Any, lock: dict[str, Any] | None, log: Log | None = None) -> 
         (log or Log()).warning("unique.not_freed", key=lock["key"], error=str(e),
                                detail="it expires after unique_for")
 
-
-def _drop_quietly(store: Any, key: str, expires: float) -> None:
-    try:
-        store.drop(key, expires)
-    except FarmError:
-        pass

@@ -133,9 +133,10 @@ def test_a_unique_lock_expires_after_unique_for_even_while_the_first_copy_is_que
 def test_without_overlapping_never_runs_two_jobs_holding_a_key_at_once_across_two_workers(make_farm, backend, tmp_path):
     # Given 4 jobs sharing one WithoutOverlapping key and two workers taking one job at a time
     f = unique_farm(make_farm, backend)
-    farm.dispatch_many([Exclusive(str(f.out)) for _ in range(4)])
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
     workers = [spawn(f, log, "--prefetch", "1") for log in logs]
+    f.wait_for(lambda: all(events(log, "worker.start") for log in logs), what="two workers")
+    farm.dispatch_many([Exclusive(str(f.out)) for _ in range(4)])
     # When they have run them all
     f.wait_for(lambda: len(f.lines()) == 4, timeout=30, what="4 jobs")
     stop(*workers)
@@ -176,9 +177,10 @@ def test_a_held_back_job_uses_no_attempt_and_waits_its_delay_without_spinning(ma
 def test_rate_limited_counts_starts_across_two_workers_in_fixed_one_minute_windows(make_farm, backend, tmp_path):
     # Given 6 jobs limited to 3 starts a minute and two workers taking one job at a time
     f = unique_farm(make_farm, backend)
-    farm.dispatch_many([Limited(str(f.out)) for _ in range(6)])
     logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
     workers = [spawn(f, log, "--prefetch", "1") for log in logs]
+    f.wait_for(lambda: all(events(log, "worker.start") for log in logs), what="two workers")
+    farm.dispatch_many([Limited(str(f.out)) for _ in range(6)])
     store = f.store()
     # When every job has been tried (the limiter's count reaches 6) or a new minute let them all run
     f.wait_for(lambda: len(f.lines()) == 6 or (len(f.lines()) >= 3 and store.incr("rate:mailer", 0, 0)[0] >= 6),
@@ -240,3 +242,32 @@ def test_store_counters_count_up_expire_and_drop_only_for_their_holder(make_farm
     _, short = store.incr("short", 1, 0.3)
     again, renewed = wait_until(lambda: (r := store.incr("short", 1, 30))[0] == 1 and r, 5, "expiry")
     assert renewed > short
+
+
+def test_dispatch_many_takes_each_unique_jobs_lock_and_returns_none_for_a_duplicate(make_farm):
+    # Given a unique job already queued
+    f = unique_farm(make_farm, "sqlite")
+    assert OnlyOnce(str(f.out), "a").dispatch() is not None
+    # When dispatch_many is given it again, a new one twice and a plain job
+    ids = farm.dispatch_many([OnlyOnce(str(f.out), "a"), OnlyOnce(str(f.out), "b"), OnlyOnce(str(f.out), "b"),
+                              Wrapped(str(f.out))])
+    # Then the duplicates got None and wrote nothing
+    assert ids[0] is None and ids[1] is not None and ids[2] is None and ids[3] is not None
+    assert sum(c["ready"] for c in f.queue().counts().values()) == 3
+
+
+def test_without_overlapping_holds_across_the_job_threads_of_one_worker(make_farm, tmp_path):
+    # Given 4 jobs sharing one key and a worker running 3 job threads
+    f = unique_farm(make_farm, "mysql")
+    log = tmp_path / "w.log"
+    w = spawn(f, log, "--concurrency", "3")
+    farm.dispatch_many([Exclusive(str(f.out), 0.2) for _ in range(4)])
+    # When it has run them all
+    f.wait_for(lambda: len(f.lines()) == 4, timeout=30, what="4 jobs")
+    stop(w)
+    # Then no two ran at once, and the threads were held back on attempts that did not count
+    runs = sorted(tuple(float(x) for x in line.split()[:2]) for line in f.lines())
+    for (_, end), (start, _) in zip(runs, runs[1:]):
+        assert start >= end, runs
+    assert {line.split()[2] for line in f.lines()} == {"1"}
+    assert events(log, "job.held_back")
