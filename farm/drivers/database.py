@@ -629,10 +629,16 @@ class DatabaseQueue:
                 cur.execute(self.sql.prune_locks, (now - 60,))
         params = (name, by, now + ttl, now, now)
         if self.dialect == "mysql":
-            with self._cursor(tx=True) as cur:
-                cur.execute(self.sql.incr, params)
-                cur.execute(self.sql.incr_read, (name,))
-                row = cur.fetchone()
+            for attempt in range(3):        # InnoDB may pick racing upserts of one key as a deadlock
+                try:
+                    with self._cursor(tx=True) as cur:
+                        cur.execute(self.sql.incr, params)
+                        cur.execute(self.sql.incr_read, (name,))
+                        row = cur.fetchone()
+                    break
+                except FarmError as e:
+                    if attempt == 2 or "deadlock" not in str(e).lower():
+                        raise
         else:
             with self._cursor() as cur:
                 cur.execute(self.sql.incr, params)

@@ -70,7 +70,7 @@ class Exclusive(farm.Job):
 class HeldBack(farm.Job):
     """Waits behind the "gate" key (taken by the test): records `attempt pid` when it runs."""
 
-    middleware = [farm.WithoutOverlapping("gate", release_after=0.5)]
+    middleware = [farm.WithoutOverlapping("gate", release_after=0.3)]
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -125,3 +125,18 @@ class Wrapped(farm.Job):
     def handle(self) -> str:
         record(self.path, "handle")
         return "handled"
+
+
+class Gated(farm.Job):
+    """Unique (until done); waits (up to 20 s) for `path + ".go"`, then records "ran"."""
+
+    unique_for = 60
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def handle(self) -> None:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(self.path + ".go") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        record(self.path, "ran")
