@@ -51,10 +51,11 @@ def key_of(job: Job) -> str:
 
 def store_for(connection: str | None) -> Any:
     """Where the connection's locks live: its store; this process for sync and async."""
-    conn = app.manifest().connection(connection)
-    if conn.driver in ("sync", "async"):
-        return MEMORY
-    return app.store(conn.name)
+    return _store(app.manifest().connection(connection))
+
+
+def _store(conn: Any) -> Any:
+    return MEMORY if conn.driver in ("sync", "async") else app.store(conn.name)
 
 
 def take(job: Job, out: Outgoing, connection: str | None, seconds: float) -> Taken | None:
@@ -65,7 +66,7 @@ def take(job: Job, out: Outgoing, connection: str | None, seconds: float) -> Tak
     if until not in UNTIL:
         raise FarmError(f"{job_name(job)}: unique_until must be 'done' or 'processing', got {until!r}")
     conn = app.manifest().connection(connection)
-    store = MEMORY if conn.driver in ("sync", "async") else app.store(conn.name)
+    store = _store(conn)
     key = key_of(job)
     value, expires = store.incr(key, 1, seconds)
     if value != 1:
