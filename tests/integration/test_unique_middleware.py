@@ -14,7 +14,7 @@ import pytest
 
 import farm
 from conftest import BACKENDS, wait_until
-from uniquejobs import (Exclusive, HeldBack, Limited, OnlyOnce, OnlyOnceFailing, ShortUnique, Throttled,
+from uniquejobs import (Exclusive, HeldBack, Hog, Limited, OnlyOnce, OnlyOnceFailing, ShortUnique, Throttled,
                         UniqueUntilStart, Wrapped)
 
 
@@ -317,3 +317,22 @@ def test_the_async_driver_keeps_unique_locks_and_middleware_state_in_its_own_pro
     assert len(runs) == 4
     for (_, end), (start, _) in zip(runs, runs[1:]):
         assert start >= end, runs
+
+
+def test_a_without_overlapping_lock_held_by_a_killed_worker_expires_after_the_jobs_timeout(make_farm, tmp_path):
+    # Given a worker running a job that holds the "hog" key (timeout 1.5 s)
+    f = unique_farm(make_farm, "sqlite")
+    a = spawn(f, tmp_path / "a.log")
+    Hog(str(f.out), "first", 30).dispatch()
+    f.wait_for(lambda: f.lines(), what="the first job to start")
+    # When that worker is killed (SIGKILL: no finally runs) and another job wants the key
+    a.send_signal(signal.SIGKILL)
+    a.wait(10)
+    Hog(str(f.out), "second", 0).dispatch()
+    b = spawn(f, tmp_path / "b.log")
+    f.wait_for(lambda: len(f.lines()) == 2, timeout=15, what="the second job to start")
+    stop(b)
+    # Then the second started once the lock had expired: the job's timeout after the first began
+    first, second = (float(line.split()[2]) for line in f.lines())
+    assert 1.4 <= second - first <= 6, (first, second)
+    assert events(tmp_path / "b.log", "job.held_back")

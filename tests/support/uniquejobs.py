@@ -140,3 +140,17 @@ class Gated(farm.Job):
         while not os.path.exists(self.path + ".go") and time.monotonic() < deadline:
             time.sleep(0.02)
         record(self.path, "ran")
+
+
+class Hog(farm.Job):
+    """Holds the "hog" key for `seconds` (timeout 1.5 s): records `start <tag> <time>` first."""
+
+    middleware = [farm.WithoutOverlapping("hog", release_after=0.2)]
+    timeout = 1.5
+
+    def __init__(self, path: str, tag: str, seconds: float) -> None:
+        self.path, self.tag, self.seconds = path, tag, seconds
+
+    def handle(self) -> None:
+        record(self.path, f"start {self.tag} {time.time()!r}")
+        time.sleep(self.seconds)
