@@ -21,13 +21,13 @@ from typing import Sequence
 
 from .. import app, payload
 from ..errors import JobTimeout
+from ..locks import MEMORY
 from ..log import Log
 from ..manifest import Connection
 from ..worker.lifecycle import Lifecycle
 from ..worker.options import WorkerOptions
 from ..worker.runner import Runner
 from ..worker.threads import Running, call
-from ..locks import MEMORY
 from .base import Outgoing, Reserved
 
 EXIT_WAIT = 60.0      # at exit, jobs due within this many seconds are waited for; later ones are dropped

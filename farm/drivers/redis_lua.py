@@ -121,8 +121,9 @@ return out
 # KEYS: the queue's 8 keys. ARGV: verb, id, handle, now, then per verb: start (), ack (the
 # next job's id and handle, whose start is written with the ack), release (at, body, wake
 # channel, '1' if its start was written), give_back (wake channel, '1' if its start was
-# written: taken back, then the time it is delayed until: middleware held it back), fail (entry JSON), own (). Nothing happens, and 0 is returned, unless
-# the job is still held by this claim: a worker whose reservation lapsed settles nothing.
+# written: taken back, the time it is delayed until when middleware held it back), fail
+# (entry JSON), own (). Nothing happens, and 0 is returned, unless the job is still held by
+# this claim: a worker whose reservation lapsed settles nothing.
 SETTLE = _ID + """
 local ready, delayed, reserved, bodies, owners, starts, failed, failed_at =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
