@@ -6,6 +6,7 @@ from .errors import (DriverUnavailable, FarmError, JobTimeout, ManifestError, Ma
                      PayloadError, SerializationError, SkipRetry)
 from .jobs import Job, job
 from .events import JobEvent, on
+from .middleware import RateLimited, ThrottlesExceptions, WithoutOverlapping
 from .operations import cancel, job_status, pause, paused, resume
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ += ["on", "JobEvent", "SkipRetry"]                       # events, give 
 from .batches import batch, batch_cancel, batch_status   # noqa: E402  (chains and batches)
 from .chains import chain   # noqa: E402
 __all__ += ["chain", "batch", "batch_status", "batch_cancel"]
+__all__ += ["WithoutOverlapping", "RateLimited", "ThrottlesExceptions"]   # middleware (farm/middleware.py)
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any, Iterable
 
-from . import app, payload
+from . import app, payload, unique
 from .drivers.base import Outgoing
 from .errors import FarmError, PayloadError, SerializationError
 from .jobs import OPTIONS, FunctionCall, Job, job_name
@@ -21,11 +21,19 @@ def dispatch(job: Job, *, queue: str | None = None, delay: Any = None, connectio
     (farm/txdispatch.py): written in it on a database connection, published at its commit
     on the others."""
     out, conn = _outgoing(job, queue, delay, connection, tries, backoff, timeout)
+    seconds = unique.wanted(job)
     if after_commit is not None:
         from .txdispatch import enqueue
 
+        if seconds is not None:         # unique_for: the lock is taken now, outside the transaction
+            taken = unique.take(job, out, conn, seconds)
+            if taken is None:
+                return None
+            out = taken.out
         enqueue(after_commit, out, conn)
         return out.id
+    if seconds is not None:            # unique_for: None (nothing written) for a duplicate
+        return unique.dispatch(job, out, conn, seconds)
     app.queue(conn).push([out])
     return out.id
 
@@ -34,19 +42,29 @@ CHUNK = 1000     # jobs per round trip in dispatch_many: a transaction, or a con
 
 
 def dispatch_many(jobs: Iterable[Job], *, queue: str | None = None, delay: Any = None,
-                  connection: str | None = None) -> list[str]:
+                  connection: str | None = None) -> list[str | None]:
     """Store many jobs, a chunk of CHUNK per round trip (a transaction on a database, a batch
     of publishes waited for once on RabbitMQ); every job is checked before any is written.
 
-    Returns the ids in order. A chunk that fails raises, with the chunks before it stored:
-    the exception's `stored` holds their ids.
+    Returns the ids in order (None for a unique job refused as a duplicate, as `dispatch`
+    does). A chunk that fails raises, with the chunks before it stored: the exception's
+    `stored` holds their ids.
     """
     by_conn: dict[str | None, list[Outgoing]] = {}
-    order: list[Outgoing] = []
+    order: list[Outgoing | None] = []
+    taken: dict[str, unique.Taken] = {}       # unique jobs whose locks this call holds
     now, stamp = time.time(), payload.utcnow_iso()
     for job in jobs:
+        out: Outgoing | None
         out, conn = _outgoing(job, queue, delay, connection, None, None, None, now, stamp)
-        by_conn.setdefault(conn, []).append(out)
+        seconds = unique.wanted(job)
+        if seconds is not None:
+            took = unique.take(job, out, conn, seconds)
+            if took is not None:
+                taken[out.id] = took
+            out = took.out if took is not None else None
+        if out is not None:
+            by_conn.setdefault(conn, []).append(out)
         order.append(out)
     stored: list[str] = []
     try:
@@ -56,10 +74,18 @@ def dispatch_many(jobs: Iterable[Job], *, queue: str | None = None, delay: Any =
                 chunk = items[start:start + CHUNK]
                 q.push(chunk)
                 stored.extend(o.id for o in chunk)
-    except FarmError as e:
-        e.stored = stored           # type: ignore[attr-defined]
+    except BaseException as e:
+        done = set(stored)
+        for job_id, took in taken.items():
+            if job_id not in done:
+                took.give_up()
+        if isinstance(e, FarmError):
+            e.stored = stored       # type: ignore[attr-defined]
         raise
-    return [o.id for o in order]
+    for took in taken.values():
+        if took.sync:
+            took.give_up()          # the sync driver has run it already
+    return [o.id if o is not None else None for o in order]
 
 
 def dispatch_sync(job: Job) -> Any:

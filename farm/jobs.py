@@ -41,7 +41,8 @@ class Job:
 
     # -- during handle() ------------------------------------------------------------
     def release(self, delay: float | dt.timedelta = 0) -> None:
-        """Put the job back on its queue after `delay`; the attempt counts."""
+        """Put the job back on its queue after `delay`; the attempt counts (unless a middleware
+        calls it instead of `next`: that holds the job back, farm/middleware.py)."""
         seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else float(delay)
         self._farm_outcome = ("release", max(0.0, seconds))
 

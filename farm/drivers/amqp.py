@@ -299,14 +299,15 @@ class AmqpQueue:
         self.push([Outgoing(id=job.id, queue=job.queue, body=body, available_at=time.time() + delay)])
         self.ack(job)
 
-    def give_back(self, jobs: Sequence[Reserved]) -> None:
-        """Republish unstarted jobs as they came (so no attempt is counted), then ack the
-        originals; stale ones the broker has requeued already. A death count stays: the next
-        redelivery goes on from it."""
+    def give_back(self, jobs: Sequence[Reserved], delay: float = 0.0) -> None:
+        """Republish unstarted jobs as they came (so no attempt is counted; after `delay` when
+        middleware held them back), then ack the originals: a fresh message, never a redelivery,
+        so no death is counted; stale ones the broker has requeued already. A death count
+        stays: the next redelivery goes on from it."""
         live = [j for j in jobs if not self.is_stale(j)]
         if not live:
             return
-        now = time.time()
+        now = time.time() + delay
         self.push([Outgoing(id=j.id, queue=j.queue, body=j.body, available_at=now) for j in live])
         for j in live:
             self._ack(j)

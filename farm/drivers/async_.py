@@ -21,6 +21,7 @@ from typing import Sequence
 
 from .. import app, payload
 from ..errors import JobTimeout
+from ..locks import MEMORY
 from ..log import Log
 from ..manifest import Connection
 from ..worker.lifecycle import Lifecycle
@@ -104,10 +105,12 @@ class AsyncQueue:
                 e.body, e.attempts, e.due = body, job.attempts, time.time() + delay
                 self._enqueue(e)
 
-    def give_back(self, jobs: Sequence[Reserved]) -> None:
+    def give_back(self, jobs: Sequence[Reserved], delay: float = 0.0) -> None:
         with self._cond:
             for job in jobs:
                 if self._settled(job):
+                    if delay:
+                        job.handle.due = time.time() + delay
                     self._enqueue(job.handle)
 
     def fail(self, job: Reserved, body: str, error: str) -> bool:
@@ -173,7 +176,9 @@ class AsyncQueue:
             self._exit_hook = True
 
     def _runner(self, registry: payload.Registry, options: WorkerOptions) -> Runner:
-        return Runner(self, registry, options, self.log, Lifecycle(options, time.monotonic()))
+        runner = Runner(self, registry, options, self.log, Lifecycle(options, time.monotonic()))
+        runner.store = MEMORY       # middleware and unique locks: this process's (farm/locks.py)
+        return runner
 
     def _serve(self, runner: Runner) -> None:
         while (r := self._next()) is not None:

@@ -48,7 +48,8 @@ class Queue(Protocol):
     def renew(self, jobs: Sequence[Reserved]) -> None: ...          # heartbeat of held jobs
     def ack(self, job: Reserved) -> None: ...                      # done: delete
     def release(self, job: Reserved, delay: float, body: str) -> None: ...   # try again later
-    def give_back(self, jobs: Sequence[Reserved]) -> None: ...     # unstarted: no attempt used
+    def give_back(self, jobs: Sequence[Reserved], delay: float = 0.0) -> None: ...
+                                   # unstarted, or held back by middleware: no attempt used
     def fail(self, job: Reserved, body: str, error: str) -> None: ...        # to the failed table
     def counts(self) -> dict[str, dict[str, int | None]]: ...      # queue -> ready/delayed/reserved/failed
     def clear(self, queue: str) -> int: ...                        # drop ready jobs
@@ -97,6 +98,9 @@ class Store(Protocol):
     def batches(self, limit: int = 50) -> list[dict[str, Any]]: ...  # newest first
     def cancel_batch(self, batch_id: str) -> bool: ...               # False: unknown id
     def prune_batches(self, before: float) -> int: ...               # finished before `before`
+    # counters with an expiry (farm/locks.py): unique jobs and middleware
+    def incr(self, name: str, by: int, ttl: float) -> tuple[int, float]: ...   # (value, expires_at)
+    def drop(self, name: str, expires: float | None = None) -> bool: ...     # only its holder's with expires
 
 
 def done_info(job: Reserved, connection: str, now: float) -> dict[str, Any]:

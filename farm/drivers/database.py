@@ -52,6 +52,7 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         self._successor: dict[int, Reserved] = {}
         self._predecessor: dict[int, int] = {}      # the reverse: a settled job is no one's next
         self._claims_pruned = 0.0                      # when expired schedule claims may be pruned next
+        self._locks_pruned = 0.0                       # when expired locks (farm/locks.py) may be pruned next
         self._errors = dbapi.errors(self.target)
         self._any_error = dbapi.any_error(self.target)
         self._ensure_schema()
@@ -191,6 +192,7 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
                   (t, self.config.failed_table, f"{t}_stamps", f"{t}_workers", f"{t}_counts") if name]
         probes.append(f"SELECT 1 FROM {t}_done WHERE 1 = 0")
         probes += [f"SELECT 1 FROM {t}_batches WHERE 1 = 0", f"SELECT 1 FROM {t}_batch_jobs WHERE 1 = 0"]
+        probes.append(f"SELECT 1 FROM {t}_locks WHERE 1 = 0")      # farm/locks.py
         if self.dialect == "postgresql":
             probes.append(f"SELECT 1 / COUNT(*) FROM pg_trigger WHERE tgname = '{t}_notify'")
         try:
@@ -384,11 +386,12 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         with self._cursor() as cur:
             cur.execute(self.sql.release, (time.time() + delay, body, job.handle, self.token))
 
-    def give_back(self, jobs: Sequence[Reserved]) -> None:
-        """Unstarted (or abandoned) jobs: ready again at once, their start taken back."""
+    def give_back(self, jobs: Sequence[Reserved], delay: float = 0.0) -> None:
+        """Unstarted (or abandoned, or held back by middleware) jobs: ready again after `delay`,
+        their start taken back."""
         if not jobs:
             return
-        now = time.time()
+        now = time.time() + delay
         with self._cursor(tx=len(jobs) > 1) as cur:
             for job in jobs:
                 cur.execute(self.sql.give_back, (now, self._settled(job), job.handle, self.token))
@@ -638,6 +641,42 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         with self._cursor("renew") as cur:      # the heart's connection
             cur.execute(self.sql.prune_done, (before,))
             return int(cur.rowcount)
+
+    # -- locks (farm/locks.py: unique jobs and middleware) ------------------------------------
+    def incr(self, name: str, by: int, ttl: float) -> tuple[int, float]:
+        """Add `by` to the counter `name` in one upsert (a missing or expired one starts from 0
+        and expires at now + ttl); its value and expiry. Expired counters are pruned hourly."""
+        now = time.time()
+        if now >= self._locks_pruned:
+            self._locks_pruned = now + 3600
+            with self._cursor() as cur:
+                cur.execute(self.sql.prune_locks, (now - 60,))
+        params = (name, by, now + ttl, now, now)
+        if self.dialect == "mysql":
+            for attempt in range(3):        # InnoDB may pick racing upserts of one key as a deadlock
+                try:
+                    with self._cursor(tx=True) as cur:
+                        cur.execute(self.sql.incr, params)
+                        cur.execute(self.sql.incr_read, (name,))
+                        row = cur.fetchone()
+                    break
+                except FarmError as e:
+                    if attempt == 2 or "deadlock" not in str(e).lower():
+                        raise
+        else:
+            with self._cursor() as cur:
+                cur.execute(self.sql.incr, params)
+                row = cur.fetchone()
+        return int(row[0]), float(row[1])
+
+    def drop(self, name: str, expires: float | None = None) -> bool:
+        """Delete the counter; with `expires`, only while it still has that expiry (its holder's)."""
+        with self._cursor() as cur:
+            if expires is None:
+                cur.execute(self.sql.drop_lock, (name,))
+            else:
+                cur.execute(self.sql.drop_held, (name, expires))
+            return cur.rowcount == 1
 
 
 def ddl(conn: Connection) -> str:

@@ -96,7 +96,8 @@ class RedisQueue(RedisBatches):    # batches: drivers/redis_batches.py
             self.client = connect(conn.url or DEFAULT_URL)
         self.cluster = isinstance(self.client, redis.RedisCluster)
         self._scripts = {name: self.client.register_script(getattr(lua, name))
-                         for name in ("PUSH", "CLAIM", "SETTLE", "RENEW", "CLEAR", "RETRY", "PRUNE")}
+                         for name in ("PUSH", "CLAIM", "SETTLE", "RENEW", "CLEAR", "RETRY", "PRUNE",
+                                      "INCR", "DROP")}
 
     @contextmanager
     def _calling(self, what: str) -> Iterator[None]:
@@ -291,13 +292,16 @@ class RedisQueue(RedisBatches):    # batches: drivers/redis_batches.py
     def release(self, job: Reserved, delay: float, body: str) -> None:
         self._settle("release", job, repr(time.time() + delay), body, self._wake(job.queue), self._settled(job))
 
-    def give_back(self, jobs: Sequence[Reserved]) -> None:
-        """Back to the front of their queues, unstarted (the start is uncounted), in order."""
+    def give_back(self, jobs: Sequence[Reserved], delay: float = 0.0) -> None:
+        """Back to the front of their queues, unstarted (the start is uncounted), in order; with
+        a `delay` (middleware held them back), to the delayed set until then."""
         if not jobs:
             return
+        now = time.time()
         with self._calling("cannot give back"):
-            self._run_all([("SETTLE", self._keys(job.queue), ["give_back", job.id, job.handle, repr(time.time()),
-                                                              self._wake(job.queue), self._settled(job)])
+            self._run_all([("SETTLE", self._keys(job.queue), ["give_back", job.id, job.handle, repr(now),
+                                                              self._wake(job.queue), self._settled(job),
+                                                              repr(now + delay)])
                            for job in reversed(jobs)])
 
     def fail(self, job: Reserved, body: str, error: str) -> bool:
@@ -557,6 +561,20 @@ class RedisQueue(RedisBatches):    # batches: drivers/redis_batches.py
     def unclaim(self, name: str) -> None:
         with self._calling("cannot give a claim up"):
             self.client.delete(f"{self.prefix}:claim:{name}")
+
+    # -- locks (farm/locks.py: unique jobs and middleware), in Redis even with a `store:` ------
+    def incr(self, name: str, by: int, ttl: float) -> tuple[int, float]:
+        """Add `by` to the counter `name` in one script; a missing or expired one starts from 0."""
+        now = time.time()
+        with self._calling("cannot count"):
+            value, expires = self._run("INCR", [f"{self.prefix}:lock:{name}"], [by, repr(now + ttl), repr(now)])
+        return int(value), float(expires)
+
+    def drop(self, name: str, expires: float | None = None) -> bool:
+        """Delete the counter; with `expires`, only while it still has that expiry (its holder's)."""
+        with self._calling("cannot drop a lock"):
+            return bool(self._run("DROP", [f"{self.prefix}:lock:{name}"],
+                                  ["" if expires is None else repr(float(expires))]))
 
     def beat(self, worker: dict[str, Any]) -> None:
         with self._calling("cannot beat"):

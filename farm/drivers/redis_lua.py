@@ -121,8 +121,9 @@ return out
 # KEYS: the queue's 8 keys. ARGV: verb, id, handle, now, then per verb: start (), ack (the
 # next job's id and handle, whose start is written with the ack), release (at, body, wake
 # channel, '1' if its start was written), give_back (wake channel, '1' if its start was
-# written: taken back), fail (entry JSON), own (). Nothing happens, and 0 is returned, unless
-# the job is still held by this claim: a worker whose reservation lapsed settles nothing.
+# written: taken back, the time it is delayed until when middleware held it back), fail
+# (entry JSON), own (). Nothing happens, and 0 is returned, unless the job is still held by
+# this claim: a worker whose reservation lapsed settles nothing.
 SETTLE = _ID + """
 local ready, delayed, reserved, bodies, owners, starts, failed, failed_at =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -153,7 +154,10 @@ elseif verb == 'release' then
 elseif verb == 'give_back' then
   local before = redis.call('LLEN', ready)
   if ARGV[6] == '1' and redis.call('HINCRBY', starts, id, -1) <= 0 then redis.call('HDEL', starts, id) end
-  if body then redis.call('RPUSH', ready, body) end     -- next in line, as it was
+  local at = tonumber(ARGV[7] or '0')
+  if body and at > now then                            -- held back by middleware: delayed until then
+    redis.call('HSET', bodies, id, body); redis.call('ZADD', delayed, at, id)
+  elseif body then redis.call('RPUSH', ready, body) end     -- next in line, as it was
   wake_if_empty(ready, ARGV[5], before)
 end
 return result
@@ -226,4 +230,24 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
 for _, id in ipairs(ids) do redis.call('HDEL', KEYS[1], id) end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
 return #ids
+"""
+
+
+# KEYS: the counter (a hash: n, e). ARGV: by, expires_at, now. farm/locks.py's incr: a missing
+# or expired counter starts again from 0 with the new expiry; returns {value, expires_at}.
+INCR = """
+local e = redis.call('HGET', KEYS[1], 'e')
+if e and tonumber(e) > tonumber(ARGV[3]) then
+  return {redis.call('HINCRBY', KEYS[1], 'n', ARGV[1]), e}
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'n', ARGV[1], 'e', ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[2]) * 1000) + 1000)
+return {tonumber(ARGV[1]), ARGV[2]}
+"""
+
+# KEYS: the counter. ARGV: its expiry as incr returned it, or '': any. farm/locks.py's drop.
+DROP = """
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'e') ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
 """

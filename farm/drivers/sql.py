@@ -93,6 +93,13 @@ def tables(jobs: str, failed: str | None) -> tuple[Any, ...]:
         Column("job_id", String(36), primary_key=True),
         Column("failed", Integer, nullable=False),
     )
+    Table(      # farm/locks.py: counters with an expiry (unique jobs, middleware)
+        f"{jobs}_locks", md,
+        Column("name", String(191), primary_key=True),
+        Column("n", BigInteger, nullable=False),
+        Column("expires_at", Float(53), nullable=False),
+        Index(f"{jobs}_locks_expires", "expires_at"),
+    )
     return md, jobs_t, failed_t, stamps_t, workers_t, counts_t
 
 
@@ -188,6 +195,23 @@ class Queries:
         self.delete_done = q(f"DELETE FROM {j}_done WHERE id = %s")
         self.done = q(f"SELECT doc FROM {j}_done WHERE id = %s AND expires_at > %s")
         self.prune_done = q(f"DELETE FROM {j}_done WHERE expires_at <= %s")
+        # -- locks (farm/locks.py): one upsert, never a check then an insert. A counter that has
+        # expired starts again; both CASEs read the row as it was (MariaDB assigns left to right,
+        # so `n` goes first: `expires_at` is still the old one when the second IF reads it)
+        lk = f"{j}_locks"
+        if dialect == "mysql":      # no RETURNING: the row is read back in the same transaction
+            self.incr = (f"INSERT INTO {lk} (name, n, expires_at) VALUES (%s, %s, %s) ON DUPLICATE KEY UPDATE "
+                         "n = IF(expires_at <= %s, VALUES(n), n + VALUES(n)), "
+                         "expires_at = IF(expires_at <= %s, VALUES(expires_at), expires_at)")
+            self.incr_read = f"SELECT n, expires_at FROM {lk} WHERE name = %s"
+        else:                       # PostgreSQL and SQLite (3.35+)
+            self.incr = q(f"INSERT INTO {lk} (name, n, expires_at) VALUES (%s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+                          f"n = CASE WHEN {lk}.expires_at <= %s THEN excluded.n ELSE {lk}.n + excluded.n END, "
+                          f"expires_at = CASE WHEN {lk}.expires_at <= %s THEN excluded.expires_at "
+                          f"ELSE {lk}.expires_at END RETURNING n, expires_at")
+        self.drop_lock = q(f"DELETE FROM {lk} WHERE name = %s")
+        self.drop_held = q(f"DELETE FROM {lk} WHERE name = %s AND expires_at = %s")
+        self.prune_locks = q(f"DELETE FROM {lk} WHERE expires_at < %s")
 
     def add_counts(self, n_rows: int) -> str:
         """One statement adding n rows of (minute, queue, job, outcome, le, n, seconds) to the

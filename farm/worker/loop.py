@@ -49,6 +49,7 @@ class Worker:
         self.log = log
         self.lifecycle = Lifecycle(options, time.monotonic())
         self.runner = Runner(queue, registry, options, log, self.lifecycle)
+        self.runner.store = store          # middleware state and unique locks (farm/locks.py)
         self.started_wall = time.time()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.held: list[Any] = []          # claimed, not started

@@ -9,7 +9,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import batches, chains, events, payload
+from .. import batches, chains, events, middleware, payload, unique
 from ..errors import Abandon, FarmError, MaxAttemptsExceeded, PayloadError, SkipRetry
 from ..jobs import Job, instantiate, option
 from ..log import Log
@@ -33,6 +33,8 @@ class Attempt:
     started: float           # time.monotonic()
     settler: str | None = None   # "main" or "watchdog": the one thread that settles it
     runner: Any = field(default=None, repr=False)   # for the `before` event on a job thread
+    store: Any = None            # where middleware keeps shared state (the worker's store)
+    unique: dict[str, Any] | None = None   # the document's unique lock (farm/unique.py), if any
 
 
 class Runner:
@@ -47,6 +49,7 @@ class Runner:
         self.unacked: list[Any] = []       # finished jobs whose ack failed: acked again later
         self.counts: Any = None            # a farm.counts.Counts when the worker has a store to add to
         self.kept = 0                      # jobs acked with a retention (the heart prunes expired ones)
+        self.store: Any = None             # the connection's store: middleware state, unique locks
         self._settling = threading.Lock()
 
     def prepare(self, reserved: Any) -> Attempt | None:
@@ -70,7 +73,10 @@ class Runner:
             self.log.warning("job.timeout_clamped", id=reserved.id, job=doc["job"], timeout=timeout,
                              to=limit, detail="raise the pipeline's stop_wait or timeout")
             timeout = limit
-        return Attempt(reserved, doc, job, timeout, time.monotonic(), runner=self)
+        attempt = Attempt(reserved, doc, job, timeout, time.monotonic(), runner=self, store=self.store)
+        if "unique" in doc:
+            attempt.unique = unique.held(doc)
+        return attempt
 
     def claim(self, attempt: Attempt, who: str) -> bool:
         """Make `who` the one thread that settles the attempt; False if the other one is."""
@@ -127,6 +133,8 @@ class Runner:
             if "chain" in doc:
                 chains.succeeded(self, doc)
             self._ack(r)
+            if attempt.unique is not None:
+                unique.release(self.store, attempt.unique, self.log)
             seconds = time.monotonic() - attempt.started
             self.log.info("job.done", id=r.id, job=attempt.doc["job"], queue=r.queue, attempt=r.attempts,
                           ms=round(seconds * 1000, 3))
@@ -137,6 +145,8 @@ class Runner:
             return "done"
         if outcome[0] == "release":
             return self.settle(attempt, None, release_delay=outcome[1])
+        if outcome[0] == "hold":
+            return self.hold_back(attempt, outcome[1])
         return self.settle(attempt, outcome[1], decided=retry.Decision(False, reason="the job failed itself"))
 
     def _handle(self, attempt: Attempt) -> BaseException | None:
@@ -149,7 +159,7 @@ class Runner:
                 try:
                     if events.HANDLERS["before"]:      # farm.on("before", ...)
                         self.fire("before", attempt)
-                    attempt.job.handle()        # type: ignore[union-attr]
+                    middleware.run(attempt)     # handle(), inside the job's middleware if any
                     returned = True
                 finally:
                     self.lifecycle.busy = False
@@ -159,6 +169,17 @@ class Runner:
         except BaseException as exc:    # JobTimeout, SystemExit, asyncio's CancelledError, ...
             return None if returned else exc
         return None
+
+    def hold_back(self, attempt: Attempt, delay: float) -> str:
+        """Middleware held the job back before handle() ran: back on its queue after `delay`,
+        its start taken back, so neither its attempts nor its crash count change."""
+        r = attempt.reserved
+        self.queue.give_back([r], delay)
+        self.log.info("job.held_back", id=r.id, job=attempt.doc["job"], queue=r.queue,   # type: ignore[index]
+                      delay=round(delay, 3))
+        if self.counts is not None:
+            self.counts.add(r.queue, attempt.doc["job"], "released", 0.0)   # type: ignore[index]
+        return "released"
 
     def _ack(self, r: Any) -> None:
         """Ack a finished job; if that fails it is kept (and renewed) to be acked again, never
@@ -234,6 +255,8 @@ class Runner:
                        reason=decision.reason, error=_summary(exc))
         if "batch" in doc:              # batches (farm/batches.py): a final failure counts
             batches.finished(self, doc, r.id, True)
+        if attempt.unique is not None:
+            unique.release(self.store, attempt.unique, self.log)
         try:
             job.failed(exc)
         except BaseException as hook_exc:
@@ -251,25 +274,29 @@ class Runner:
 
 
 def run_inline(job: Job, connection: str | None = None) -> Any:
-    """`dispatch_sync`: run in this process; on an exception call `failed()` and re-raise."""
-    if not (events.HANDLERS["before"] or events.HANDLERS["after"] or events.HANDLERS["failing"]):
-        try:
-            return job.handle()
-        except Exception as exc:
-            job.failed(exc)
-            raise
-    from ..dispatch import options_of
+    """`dispatch_sync`: run in this process; on an exception call `failed()` and re-raise.
+    Events fire and middleware runs, with this process's locks; a job it holds back does not run."""
+    where = None
+    if events.HANDLERS["before"] or events.HANDLERS["after"] or events.HANDLERS["failing"]:
+        from ..dispatch import options_of
 
-    own = options_of(job)
-    where = (job.job_id, own["queue"] or "default", connection or own["connection"], job.attempts)
-    events.fire("before", None, job, *where)
+        own = options_of(job)
+        where = (job.job_id, own["queue"] or "default", connection or own["connection"], job.attempts)
+        events.fire("before", None, job, *where)
     try:
-        result = job.handle()
+        if not middleware.chain_of(job):
+            result = job.handle()
+        else:
+            from ..locks import MEMORY
+
+            result = middleware.wrap(job, MEMORY, float(_own(job, "timeout") or 0))
     except Exception as exc:
         job.failed(exc)
-        events.fire("failing", None, job, *where, exc)
+        if where is not None:
+            events.fire("failing", None, job, *where, exc)
         raise
-    events.fire("after", None, job, *where)
+    if where is not None:
+        events.fire("after", None, job, *where)
     return result
 
 

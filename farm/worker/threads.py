@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import events, waker
+from .. import events, middleware, waker
 from ..errors import Abandon, DriverUnavailable, FarmError, JobTimeout
 from .heart import GRACE
 from .lifecycle import StopReason
@@ -81,7 +81,7 @@ def call(run: Running) -> BaseException | None:
         try:
             if events.HANDLERS["before"] and run.attempt.runner is not None:   # farm.on("before", ...)
                 run.attempt.runner.fire("before", run.attempt)
-            run.attempt.job.handle()        # type: ignore[union-attr]
+            middleware.run(run.attempt)     # handle(), inside the job's middleware if any
             returned = True
         except BaseException as e:          # JobTimeout, SystemExit, ...: the job's own outcome
             exc = e
