@@ -328,6 +328,7 @@ def test_schema_prints_ddl_that_makes_working_tables_on_each_dialect(make_farm, 
     expected = {t, conn.failed_table, f"{t}_stamps", f"{t}_workers", f"{t}_counts"}
     expected.add(f"{t}_done")           # jobs kept as done (`retention`, farm.job_status)
     expected.add(f"{t}_locks")          # unique jobs' and middleware's counters (farm/locks.py)
+    expected |= {f"{t}_batches", f"{t}_batch_jobs"}     # chains and batches (farm/batches.py)
     if backend == "postgresql":
         expected.add(f"trigger {t}_notify")
     with fresh_place(backend, f.tmp) as (url, run, tables, count):
