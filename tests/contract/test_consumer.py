@@ -131,9 +131,12 @@ def test_issue_14_a_reservation_dropped_unsettled_lapses_after_retry_after(db_fa
     # When the caller drops it without deleting, releasing or burying it
     del job
     gc.collect()
-    # Then it is no longer renewed, and handed out again once retry_after has passed
+    # Then it is no longer renewed, and handed out again once retry_after has passed, to a
+    # consumer already waiting for it (not at the end of that consumer's timeout)
+    waiting = time.monotonic()
     again = farm.reserve(timeout=10)
     assert again.id == jid and again.attempts == 2
+    assert time.monotonic() - waiting < 2 + 3
     again.delete()
 
 
