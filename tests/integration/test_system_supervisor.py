@@ -182,7 +182,7 @@ class Server:
             paths = sorted((self.base / "log").glob("*.log")) + sorted((self.app / "var" / "log").glob("*.log"))
             return "".join(f"--- {p.name}\n" + p.read_text()[-3000:] for p in paths)
 
-        return wait_until(predicate, timeout, what, every=0.1, explain=logs)
+        return wait_until(predicate, timeout, what, every=0.25, explain=logs)    # a supervisorctl per look
 
 
 @pytest.fixture
