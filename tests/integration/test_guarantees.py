@@ -241,6 +241,36 @@ def test_a_worker_whose_database_stays_down_exits_1_once_its_give_up_time_of_fai
     assert give_up <= exited["down"] - waiting[0]["time"] <= give_up + 30, exited["down"] - waiting[0]["time"]
 
 
+def test_a_threaded_worker_whose_database_stays_down_gives_up_only_once_its_running_job_ends(make_farm):
+    from sqlalchemy.engine import make_url
+
+    # Given a worker with two threads on PostgreSQL through a proxy, running a job held by a
+    # gate, told to give up after 2 s of backoff
+    f = make_farm("postgresql")
+    pg = make_url(PG_URL)
+    proxy = Proxy(free_port(), (pg.host or "127.0.0.1", pg.port or 5432))
+    proxy.start()
+    manifest = f.tmp / "conf" / "lost.yaml"
+    manifest.write_text(f.manifest.read_text().replace(
+        PG_URL, pg.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)))
+    log, gate = f.tmp / "lost.log", f.tmp / "gate"
+    farm.dispatch(Timed(str(f.out), "held", gate=str(gate)))
+    p = spawn(f, log, "--config", str(manifest), "--concurrency", "2", "--sleep", "0.1", "--log-format", "json",
+              env={"FARM_GIVE_UP_SECONDS": "2"})
+    f.wait_for(lambda: f.lines(f.tmp / "out.txt.started"), what="the job to start")
+    # When its database goes away for good
+    proxy.close()
+    # Then, its give-up time over, it says it gives up once the running job ends, and waits for it
+    f.wait_for(lambda: "giving up once the running jobs end" in log.read_text(), timeout=30,
+               what="the worker to give up")
+    assert p.poll() is None, log.read_text()
+    gate.touch()
+    assert finished(p) == 1
+    events = json_lines(log.read_text())
+    assert [e["reason"] for e in events if e["event"] == "worker.stop"] == ["fatal"], events
+    assert [line.split()[0] for line in f.lines()] == ["held"]          # the job ran to its end
+
+
 # -- NOTIFY ------------------------------------------------------------------------------------
 
 
