@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import farm
-from conftest import BACKENDS, DB_BACKENDS, PG_URL, pg_conninfo
+from conftest import BACKENDS, DB_BACKENDS, PG_URL, pg_conninfo, wait_until
 from tcpproxy import Proxy, free_port
 from testjobs import KillsItsWorker, Ledger, Record, Timed
 from test_supervisor import sup  # noqa: F401  (the fixture: a project dir with its own supervisord)
@@ -261,8 +261,8 @@ def test_a_threaded_worker_whose_database_stays_down_gives_up_only_once_its_runn
     # When its database goes away for good
     proxy.close()
     # Then, its give-up time over, it says it gives up once the running job ends, and waits for it
-    f.wait_for(lambda: "giving up once the running jobs end" in log.read_text(), timeout=30,
-               what="the worker to give up")
+    wait_until(lambda: "giving up once the running jobs end" in log.read_text(), 30, "the worker to give up",
+               explain=log.read_text)
     assert p.poll() is None, log.read_text()
     gate.touch()
     assert finished(p) == 1
