@@ -17,7 +17,7 @@ from .lifecycle import Lifecycle, StopReason
 from .options import WorkerOptions
 from .runner import Attempt, Runner
 
-GIVE_UP_SECONDS = 71.5      # of backoff before exiting for the process manager (12 failures: .5, 1, 2, 4, 8, 8, ...)
+GIVE_UP_SECONDS = 71.5      # of backoff before exiting for the process manager: 12 failures (.5, 1, 2, 4, 8, ...)
 BATCH_SECONDS = 0.05        # claim about this much work at once: many no-op jobs, one slow job
 STARTSECS = 1.0             # supervisord's startsecs: a recycling exit waits out the first second
 PAUSED_POLL = 0.25          # seconds between looks at the paused queues while every queue is paused
