@@ -153,7 +153,9 @@ class Queries:
         self.insert_failed = q(f"INSERT INTO {f} (id, connection, queue, payload, exception, failed_at) "
                                "VALUES (%s, %s, %s, %s, %s, %s)")
         self.delete_failed = q(f"DELETE FROM {f} WHERE id = %s")
-        self.next_available = q(f"SELECT MIN(available_at) FROM {j} WHERE queue = %s AND reserved_by IS NULL")
+        # the next job to become claimable: a delayed one falling due or a reservation lapsing
+        # (an idle PostgreSQL reserve() sleeps until then; NOTIFY only wakes it for a push)
+        self.next_available = q(f"SELECT MIN(available_at) FROM {j} WHERE queue = %s")
         self.counts = q(
             f"SELECT queue, "
             "SUM(CASE WHEN available_at <= %s THEN 1 ELSE 0 END), "

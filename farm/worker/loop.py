@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from .. import payload, waker
 from ..counts import Counts
-from ..errors import Abandon, DriverUnavailable, FarmError
+from ..errors import Abandon, DriverUnavailable, FarmError, UsageError
 from ..log import Log
 from . import signals
 from .heart import Heart
@@ -17,7 +17,7 @@ from .lifecycle import Lifecycle, StopReason
 from .options import WorkerOptions
 from .runner import Attempt, Runner
 
-MAX_FAILURES = 12           # about a minute of backoff before exiting for the process manager
+GIVE_UP_SECONDS = 71.5      # of backoff before exiting for the process manager: 12 failures (.5, 1, 2, 4, 8, ...)
 BATCH_SECONDS = 0.05        # claim about this much work at once: many no-op jobs, one slow job
 STARTSECS = 1.0             # supervisord's startsecs: a recycling exit waits out the first second
 PAUSED_POLL = 0.25          # seconds between looks at the paused queues while every queue is paused
@@ -66,6 +66,7 @@ class Worker:
             self.runner.counts = Counts()     # the heart adds them to the store (farm/counts.py)
         self.heart = Heart(self)
         self.failures = 0
+        self.give_up = give_up_seconds()
 
     def attempts(self) -> list[Attempt]:
         """The jobs running now."""
@@ -253,10 +254,10 @@ class Worker:
     def _unavailable(self, e: FarmError) -> StopReason | None:
         """Back off and go on; after a minute of failures exit for the process manager."""
         self.failures += 1
-        if self.failures > MAX_FAILURES:
+        delay = backoff(self.failures, self.give_up)
+        if delay is None:
             self.log.error("worker.unavailable", error=str(e), detail="giving up")
             return StopReason.FATAL
-        delay = backoff(self.failures)
         self.log.warning("worker.unavailable", error=str(e), retry_in=delay)
         self._back_off(delay)
         return self.lifecycle.should_stop(time.monotonic(), self.heart.rss_mb, self.done)
@@ -265,9 +266,30 @@ class Worker:
         waker.wait(seconds)
 
 
-def backoff(failures: int) -> float:
-    """Seconds to wait after the n-th failure in a row to reach the database or broker."""
-    return min(0.25 * 2 ** failures, 8.0)
+def give_up_seconds() -> float:
+    """How long a worker waits out a database or broker that is gone before it exits 1:
+    $FARM_GIVE_UP_SECONDS, read at start (the tests shorten it), else GIVE_UP_SECONDS."""
+    raw = os.environ.get("FARM_GIVE_UP_SECONDS", "").strip()
+    if not raw:
+        return GIVE_UP_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < 1e9:
+        raise UsageError(f"FARM_GIVE_UP_SECONDS must be a number of seconds above 0, not {raw!r}")
+    return seconds
+
+
+def backoff(failures: int, give_up: float = GIVE_UP_SECONDS) -> float | None:
+    """Seconds to wait after the n-th failure in a row to reach the database or broker
+    (0.5, 1, 2, 4, then 8 s), the last wait cut to end at `give_up` seconds in all; None once
+    that much has been waited: time to give up."""
+    waited = 0.25 * (2 ** failures - 2) if failures <= 5 else 7.5 + 8.0 * (failures - 5)
+    left = give_up - waited
+    if left <= 0:
+        return None
+    return min(0.25 * 2 ** min(failures, 6), 8.0, left)
 
 
 def connect(open_queue: Callable[[], Any], log: Log) -> Any:
@@ -275,13 +297,15 @@ def connect(open_queue: Callable[[], Any], log: Log) -> Any:
     reboot where supervisord starts before PostgreSQL): retried with backoff and logged once;
     after about a minute DriverUnavailable goes up, and the process manager starts us again."""
     failures = 0
+    give_up = give_up_seconds()
     while True:
         try:
             return open_queue()
         except DriverUnavailable as e:
             failures += 1
-            if failures > MAX_FAILURES:
+            delay = backoff(failures, give_up)
+            if delay is None:
                 raise
             if failures == 1:
                 log.warning("worker.unavailable", error=str(e), detail="waiting for it at start")
-            time.sleep(backoff(failures))
+            time.sleep(delay)

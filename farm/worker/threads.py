@@ -26,7 +26,7 @@ from .. import events, middleware, waker
 from ..errors import Abandon, DriverUnavailable, FarmError, JobTimeout
 from .heart import GRACE
 from .lifecycle import StopReason
-from .loop import MAX_FAILURES, Worker
+from .loop import Worker, backoff
 from .runner import Attempt
 
 IDLE_POLL = 0.5           # how long a worker with jobs running waits between claims of an empty queue
@@ -332,7 +332,7 @@ class ThreadedWorker(Worker):
 
     def _unavailable(self, e: FarmError) -> StopReason | None:
         """As the one-job worker, except that giving up waits for the running jobs to end."""
-        if self.failures >= MAX_FAILURES and self.running:
+        if self.running and backoff(self.failures + 1, self.give_up) is None:
             self.fatal = True
             self.log.warning("worker.unavailable", error=str(e), jobs=len(self.running),
                              detail="giving up once the running jobs end")

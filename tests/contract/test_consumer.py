@@ -115,10 +115,13 @@ def test_issue_14_a_held_reservation_is_renewed_past_retry_after(db_farm):
         while time.monotonic() < deadline:
             # Then no other consumer is handed it meanwhile
             assert other.reserve(["default"], 1, 0.2) == []
-        # and it is still this consumer's to delete
+        # and it is still this consumer's to delete: its row goes (PostgreSQL's delete is
+        # pipelined, so it may show a moment later), and a row gone cannot come back when the
+        # reservation would have lapsed (a row is always ready, delayed or reserved)
         job.delete()
-        time.sleep(2.5)
-        assert other.reserve(["default"], 1, 0.2) == [] and ready(db_farm) == 0
+        db_farm.wait_for(lambda: not any(db_farm.queue().counts().get("default", {}).get(k)
+                                         for k in ("ready", "delayed", "reserved")), timeout=5, what="the row to go")
+        assert other.reserve(["default"], 1, 0.2) == []
     finally:
         other.close()
     assert jid == job.id
@@ -131,9 +134,12 @@ def test_issue_14_a_reservation_dropped_unsettled_lapses_after_retry_after(db_fa
     # When the caller drops it without deleting, releasing or burying it
     del job
     gc.collect()
-    # Then it is no longer renewed, and handed out again once retry_after has passed
+    # Then it is no longer renewed, and handed out again once retry_after has passed, to a
+    # consumer already waiting for it (not at the end of that consumer's timeout)
+    waiting = time.monotonic()
     again = farm.reserve(timeout=10)
     assert again.id == jid and again.attempts == 2
+    assert time.monotonic() - waiting < 2 + 3
     again.delete()
 
 

@@ -14,8 +14,9 @@ from testjobs import KillsItsWorker, Record
 
 @pytest.mark.parametrize("backend", DB_BACKENDS)
 def test_a_job_claimed_in_the_batch_of_three_killed_workers_but_never_started_still_runs(make_farm, backend):
-    # Given a job that kills its worker and, queued right behind it, a bystander (retry_after 3 s)
-    f = make_farm(backend, retry_after=3)
+    # Given a job that kills its worker and, queued right behind it, a bystander (retry_after
+    # 1.5 s: each dead worker's claims lapse before the next worker may take them)
+    f = make_farm(backend, retry_after=1.5)
     warm = f.tmp / "warm.txt"
     bystander = f.tmp / "bystander.txt"
     holder_id = None

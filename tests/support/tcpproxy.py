@@ -19,6 +19,8 @@ class Proxy:
         self.server = socket.socket()
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socks: list[socket.socket] = [self.server]
+        self.closed = False
+        self.lock = threading.Lock()
 
     def start(self) -> None:
         self.server.bind(("127.0.0.1", self.port))
@@ -32,7 +34,12 @@ class Proxy:
             except OSError:
                 return
             upstream = socket.create_connection(self.target)
-            self.socks += [client, upstream]
+            with self.lock:
+                if self.closed:             # accepted as close() ran: refused all the same
+                    client.close()
+                    upstream.close()
+                    return
+                self.socks += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
@@ -51,5 +58,13 @@ class Proxy:
                     pass
 
     def close(self) -> None:
+        """Cut every connection and refuse new ones. close() alone leaves the listening socket
+        up while the accept thread is blocked in accept(): the next connection got through."""
+        with self.lock:
+            self.closed = True
+        try:
+            self.server.shutdown(socket.SHUT_RDWR)      # wakes accept() and stops listening
+        except OSError:
+            pass
         for s in self.socks:
             s.close()
