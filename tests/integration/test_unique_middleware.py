@@ -5,8 +5,10 @@ Jobs live in tests/support/uniquejobs.py, which these farms add to `imports:`.
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,8 +16,8 @@ import pytest
 
 import farm
 from conftest import BACKENDS, wait_until
-from uniquejobs import (Exclusive, HeldBack, Hog, Limited, OnlyOnce, OnlyOnceFailing, ShortUnique, Throttled,
-                        UniqueUntilStart, Wrapped)
+from uniquejobs import (Exclusive, HeldBack, Hog, Limited, LimitedOnce, OnlyOnce, OnlyOnceFailing, ShortUnique,
+                        Throttled, ThrottledThenFine, UniqueUntilStart, Wrapped)
 
 
 def unique_farm(make_farm, backend: str, **kw):
@@ -336,3 +338,83 @@ def test_a_without_overlapping_lock_held_by_a_killed_worker_expires_after_the_jo
     first, second = (float(line.split()[2]) for line in f.lines())
     assert 1.4 <= second - first <= 6, (first, second)
     assert events(tmp_path / "b.log", "job.held_back")
+
+
+def test_a_throttled_job_that_succeeded_is_not_run_again_when_the_store_fails_to_clear_its_count(make_farm, tmp_path):
+    # Given a throttled job that raised once, then succeeds while its store's counters go away
+    f = unique_farm(make_farm, "sqlite")
+    locks = f.queue().config.table + "_locks"
+    job_id = ThrottledThenFine(str(f.out), str(tmp_path / "farm.db"), locks).dispatch()
+    log = tmp_path / "w.log"
+    # When a worker has run it until it is done or retried after that success
+    w = spawn(f, log)
+    f.wait_for(lambda: events(log, "job.done") or len(events(log, "job.retry")) >= 2, what="the job to settle")
+    stop(w)
+    # Then the success stands: done on its second attempt, never retried after it
+    assert f.lines() == ["1", "2"]
+    assert events(log, "job.done") and len(events(log, "job.retry")) == 1, log.read_text()
+    assert job_id is not None
+
+
+class Cuttable:
+    """A TCP relay to PostgreSQL that the test can cut: a database that goes away mid-run."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(("127.0.0.1", 5432))
+            except OSError:
+                return
+            self.socks += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.listener.close()
+        for s in self.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def test_a_job_whose_middleware_cannot_reach_the_store_is_held_back_without_using_an_attempt(make_farm, tmp_path):
+    # Given an amqp worker whose store (PostgreSQL, through a relay) went away after it started
+    f = unique_farm(make_farm, "amqp")
+    relay = Cuttable()
+    text = f.manifest.read_text()
+    start = text.index("url: sqlite:///")
+    f.manifest.write_text(text[:start] + f"url: postgresql://postgres@127.0.0.1:{relay.port}/test"
+                          + text[text.index("\n", start):])
+    log = tmp_path / "w.log"
+    w = spawn(f, log)
+    f.wait_for(lambda: events(log, "worker.start"), what="the worker")
+    relay.cut()
+    # When it takes a rate-limited job that has one try
+    LimitedOnce(str(f.out)).dispatch()
+    f.wait_for(lambda: events(log, "job.held_back") or events(log, "job.failed"), what="the job to settle")
+    stop(w)
+    # Then it was held back (its one try kept, the store's error logged), not failed or run
+    held = events(log, "job.held_back")
+    assert held and not events(log, "job.failed"), log.read_text()
+    assert "cannot be reached" in held[0] and f.lines() == []
