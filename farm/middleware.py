@@ -24,7 +24,7 @@ from .jobs import FunctionCall, Job, job_name
 
 HOLD_MIN = 0.1           # seconds: the shortest hold-back, so a held job never spins a worker
 NO_TIMEOUT_LOCK = 3600.0  # seconds a WithoutOverlapping lock lives for a job with no timeout
-OVERLAP_MARGIN = 2.0     # seconds a WithoutOverlapping lock outlives the job's timeout: a job that
+OVERLAP_MARGIN = 3.0     # seconds a WithoutOverlapping lock outlives the job's timeout: a job that
                          # ignores its JobTimeout runs until the watchdog ends it (heart.GRACE + a tick)
 STORE_DOWN_HOLD = 5.0    # seconds a job waits when its middleware cannot reach the store
 

@@ -17,7 +17,7 @@ import pytest
 import farm
 from conftest import BACKENDS, wait_until
 from uniquejobs import (Exclusive, HeldBack, Hog, Limited, LimitedOnce, OnlyOnce, OnlyOnceFailing, ShortUnique,
-                        Throttled, ThrottledThenFine, UniqueUntilStart, Wrapped)
+                        Stubborn, Throttled, ThrottledThenFine, UniqueUntilStart, Wrapped)
 
 
 def unique_farm(make_farm, backend: str, **kw):
@@ -418,3 +418,23 @@ def test_a_job_whose_middleware_cannot_reach_the_store_is_held_back_without_usin
     held = events(log, "job.held_back")
     assert held and not events(log, "job.failed"), log.read_text()
     assert "cannot be reached" in held[0] and f.lines() == []
+
+
+def test_a_without_overlapping_lock_outlives_a_job_that_ignores_its_timeout_until_the_watchdog_ends_it(make_farm, tmp_path):
+    # Given a worker running a job that holds the "stubborn" key and ignores its 1 s timeout
+    f = unique_farm(make_farm, "sqlite")
+    a = spawn(f, tmp_path / "a.log")
+    Stubborn(str(f.out), "first", 10).dispatch()
+    f.wait_for(lambda: f.lines(), what="the first job to start")
+    # When a second worker takes another job that wants the key
+    Stubborn(str(f.out), "second", 0).dispatch()
+    b = spawn(f, tmp_path / "b.log")
+    f.wait_for(lambda: any(line.startswith("start second") for line in f.lines()), timeout=20,
+               what="the second job to start")
+    stop(b)
+    assert a.wait(10) == 1          # the watchdog ended the first worker
+    # Then the second started only after the first had stopped running
+    first_alive = max(float(line.split()[2]) for line in f.lines() if line.split()[1] == "first")
+    second = next(float(line.split()[2]) for line in f.lines() if line.startswith("start second"))
+    assert second > first_alive, f.lines()
+    assert events(tmp_path / "b.log", "job.held_back")

@@ -189,3 +189,24 @@ class ThrottledThenFine(farm.Job):
         con = sqlite3.connect(self.db, timeout=30, isolation_level=None)
         con.execute(f"ALTER TABLE {self.locks} RENAME TO {self.locks}_gone")
         con.close()
+
+
+class Stubborn(farm.Job):
+    """Holds the "stubborn" key and ignores its timeout (1 s) for `seconds`, as a job blocked
+    outside Python would: records `start <tag> <time>`, then `alive <tag> <time>` as it goes."""
+
+    middleware = [farm.WithoutOverlapping("stubborn", release_after=0.1)]
+    timeout = 1
+
+    def __init__(self, path: str, tag: str, seconds: float) -> None:
+        self.path, self.tag, self.seconds = path, tag, seconds
+
+    def handle(self) -> None:
+        record(self.path, f"start {self.tag} {time.time()!r}")
+        end = time.monotonic() + self.seconds
+        while time.monotonic() < end:
+            try:
+                time.sleep(0.05)
+                record(self.path, f"alive {self.tag} {time.time()!r}")
+            except farm.JobTimeout:
+                pass
