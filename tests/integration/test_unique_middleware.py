@@ -438,3 +438,14 @@ def test_a_without_overlapping_lock_outlives_a_job_that_ignores_its_timeout_unti
     second = next(float(line.split()[2]) for line in f.lines() if line.startswith("start second"))
     assert second > first_alive, f.lines()
     assert events(tmp_path / "b.log", "job.held_back")
+
+
+def test_dispatch_many_that_refuses_a_later_job_leaves_no_unique_lock_behind(make_farm):
+    # Given a unique job followed by something that is not a job
+    f = unique_farm(make_farm, "sqlite")
+    # When dispatch_many refuses the batch
+    with pytest.raises(farm.SerializationError):
+        farm.dispatch_many([OnlyOnce(str(f.out), "k"), object()])
+    # Then nothing was queued and the unique job can be dispatched at once
+    assert sum(c["ready"] for c in f.queue().counts().values()) == 0
+    assert OnlyOnce(str(f.out), "k").dispatch() is not None
