@@ -111,10 +111,11 @@ def dispatch(job: Job, out: Outgoing, connection: str | None, seconds: float) ->
 
 
 def held(doc: dict[str, Any]) -> dict[str, Any] | None:
-    """The document's unique lock, if it names one properly (another producer's may not)."""
+    """The document's unique lock, if it names one properly (another producer's may not): a
+    unique lock only, so a document cannot make a worker free a middleware's counter."""
     u = doc.get("unique")
-    if (isinstance(u, dict) and isinstance(u.get("key"), str) and isinstance(u.get("expires"), (int, float))
-            and u.get("until") in UNTIL):
+    if (isinstance(u, dict) and isinstance(u.get("key"), str) and u["key"].startswith("unique:")
+            and isinstance(u.get("expires"), (int, float)) and u.get("until") in UNTIL):
         return u
     return None
 

@@ -4,17 +4,20 @@ Jobs live in tests/support/uniquejobs.py, which these farms add to `imports:`.
 """
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 import farm
+from farm.drivers.base import Outgoing
 from conftest import BACKENDS, wait_until
 from uniquejobs import (Exclusive, HeldBack, Hog, Limited, LimitedOnce, OnlyOnce, OnlyOnceFailing, ShortUnique,
                         Stubborn, Throttled, ThrottledThenFine, UniqueUntilStart, Wrapped)
@@ -449,3 +452,20 @@ def test_dispatch_many_that_refuses_a_later_job_leaves_no_unique_lock_behind(mak
     # Then nothing was queued and the unique job can be dispatched at once
     assert sum(c["ready"] for c in f.queue().counts().values()) == 0
     assert OnlyOnce(str(f.out), "k").dispatch() is not None
+
+
+def test_a_document_naming_a_middleware_counter_as_its_unique_lock_cannot_free_it(make_farm, tmp_path):
+    # Given the "gate" overlap lock held, and a pushed document that names it as its unique lock
+    f = unique_farm(make_farm, "sqlite")
+    store = f.store()
+    _, expires = store.incr("overlap:gate", 1, 60)
+    jid = str(uuid.uuid4())
+    body = json.dumps({"v": 1, "id": jid, "job": "testjobs:Noop", "data": {}, "queue": "default",
+                       "attempts": 0, "unique": {"key": "overlap:gate", "expires": expires, "until": "processing"}})
+    f.queue().push([Outgoing(id=jid, queue="default", body=body, available_at=time.time())])
+    # When a worker has run it
+    log = tmp_path / "w.log"
+    assert spawn(f, log, "--stop-when-empty").wait(30) == 0
+    assert events(log, "job.done")
+    # Then the overlap lock is still held by its holder
+    assert store.incr("overlap:gate", 0, 0) == (1, expires)
