@@ -254,6 +254,8 @@ def test_store_counters_count_up_expire_and_drop_only_for_their_holder(make_farm
     assert store.drop("c", expires + 1) is False
     assert store.drop("c", expires) is True
     assert store.incr("c", 1, 30)[0] == 1
+    # and names that differ in case, accents or trailing spaces are different counters
+    assert [store.incr(name, 1, 30)[0] for name in ("k:ABC", "k:abc", "k:abc ", "k:Ábc")] == [1, 1, 1, 1]
     # and an expired counter starts again from 0 with a new expiry
     _, short = store.incr("short", 1, 0.3)
     again, renewed = wait_until(lambda: (r := store.incr("short", 1, 30))[0] == 1 and r, 5, "expiry")
