@@ -29,7 +29,13 @@ def dispatch(job: Job, *, queue: str | None = None, delay: Any = None, connectio
             taken = unique.take(job, out, conn, seconds)
             if taken is None:
                 return None
-            out = taken.out
+            try:
+                enqueue(after_commit, taken.out, conn)
+            except BaseException:
+                taken.give_up()
+                raise
+            unique.free_on_rollback(after_commit, taken)
+            return taken.out.id
         enqueue(after_commit, out, conn)
         return out.id
     if seconds is not None:            # unique_for: None (nothing written) for a duplicate

@@ -471,3 +471,35 @@ def test_a_document_naming_a_middleware_counter_as_its_unique_lock_cannot_free_i
     assert events(log, "job.done")
     # Then the overlap lock is still held by its holder
     assert store.incr("overlap:gate", 0, 0) == (1, expires)
+
+
+def test_a_unique_job_dispatched_after_commit_keeps_its_lock_only_if_the_transaction_commits(make_farm):
+    import sqlalchemy as sa
+    from sqlalchemy.orm import Session
+
+    # Given unique jobs dispatched after_commit on a Connection and on a Session
+    f = unique_farm(make_farm, "sqlite")
+    engine = sa.create_engine(f.app.connection("main").url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            tx = conn.begin()
+            assert farm.dispatch(OnlyOnce(str(f.out), "c"), after_commit=conn) is not None
+            # When the transactions roll back
+            tx.rollback()
+        with Session(engine) as s:
+            assert farm.dispatch(OnlyOnce(str(f.out), "s"), after_commit=s) is not None
+            s.rollback()
+            # Then the jobs were never queued and may be dispatched again at once
+            assert OnlyOnce(str(f.out), "c").dispatch() is not None
+            assert OnlyOnce(str(f.out), "s").dispatch() is not None
+            # and one whose transaction commits keeps its lock: a copy is refused
+            assert farm.dispatch(OnlyOnce(str(f.out), "t"), after_commit=s) is not None
+            s.commit()
+        with engine.connect() as conn:
+            with conn.begin():
+                assert farm.dispatch(OnlyOnce(str(f.out), "u"), after_commit=conn) is not None
+            conn.rollback()         # a later rollback on the same connection frees nothing
+    finally:
+        engine.dispose()
+    assert OnlyOnce(str(f.out), "t").dispatch() is None and OnlyOnce(str(f.out), "u").dispatch() is None
+    assert sum(c["ready"] for c in f.queue().counts().values()) == 4
