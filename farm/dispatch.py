@@ -29,7 +29,13 @@ def dispatch(job: Job, *, queue: str | None = None, delay: Any = None, connectio
             taken = unique.take(job, out, conn, seconds)
             if taken is None:
                 return None
-            out = taken.out
+            try:
+                enqueue(after_commit, taken.out, conn)
+            except BaseException:
+                taken.give_up()
+                raise
+            unique.free_on_rollback(after_commit, taken)
+            return taken.out.id
         enqueue(after_commit, out, conn)
         return out.id
     if seconds is not None:            # unique_for: None (nothing written) for a duplicate
@@ -54,18 +60,22 @@ def dispatch_many(jobs: Iterable[Job], *, queue: str | None = None, delay: Any =
     order: list[Outgoing | None] = []
     taken: dict[str, unique.Taken] = {}       # unique jobs whose locks this call holds
     now, stamp = time.time(), payload.utcnow_iso()
-    for job in jobs:
-        out: Outgoing | None
-        out, conn = _outgoing(job, queue, delay, connection, None, None, None, now, stamp)
-        seconds = unique.wanted(job)
-        if seconds is not None:
-            took = unique.take(job, out, conn, seconds)
-            if took is not None:
-                taken[out.id] = took
-            out = took.out if took is not None else None
-        if out is not None:
-            by_conn.setdefault(conn, []).append(out)
-        order.append(out)
+    checked = [(job, *_outgoing(job, queue, delay, connection, None, None, None, now, stamp), unique.wanted(job))
+               for job in jobs]     # all of them, before any lock is taken
+    try:
+        for job, out, conn, seconds in checked:
+            if seconds is not None:
+                took = unique.take(job, out, conn, seconds)
+                if took is not None:
+                    taken[out.id] = took
+                out = took.out if took is not None else None
+            if out is not None:
+                by_conn.setdefault(conn, []).append(out)
+            order.append(out)
+    except BaseException:           # nothing was written: the locks taken go too
+        for took in taken.values():
+            took.give_up()
+        raise
     stored: list[str] = []
     try:
         for conn, items in by_conn.items():

@@ -19,11 +19,14 @@ import time
 from typing import Any, Callable
 
 from . import unique
-from .errors import FarmError, JobTimeout
+from .errors import DriverUnavailable, FarmError, JobTimeout
 from .jobs import FunctionCall, Job, job_name
 
 HOLD_MIN = 0.1           # seconds: the shortest hold-back, so a held job never spins a worker
 NO_TIMEOUT_LOCK = 3600.0  # seconds a WithoutOverlapping lock lives for a job with no timeout
+OVERLAP_MARGIN = 3.0     # seconds a WithoutOverlapping lock outlives the job's timeout: a job that
+                         # ignores its JobTimeout runs until the watchdog ends it (heart.GRACE + a tick)
+STORE_DOWN_HOLD = 5.0    # seconds a job waits when its middleware cannot reach the store
 
 Next = Callable[[Job], Any]
 
@@ -63,7 +66,14 @@ def wrap(job: Job, store: Any, timeout: float, lock: dict[str, Any] | None = Non
             return j.handle()
         return next_
 
-    result = step(0)(job)
+    try:
+        result = step(0)(job)
+    except DriverUnavailable as e:
+        if ran:
+            raise                       # handle() ran: its outcome is the job's
+        # the store is away before handle() ran: held back, no attempt burnt, nothing lost
+        job._farm_outcome = ("hold", STORE_DOWN_HOLD, str(e))
+        return None
     outcome = getattr(job, "_farm_outcome", None)
     if not ran and outcome is not None and outcome[0] == "release":
         job._farm_outcome = ("hold", max(HOLD_MIN, outcome[1]))
@@ -90,7 +100,7 @@ class WithoutOverlapping:
     def handle(self, job: Job, next: Next) -> Any:
         store, name = store_of(job), "overlap:" + self.key
         timeout = getattr(job, "_farm_timeout", 0) or NO_TIMEOUT_LOCK
-        value, expires = store.incr(name, 1, timeout)
+        value, expires = store.incr(name, 1, timeout + OVERLAP_MARGIN)
         if value != 1:
             job.release(self.release_after)
             return None
@@ -149,10 +159,16 @@ class ThrottlesExceptions:
         try:
             result = next(job)
         except (Exception, JobTimeout):
-            store.incr(name, 1, self.seconds)       # the first one opens the window
+            try:
+                store.incr(name, 1, self.seconds)   # the first one opens the window
+            except FarmError:
+                pass                    # uncounted: the job's own exception is what goes on
             raise
         if value:
-            store.drop(name)
+            try:
+                store.drop(name)
+            except FarmError:           # handle() succeeded: a store error must not make it run again
+                pass                    # the count expires with its window
         return result
 
     def __repr__(self) -> str:

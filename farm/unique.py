@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
+import weakref
 from typing import Any
 
 from . import app, payload
@@ -111,10 +113,11 @@ def dispatch(job: Job, out: Outgoing, connection: str | None, seconds: float) ->
 
 
 def held(doc: dict[str, Any]) -> dict[str, Any] | None:
-    """The document's unique lock, if it names one properly (another producer's may not)."""
+    """The document's unique lock, if it names one properly (another producer's may not): a
+    unique lock only, so a document cannot make a worker free a middleware's counter."""
     u = doc.get("unique")
-    if (isinstance(u, dict) and isinstance(u.get("key"), str) and isinstance(u.get("expires"), (int, float))
-            and u.get("until") in UNTIL):
+    if (isinstance(u, dict) and isinstance(u.get("key"), str) and u["key"].startswith("unique:")
+            and isinstance(u.get("expires"), (int, float)) and u.get("until") in UNTIL):
         return u
     return None
 
@@ -131,3 +134,59 @@ def release(store: Any, lock: dict[str, Any] | None, log: Log | None = None) -> 
         (log or Log()).warning("unique.not_freed", key=lock["key"], error=str(e),
                                detail="it expires after unique_for")
 
+
+
+# -- after_commit: a lock taken for a job that joins the caller's transaction ------------------
+_waiting: "weakref.WeakKeyDictionary[Any, list[Taken]]" = weakref.WeakKeyDictionary()
+_waiting_lock = threading.Lock()
+
+
+def free_on_rollback(target: Any, taken: Taken) -> None:
+    """`dispatch(after_commit=target)`: the lock stays with the job once the caller's
+    transaction commits, and goes if it rolls back (then the job was never queued, and a
+    retried dispatch must not be refused for unique_for)."""
+    import sqlalchemy as sa
+    from sqlalchemy.orm import Session
+
+    with _waiting_lock:
+        held = _waiting.get(target)
+        if held is None:
+            held = _waiting[target] = []
+            if isinstance(target, Session):
+                sa.event.listen(target, "after_commit", _kept)
+                sa.event.listen(target, "after_transaction_end", _session_ended)
+            else:
+                sa.event.listen(target, "commit", _kept)
+                sa.event.listen(target, "rollback", _connection_rolled_back)
+        held.append(taken)
+
+
+def _pop(target: Any) -> list[Taken]:
+    with _waiting_lock:
+        found = _waiting.get(target) or []
+        if found:
+            _waiting[target] = []
+        return found
+
+
+def _kept(target: Any) -> None:
+    _pop(target)                        # committed: the locks now belong to their jobs
+
+
+def _session_ended(session: Any, transaction: Any) -> None:
+    if transaction.parent is None:      # the outermost one ended without a commit
+        _rolled_back(session)
+
+
+def _connection_rolled_back(conn: Any) -> None:
+    """Connection `rollback` runs before the DBAPI rollback: that is made here first, so the
+    job row's write lock (SQLite: the whole database's) is gone when the lock is dropped
+    (SQLAlchemy's own rollback that follows finds nothing left to undo)."""
+    if _waiting.get(conn):
+        conn.engine.dialect.do_rollback(conn.connection)
+        _rolled_back(conn)
+
+
+def _rolled_back(target: Any) -> None:
+    for taken in _pop(target):
+        taken.give_up()

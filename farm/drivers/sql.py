@@ -95,7 +95,9 @@ def tables(jobs: str, failed: str | None) -> tuple[Any, ...]:
     )
     Table(      # farm/locks.py: counters with an expiry (unique jobs, middleware)
         f"{jobs}_locks", md,
-        Column("name", String(191), primary_key=True),
+        # MariaDB/MySQL compare bytes here: their default collations would make "ABC", "abc",
+        # "abc " and "Ábc" one lock, refusing a distinct unique job as a duplicate
+        Column("name", String(191).with_variant(mysql.VARBINARY(764), "mysql", "mariadb"), primary_key=True),
         Column("n", BigInteger, nullable=False),
         Column("expires_at", Float(53), nullable=False),
         Index(f"{jobs}_locks_expires", "expires_at"),

@@ -146,7 +146,7 @@ class Runner:
         if outcome[0] == "release":
             return self.settle(attempt, None, release_delay=outcome[1])
         if outcome[0] == "hold":
-            return self.hold_back(attempt, outcome[1])
+            return self.hold_back(attempt, outcome[1], outcome[2] if len(outcome) > 2 else None)
         return self.settle(attempt, outcome[1], decided=retry.Decision(False, reason="the job failed itself"))
 
     def _handle(self, attempt: Attempt) -> BaseException | None:
@@ -170,13 +170,18 @@ class Runner:
             return None if returned else exc
         return None
 
-    def hold_back(self, attempt: Attempt, delay: float) -> str:
-        """Middleware held the job back before handle() ran: back on its queue after `delay`,
-        its start taken back, so neither its attempts nor its crash count change."""
+    def hold_back(self, attempt: Attempt, delay: float, error: str | None = None) -> str:
+        """Middleware held the job back before handle() ran (or could not reach the store,
+        `error`): back on its queue after `delay`, its start taken back, so neither its
+        attempts nor its crash count change."""
         r = attempt.reserved
         self.queue.give_back([r], delay)
-        self.log.info("job.held_back", id=r.id, job=attempt.doc["job"], queue=r.queue,   # type: ignore[index]
-                      delay=round(delay, 3))
+        if error is None:
+            self.log.info("job.held_back", id=r.id, job=attempt.doc["job"], queue=r.queue,   # type: ignore[index]
+                          delay=round(delay, 3))
+        else:
+            self.log.warning("job.held_back", id=r.id, job=attempt.doc["job"], queue=r.queue,   # type: ignore[index]
+                             delay=round(delay, 3), error=error, detail="the store cannot be reached")
         if self.counts is not None:
             self.counts.add(r.queue, attempt.doc["job"], "released", 0.0)   # type: ignore[index]
         return "released"

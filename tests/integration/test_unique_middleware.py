@@ -4,18 +4,23 @@ Jobs live in tests/support/uniquejobs.py, which these farms add to `imports:`.
 """
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 import farm
+from farm.drivers.base import Outgoing
 from conftest import BACKENDS, wait_until
-from uniquejobs import (Exclusive, HeldBack, Hog, Limited, OnlyOnce, OnlyOnceFailing, ShortUnique, Throttled,
-                        UniqueUntilStart, Wrapped)
+from uniquejobs import (Exclusive, HeldBack, Hog, Limited, LimitedOnce, OnlyOnce, OnlyOnceFailing, ShortUnique,
+                        Stubborn, Throttled, ThrottledThenFine, UniqueUntilStart, Wrapped)
 
 
 def unique_farm(make_farm, backend: str, **kw):
@@ -249,6 +254,8 @@ def test_store_counters_count_up_expire_and_drop_only_for_their_holder(make_farm
     assert store.drop("c", expires + 1) is False
     assert store.drop("c", expires) is True
     assert store.incr("c", 1, 30)[0] == 1
+    # and names that differ in case, accents or trailing spaces are different counters
+    assert [store.incr(name, 1, 30)[0] for name in ("k:ABC", "k:abc", "k:abc ", "k:Ábc")] == [1, 1, 1, 1]
     # and an expired counter starts again from 0 with a new expiry
     _, short = store.incr("short", 1, 0.3)
     again, renewed = wait_until(lambda: (r := store.incr("short", 1, 30))[0] == 1 and r, 5, "expiry")
@@ -336,3 +343,163 @@ def test_a_without_overlapping_lock_held_by_a_killed_worker_expires_after_the_jo
     first, second = (float(line.split()[2]) for line in f.lines())
     assert 1.4 <= second - first <= 6, (first, second)
     assert events(tmp_path / "b.log", "job.held_back")
+
+
+def test_a_throttled_job_that_succeeded_is_not_run_again_when_the_store_fails_to_clear_its_count(make_farm, tmp_path):
+    # Given a throttled job that raised once, then succeeds while its store's counters go away
+    f = unique_farm(make_farm, "sqlite")
+    locks = f.queue().config.table + "_locks"
+    job_id = ThrottledThenFine(str(f.out), str(tmp_path / "farm.db"), locks).dispatch()
+    log = tmp_path / "w.log"
+    # When a worker has run it until it is done or retried after that success
+    w = spawn(f, log)
+    f.wait_for(lambda: events(log, "job.done") or len(events(log, "job.retry")) >= 2, what="the job to settle")
+    stop(w)
+    # Then the success stands: done on its second attempt, never retried after it
+    assert f.lines() == ["1", "2"]
+    assert events(log, "job.done") and len(events(log, "job.retry")) == 1, log.read_text()
+    assert job_id is not None
+
+
+class Cuttable:
+    """A TCP relay to PostgreSQL that the test can cut: a database that goes away mid-run."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(("127.0.0.1", 5432))
+            except OSError:
+                return
+            self.socks += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.listener.close()
+        for s in self.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def test_a_job_whose_middleware_cannot_reach_the_store_is_held_back_without_using_an_attempt(make_farm, tmp_path):
+    # Given an amqp worker whose store (PostgreSQL, through a relay) went away after it started
+    f = unique_farm(make_farm, "amqp")
+    relay = Cuttable()
+    text = f.manifest.read_text()
+    start = text.index("url: sqlite:///")
+    f.manifest.write_text(text[:start] + f"url: postgresql://postgres@127.0.0.1:{relay.port}/test"
+                          + text[text.index("\n", start):])
+    log = tmp_path / "w.log"
+    w = spawn(f, log)
+    f.wait_for(lambda: events(log, "worker.start"), what="the worker")
+    relay.cut()
+    # When it takes a rate-limited job that has one try
+    LimitedOnce(str(f.out)).dispatch()
+    f.wait_for(lambda: events(log, "job.held_back") or events(log, "job.failed"), what="the job to settle")
+    stop(w)
+    # Then it was held back (its one try kept, the store's error logged), not failed or run
+    held = events(log, "job.held_back")
+    assert held and not events(log, "job.failed"), log.read_text()
+    assert "cannot be reached" in held[0] and f.lines() == []
+
+
+def test_a_without_overlapping_lock_outlives_a_job_that_ignores_its_timeout_until_the_watchdog_ends_it(make_farm, tmp_path):
+    # Given a worker running a job that holds the "stubborn" key and ignores its 1 s timeout
+    f = unique_farm(make_farm, "sqlite")
+    a = spawn(f, tmp_path / "a.log")
+    Stubborn(str(f.out), "first", 10).dispatch()
+    f.wait_for(lambda: f.lines(), what="the first job to start")
+    # When a second worker takes another job that wants the key
+    Stubborn(str(f.out), "second", 0).dispatch()
+    b = spawn(f, tmp_path / "b.log")
+    f.wait_for(lambda: any(line.startswith("start second") for line in f.lines()), timeout=20,
+               what="the second job to start")
+    stop(b)
+    assert a.wait(10) == 1          # the watchdog ended the first worker
+    # Then the second started only after the first had stopped running
+    first_alive = max(float(line.split()[2]) for line in f.lines() if line.split()[1] == "first")
+    second = next(float(line.split()[2]) for line in f.lines() if line.startswith("start second"))
+    assert second > first_alive, f.lines()
+    assert events(tmp_path / "b.log", "job.held_back")
+
+
+def test_dispatch_many_that_refuses_a_later_job_leaves_no_unique_lock_behind(make_farm):
+    # Given a unique job followed by something that is not a job
+    f = unique_farm(make_farm, "sqlite")
+    # When dispatch_many refuses the batch
+    with pytest.raises(farm.SerializationError):
+        farm.dispatch_many([OnlyOnce(str(f.out), "k"), object()])
+    # Then nothing was queued and the unique job can be dispatched at once
+    assert sum(c["ready"] for c in f.queue().counts().values()) == 0
+    assert OnlyOnce(str(f.out), "k").dispatch() is not None
+
+
+def test_a_document_naming_a_middleware_counter_as_its_unique_lock_cannot_free_it(make_farm, tmp_path):
+    # Given the "gate" overlap lock held, and a pushed document that names it as its unique lock
+    f = unique_farm(make_farm, "sqlite")
+    store = f.store()
+    _, expires = store.incr("overlap:gate", 1, 60)
+    jid = str(uuid.uuid4())
+    body = json.dumps({"v": 1, "id": jid, "job": "testjobs:Noop", "data": {}, "queue": "default",
+                       "attempts": 0, "unique": {"key": "overlap:gate", "expires": expires, "until": "processing"}})
+    f.queue().push([Outgoing(id=jid, queue="default", body=body, available_at=time.time())])
+    # When a worker has run it
+    log = tmp_path / "w.log"
+    assert spawn(f, log, "--stop-when-empty").wait(30) == 0
+    assert events(log, "job.done")
+    # Then the overlap lock is still held by its holder
+    assert store.incr("overlap:gate", 0, 0) == (1, expires)
+
+
+def test_a_unique_job_dispatched_after_commit_keeps_its_lock_only_if_the_transaction_commits(make_farm):
+    import sqlalchemy as sa
+    from sqlalchemy.orm import Session
+
+    # Given unique jobs dispatched after_commit on a Connection and on a Session
+    f = unique_farm(make_farm, "sqlite")
+    engine = sa.create_engine(f.app.connection("main").url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            tx = conn.begin()
+            assert farm.dispatch(OnlyOnce(str(f.out), "c"), after_commit=conn) is not None
+            # When the transactions roll back
+            tx.rollback()
+        with Session(engine) as s:
+            assert farm.dispatch(OnlyOnce(str(f.out), "s"), after_commit=s) is not None
+            s.rollback()
+            # Then the jobs were never queued and may be dispatched again at once
+            assert OnlyOnce(str(f.out), "c").dispatch() is not None
+            assert OnlyOnce(str(f.out), "s").dispatch() is not None
+            # and one whose transaction commits keeps its lock: a copy is refused
+            assert farm.dispatch(OnlyOnce(str(f.out), "t"), after_commit=s) is not None
+            s.commit()
+        with engine.connect() as conn:
+            with conn.begin():
+                assert farm.dispatch(OnlyOnce(str(f.out), "u"), after_commit=conn) is not None
+            conn.rollback()         # a later rollback on the same connection frees nothing
+    finally:
+        engine.dispose()
+    assert OnlyOnce(str(f.out), "t").dispatch() is None and OnlyOnce(str(f.out), "u").dispatch() is None
+    assert sum(c["ready"] for c in f.queue().counts().values()) == 4

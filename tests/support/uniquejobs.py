@@ -154,3 +154,59 @@ class Hog(farm.Job):
     def handle(self) -> None:
         record(self.path, f"start {self.tag} {time.time()!r}")
         time.sleep(self.seconds)
+
+
+class LimitedOnce(farm.Job):
+    """Rate limited, one try: records its attempt to `path` when it runs."""
+
+    tries = 1
+    middleware = [farm.RateLimited("once", per_minute=100)]
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def handle(self) -> None:
+        record(self.path, f"{self.attempts}")
+
+
+class ThrottledThenFine(farm.Job):
+    """Raises on its first attempt; on the next it takes the store's counters table away (as
+    a store failing mid-job would) and succeeds. Records `attempt` each time it runs."""
+
+    tries = 3
+    backoff = 0
+    middleware = [farm.ThrottlesExceptions(5, minutes=1)]
+
+    def __init__(self, path: str, db: str, locks: str) -> None:
+        self.path, self.db, self.locks = path, db, locks
+
+    def handle(self) -> None:
+        import sqlite3
+
+        record(self.path, f"{self.attempts}")
+        if self.attempts == 1:
+            raise RuntimeError("upstream is down")
+        con = sqlite3.connect(self.db, timeout=30, isolation_level=None)
+        con.execute(f"ALTER TABLE {self.locks} RENAME TO {self.locks}_gone")
+        con.close()
+
+
+class Stubborn(farm.Job):
+    """Holds the "stubborn" key and ignores its timeout (1 s) for `seconds`, as a job blocked
+    outside Python would: records `start <tag> <time>`, then `alive <tag> <time>` as it goes."""
+
+    middleware = [farm.WithoutOverlapping("stubborn", release_after=0.1)]
+    timeout = 1
+
+    def __init__(self, path: str, tag: str, seconds: float) -> None:
+        self.path, self.tag, self.seconds = path, tag, seconds
+
+    def handle(self) -> None:
+        record(self.path, f"start {self.tag} {time.time()!r}")
+        end = time.monotonic() + self.seconds
+        while time.monotonic() < end:
+            try:
+                time.sleep(0.05)
+                record(self.path, f"alive {self.tag} {time.time()!r}")
+            except farm.JobTimeout:
+                pass
