@@ -39,16 +39,20 @@ def chain_of(job: Job) -> list[Any]:
     return list(found or ())
 
 
-def run(attempt: Any) -> Any:
-    """The worker's call of one attempt's handle(), through its middleware (if any)."""
+def run(attempt: Any, before: Callable[[], None] | None = None) -> Any:
+    """The worker's call of one attempt's handle(), through its middleware (if any); `before`
+    (the `before` event) is called just ahead of handle(), so never for a held-back job."""
     job = attempt.job
     chain = job.option("middleware") if isinstance(job, FunctionCall) else getattr(job, "middleware", None)
     if not chain and attempt.unique is None:
+        if before is not None:
+            before()
         return job.handle()             # a plain job: nothing else
-    return wrap(job, attempt.store, attempt.timeout, attempt.unique)
+    return wrap(job, attempt.store, attempt.timeout, attempt.unique, before)
 
 
-def wrap(job: Job, store: Any, timeout: float, lock: dict[str, Any] | None = None) -> Any:
+def wrap(job: Job, store: Any, timeout: float, lock: dict[str, Any] | None = None,
+         before: Callable[[], None] | None = None) -> Any:
     """Run `handle()` inside the job's middleware. A middleware that released the job without
     calling `next` held it back: its outcome becomes ("hold", delay) for the runner."""
     chain = chain_of(job)
@@ -63,6 +67,8 @@ def wrap(job: Job, store: Any, timeout: float, lock: dict[str, Any] | None = Non
             ran = True
             if lock is not None and lock["until"] == "processing":
                 unique.release(store, lock)
+            if before is not None:
+                before()
             return j.handle()
         return next_
 

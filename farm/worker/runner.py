@@ -157,9 +157,8 @@ class Runner:
             with hard_timeout(attempt.timeout):
                 self.lifecycle.busy = True
                 try:
-                    if events.HANDLERS["before"]:      # farm.on("before", ...)
-                        self.fire("before", attempt)
-                    middleware.run(attempt)     # handle(), inside the job's middleware if any
+                    # handle(), inside the job's middleware if any; farm.on("before") just ahead of it
+                    middleware.run(attempt, self.before_event(attempt) if events.HANDLERS["before"] else None)
                     returned = True
                 finally:
                     self.lifecycle.busy = False
@@ -271,6 +270,10 @@ class Runner:
         return "failed"
 
     # -- farm.on events ------------------------------------------------------------------
+    def before_event(self, attempt: Attempt) -> Any:
+        """The `before` event of this attempt, for middleware.run to fire ahead of handle()."""
+        return lambda: self.fire("before", attempt)
+
     def fire(self, event: str, attempt: Attempt, exc: BaseException | None = None) -> None:
         """Call the `event` handlers for this attempt; their errors are logged, never raised."""
         r = attempt.reserved
@@ -287,14 +290,16 @@ def run_inline(job: Job, connection: str | None = None) -> Any:
 
         own = options_of(job)
         where = (job.job_id, own["queue"] or "default", connection or own["connection"], job.attempts)
-        events.fire("before", None, job, *where)
+    before = (lambda: events.fire("before", None, job, *where)) if where and events.HANDLERS["before"] else None
     try:
         if not middleware.chain_of(job):
+            if before is not None:
+                before()
             result = job.handle()
         else:
             from ..locks import MEMORY
 
-            result = middleware.wrap(job, MEMORY, float(_own(job, "timeout") or 0))
+            result = middleware.wrap(job, MEMORY, float(_own(job, "timeout") or 0), before=before)
     except Exception as exc:
         job.failed(exc)
         if where is not None:

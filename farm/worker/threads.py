@@ -79,9 +79,9 @@ def call(run: Running) -> BaseException | None:
                 return None
             run.thread = threading.get_ident()
         try:
-            if events.HANDLERS["before"] and run.attempt.runner is not None:   # farm.on("before", ...)
-                run.attempt.runner.fire("before", run.attempt)
-            middleware.run(run.attempt)     # handle(), inside the job's middleware if any
+            runner = run.attempt.runner     # farm.on("before") just ahead of handle()
+            before = runner.before_event(run.attempt) if events.HANDLERS["before"] and runner is not None else None
+            middleware.run(run.attempt, before)     # handle(), inside the job's middleware if any
             returned = True
         except BaseException as e:          # JobTimeout, SystemExit, ...: the job's own outcome
             exc = e

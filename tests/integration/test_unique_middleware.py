@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -19,6 +17,7 @@ import pytest
 import farm
 from farm.drivers.base import Outgoing
 from conftest import BACKENDS, wait_until
+from tcpproxy import Proxy, free_port
 from uniquejobs import (Exclusive, HeldBack, Hog, Limited, LimitedOnce, OnlyOnce, OnlyOnceFailing, ShortUnique,
                         Stubborn, Throttled, ThrottledThenFine, UniqueUntilStart, Wrapped)
 
@@ -361,52 +360,11 @@ def test_a_throttled_job_that_succeeded_is_not_run_again_when_the_store_fails_to
     assert job_id is not None
 
 
-class Cuttable:
-    """A TCP relay to PostgreSQL that the test can cut: a database that goes away mid-run."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-                server = socket.create_connection(("127.0.0.1", 5432))
-            except OSError:
-                return
-            self.socks += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        self.listener.close()
-        for s in self.socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
 def test_a_job_whose_middleware_cannot_reach_the_store_is_held_back_without_using_an_attempt(make_farm, tmp_path):
     # Given an amqp worker whose store (PostgreSQL, through a relay) went away after it started
     f = unique_farm(make_farm, "amqp")
-    relay = Cuttable()
+    relay = Proxy(free_port(), ("127.0.0.1", 5432))
+    relay.start()
     text = f.manifest.read_text()
     start = text.index("url: sqlite:///")
     f.manifest.write_text(text[:start] + f"url: postgresql://postgres@127.0.0.1:{relay.port}/test"
@@ -414,10 +372,11 @@ def test_a_job_whose_middleware_cannot_reach_the_store_is_held_back_without_usin
     log = tmp_path / "w.log"
     w = spawn(f, log)
     f.wait_for(lambda: events(log, "worker.start"), what="the worker")
-    relay.cut()
+    relay.close()                   # every connection cut, new ones refused
     # When it takes a rate-limited job that has one try
     LimitedOnce(str(f.out)).dispatch()
-    f.wait_for(lambda: events(log, "job.held_back") or events(log, "job.failed"), what="the job to settle")
+    wait_until(lambda: events(log, "job.held_back") or events(log, "job.failed") or None, 30,
+                         "the job to settle", explain=lambda: log.read_text()[-3000:])
     stop(w)
     # Then it was held back (its one try kept, the store's error logged), not failed or run
     held = events(log, "job.held_back")

@@ -67,4 +67,8 @@ class Proxy:
         except OSError:
             pass
         for s in self.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)    # close() alone does not wake a pipe thread's recv():
+            except OSError:                     # the socket lived on and a peer's query hung
+                pass
             s.close()
