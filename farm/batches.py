@@ -58,12 +58,11 @@ def _docs(jobs: Sequence[Job], batch_id: str | None, queue: str | None) -> tuple
     return out, conn
 
 
-def _callback(job: Job) -> dict[str, Any]:
-    from .dispatch import build, options_of
+def _callback(job: Job, queue: str | None = None) -> dict[str, Any]:
+    """A callback's document as dispatch() makes it: checked, its data sealed when encrypted."""
+    from .dispatch import _outgoing
 
-    doc = build(job)
-    payload.check_shape(doc)
-    return payload.parse(payload.serialize(doc, options_of(job)["owner"]))
+    return payload.parse(_outgoing(job, queue, None, None, None, None, None)[0].body)
 
 
 class Batch:
@@ -92,14 +91,15 @@ class Batch:
         return self
 
     def dispatch(self, *, queue: str | None = None, connection: str | None = None) -> str:
-        """Record the batch in the store, then push its jobs; returns the batch id.
+        """Record the batch in the store, then push its jobs; returns the batch id. `queue`
+        applies to the jobs and to the callbacks (as Laravel's onQueue does).
 
         The record comes first, so no job can finish before its batch exists; a push that
         fails raises with the record left (its batch never finishes: cancel it)."""
         if self.name is not None and (not isinstance(self.name, str) or len(self.name) > 191):
             raise SerializationError("a batch's name must be a string of at most 191 characters")
         items, own = _docs(self.jobs, self.id, queue)
-        callbacks = {which: _callback(job) for which, job in self.callbacks.items()}
+        callbacks = {which: _callback(job, queue) for which, job in self.callbacks.items()}
         q = app.queue(connection or own)
         store = store_of(q)
         now = time.time()
