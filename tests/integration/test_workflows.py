@@ -13,7 +13,7 @@ import pytest
 import farm
 from conftest import BACKENDS, ROOT, SUPPORT
 from farm.log import Log
-from testjobs import Barrier, Grower, Link, Record, Timed, WhatBatch
+from testjobs import Barrier, Flaky, Grower, Link, Record, Timed, WhatBatch
 
 from test_worker_lifecycle import beating, finished
 
@@ -165,6 +165,48 @@ def test_a_job_finished_twice_counts_once_in_its_batch(make_farm, backend):
     last = store.batch_job_finished(b, "job-2", True)
     assert (last["processed"], last["failed"]) == (2, 1) and last["finished_at"] is not None
     assert store.batch_job_finished("00000000-0000-4000-8000-000000000000", "x", False) is None
+
+
+def test_a_batch_jobs_final_failure_is_failed_with_its_hook_and_event_even_when_counting_it_raises(make_farm):
+    # Given a batch whose one job always fails, and a store that refuses to count it (triggers
+    # that abort every write of a batch job record)
+    f = make_farm("sqlite")
+    doomed = Flaky(str(f.out))
+    doomed.tries = 1
+    bid = farm.batch([doomed]).dispatch()
+    table = f"{f.app.connection('main').table}_batch_jobs"
+    with f.queue()._cursor() as cur:
+        for when in ("INSERT", "UPDATE"):
+            cur.execute(f"CREATE TRIGGER refuse_{when} BEFORE {when} ON {table} "
+                        "BEGIN SELECT RAISE(ABORT, 'counting refused'); END")
+    # When a worker runs it
+    log = run_until_empty(f, "--backoff", "0")
+    # Then the job failed with its own exception (not a WorkerError), its failed() hook ran,
+    # and the counting error was logged
+    (entry,) = f.store().failed()
+    assert entry.exception.startswith("ValueError"), entry.exception.splitlines()[0]
+    assert f.lines() == ["attempt 1", "failed ValueError"]
+    assert "batch.count_failed" in log, log
+    assert farm.batch_status(bid)["processed"] == 0
+
+
+def test_a_batch_job_failed_by_the_workers_last_resort_counts_as_failed_and_its_catch_fires(make_farm):
+    # Given a batch of one job, with a catch callback, reserved by this process
+    f = make_farm("sqlite")
+    calls = f.tmp / "callbacks.txt"
+    bid = farm.batch([Link(str(f.out), "a")]).catch(Record(str(calls), "catch")).dispatch()
+    (reserved,) = f.queue().reserve(["default"], 1, 60)
+    # When the worker's last resort fails it (an unexpected error while settling it)
+    from farm.worker.runner import Runner
+
+    runner = SimpleNamespace(queue=f.queue(), log=Log(level="error"), current=None)
+    Runner.last_resort(runner, reserved, RuntimeError("unexpected"))
+    # Then it is in the failed jobs, counted as failed, and the batch's catch callback is queued
+    assert [e.id for e in f.store().failed()] == [reserved.id]
+    status = farm.batch_status(bid)
+    assert (status["processed"], status["failed"]) == (1, 1) and status["finished_at"] is not None
+    run_until_empty(f)
+    assert tags(f, calls) == ["catch"]
 
 
 def test_farmctl_batches_lists_shows_one_refuses_an_unknown_id_and_prunes_finished_ones(make_farm):
