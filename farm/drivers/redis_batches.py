@@ -37,12 +37,14 @@ return 0
 # KEYS: the queue's ready, delayed, bodies, starts, and the claim (in the queue's hash slot).
 # ARGV: now, wake channel, ttl, id, at, attempts, body. The claim and the push of one job in
 # one step (a chain's next link): 0, with nothing written, when the claim was taken already
+# (tested first: the job it pushed may be reserved by now, and that is not an error)
 PUSH_ONCE = """
 local ready, delayed, bodies, starts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
 if redis.call('HEXISTS', bodies, ARGV[4]) == 1 then
   return redis.error_reply('a job with id ' .. ARGV[4] .. ' is already delayed or reserved on this queue')
 end
-if not redis.call('SET', KEYS[5], '1', 'NX', 'EX', tonumber(ARGV[3])) then return 0 end
+redis.call('SET', KEYS[5], '1', 'EX', tonumber(ARGV[3]))
 local before = redis.call('LLEN', ready)
 local id, at, attempts, body = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 if attempts > 0 then redis.call('HSET', starts, id, attempts) end

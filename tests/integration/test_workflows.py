@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 import farm
-from conftest import BACKENDS, ROOT, SUPPORT
+from conftest import BACKENDS, LEASE_BACKENDS, ROOT, SUPPORT
 from farm.log import Log
 from testjobs import Barrier, Flaky, Grower, Link, Record, Timed, WhatBatch
 
@@ -77,6 +77,25 @@ def test_a_link_finishing_twice_after_a_crash_pushes_the_next_link_once(make_far
     run_until_empty(f)
     # Then the rest of the chain ran once
     assert tags(f) == ["b", "c"]
+
+
+@pytest.mark.parametrize("backend", LEASE_BACKENDS)     # amqp: one consumer holds one link at a time
+def test_a_link_run_again_after_its_next_link_was_pushed_and_reserved_pushes_nothing_and_succeeds(make_farm, backend):
+    # Given a chain whose first link succeeded and pushed the second, which a worker now holds
+    f = make_farm(backend)
+    farm.chain([Link(str(f.out), "a"), Link(str(f.out), "b")]).dispatch()
+    (first,) = f.wait_for(lambda: f.queue().reserve(["default"], 1, 1), what="the first link")
+    doc = json.loads(first.body)
+    runner = SimpleNamespace(queue=f.queue(), log=Log(level="error"))
+    farm.chains.succeeded(runner, doc)
+    (second,) = f.wait_for(lambda: f.queue().reserve(["default"], 1, 1), what="the second link")
+    assert json.loads(second.body)["data"]["tag"] == "b"
+    # When the first link's success is settled again (it ran again after its worker died)
+    # Then nothing is pushed and nothing raises (the link is not filed as failed)
+    farm.chains.succeeded(runner, doc)
+    f.queue().ack(first)
+    f.queue().ack(second)
+    assert f.queue().reserve(["default"], 1, 1) == []
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
