@@ -1,8 +1,9 @@
 """Batches: many jobs dispatched together, with callbacks when they have all finished.
 
-Each job of a batch carries `"batch": "<id>"` in its document. When one finishes (succeeds,
-or finally fails) its worker counts it in the store with `batch_job_finished`, atomic and
-idempotent per job id, and then pushes the callbacks that are due: `catch` at the first
+Each job of a batch carries `"batch": "<id>"` in its document, and is recorded in the store
+as a member when the batch is made (or grows). When one finishes (succeeds, or finally fails)
+its worker counts it in the store with `batch_job_finished`, atomic and once per member (a
+document that merely names a batch counts for nothing), and then pushes the callbacks that are due: `catch` at the first
 final failure, `then` when every job succeeded, `finally_` when every job has finished.
 Each callback's push is preceded by `fire_batch` (a conditional update of the batch record),
 so it is pushed once however many workers see the batch finish, and however late a retried
@@ -103,7 +104,7 @@ class Batch:
         q = app.queue(connection or own)
         store = store_of(q)
         now = time.time()
-        store.add_batch({"id": self.id, "name": self.name, "total": len(items), "callbacks": callbacks,
+        store.add_batch({"id": self.id, "name": self.name, "jobs": [o.id for o in items], "callbacks": callbacks,
                          "created_at": now})
         if not items:                   # nothing to wait for: finished as it is made
             _fire(q, store, store.batch(self.id), None)
@@ -158,14 +159,15 @@ def push_once(queue: Any, store: Any, name: str, items: list[Outgoing], grow: st
     if not store.claim(name, expires):
         return False
     grown = False
+    ids = [o.id for o in items]
     try:
         if grow is not None:
-            store.grow_batch(grow, len(items))      # first: the batch must not finish in between
+            store.grow_batch(grow, ids)     # first: the batch must not finish in between
             grown = True
         queue.push(items)
     except BaseException:
         if grown:
-            store.grow_batch(grow, -len(items))
+            store.shrink_batch(grow, ids)
         store.unclaim(name)
         raise
     return True
@@ -205,8 +207,9 @@ def unrunnable(runner: Any, reserved: Any) -> None:
         doc = json.loads(reserved.body)
     except (TypeError, ValueError, RecursionError):
         return
-    if isinstance(doc, dict) and isinstance(doc.get("batch"), str):
-        _count(runner, store_of(runner.queue), doc["batch"], reserved.id, True)
+    bid = doc.get("batch") if isinstance(doc, dict) else None
+    if isinstance(bid, str) and 0 < len(bid) <= payload.MAX_ID:
+        _count(runner, store_of(runner.queue), bid, reserved.id, True)
 
 
 def _count(runner: Any, store: Any, bid: str, job_id: str, failed: bool) -> None:

@@ -30,6 +30,9 @@ class Chain:
         self.jobs = list(jobs)
         if not self.jobs:
             raise SerializationError("farm.chain() needs at least one job")
+        if len(self.jobs) > payload.MAX_CHAIN + 1:      # each link's document carries the rest
+            raise SerializationError(f"farm.chain() takes at most {payload.MAX_CHAIN + 1} jobs, "
+                                     f"got {len(self.jobs)}: split the work (a batch, or a job that dispatches more)")
 
     def dispatch(self, *, queue: str | None = None, connection: str | None = None) -> str:
         """Push the first link (carrying the others); returns its id. `queue` applies to every link."""

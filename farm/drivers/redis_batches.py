@@ -2,7 +2,8 @@
 
     <prefix>:{batch:ID}       HASH  name, total, processed, failed, callbacks, created_at, and
                                     once set: finished_at, cancelled_at, then_at, catch_at, finally_at
-    <prefix>:{batch:ID}:jobs  SET   the ids of its jobs that have finished (each counted once)
+    <prefix>:{batch:ID}:jobs  SET   the ids of its member jobs that have not finished: a job
+                                    counts when FINISH takes its id out (so once, and only a member)
     <prefix>:batches          ZSET  ID -> created_at (the recent batches, for listing)
 
 The two keys of a batch share a hash tag, so a Cluster runs the FINISH script on one node.
@@ -19,7 +20,7 @@ from .base import Outgoing
 # record after it (an empty reply for an unknown batch)
 FINISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
+if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
   local processed = redis.call('HINCRBY', KEYS[1], 'processed', 1)
   if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'failed', 1) end
   local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
@@ -28,10 +29,17 @@ end
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS: the batch; ARGV: how many jobs more. Only a batch that exists grows
+# KEYS: the batch, its pending members; ARGV: 1 to add (-1 to take back), then job ids. Only
+# a batch that exists changes; its total moves by the members really added (or taken back)
 GROW = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'total', ARGV[1]) end
-return 0
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = 0
+for i = 2, #ARGV do
+  if ARGV[1] == '1' then n = n + redis.call('SADD', KEYS[2], ARGV[i])
+  else n = n - redis.call('SREM', KEYS[2], ARGV[i]) end
+end
+redis.call('HINCRBY', KEYS[1], 'total', n)
+return n
 """
 
 # KEYS: the queue's ready, delayed, bodies, starts, and the claim (in the queue's hash slot).
@@ -76,17 +84,28 @@ class RedisBatches:
         return [f"{self.prefix}:{{batch:{batch_id}}}", f"{self.prefix}:{{batch:{batch_id}}}:jobs"]  # type: ignore[attr-defined]
 
     def add_batch(self, doc: dict[str, Any]) -> None:
-        fields = {"name": doc.get("name") or "", "total": doc["total"], "processed": 0, "failed": 0,
+        """The record and its members (`doc["jobs"]`) in one MULTI (one hash slot)."""
+        jobs = list(doc.get("jobs") or ())
+        fields = {"name": doc.get("name") or "", "total": len(jobs), "processed": 0, "failed": 0,
                   "callbacks": json.dumps(doc.get("callbacks") or {}), "created_at": repr(doc["created_at"])}
-        if doc["total"] == 0:
+        if not jobs:
             fields["finished_at"] = repr(doc["created_at"])
+        key, members = self._batch_keys(doc["id"])
         with self._calling("cannot store a batch"):           # type: ignore[attr-defined]
-            self.client.hset(self._batch_keys(doc["id"])[0], mapping=fields)    # type: ignore[attr-defined]
+            pipe = self.client.pipeline(transaction=True)      # type: ignore[attr-defined]
+            for start in range(0, len(jobs), 1000):
+                pipe.sadd(members, *jobs[start:start + 1000])
+            pipe.hset(key, mapping=fields)
+            pipe.execute()
             self.client.zadd(f"{self.prefix}:batches", {doc["id"]: doc["created_at"]})  # type: ignore[attr-defined]
 
-    def grow_batch(self, batch_id: str, n: int) -> None:
+    def grow_batch(self, batch_id: str, job_ids: Sequence[str]) -> None:
         with self._calling("cannot grow a batch"):            # type: ignore[attr-defined]
-            self.client.eval(GROW, 1, self._batch_keys(batch_id)[0], int(n))    # type: ignore[attr-defined]
+            self.client.eval(GROW, 2, *self._batch_keys(batch_id), "1", *job_ids)    # type: ignore[attr-defined]
+
+    def shrink_batch(self, batch_id: str, job_ids: Sequence[str]) -> None:
+        with self._calling("cannot shrink a batch"):          # type: ignore[attr-defined]
+            self.client.eval(GROW, 2, *self._batch_keys(batch_id), "-1", *job_ids)   # type: ignore[attr-defined]
 
     def batch_job_finished(self, batch_id: str, job_id: str, failed: bool) -> dict[str, Any] | None:
         with self._calling("cannot count a batch's job"):     # type: ignore[attr-defined]

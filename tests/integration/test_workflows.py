@@ -171,19 +171,57 @@ def test_batch_status_counts_added_and_failed_jobs_and_a_cancelled_batch_skips_i
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_job_finished_twice_counts_once_in_its_batch(make_farm, backend):
-    # Given a batch of two jobs, in the connection's store
+def test_a_job_finished_twice_counts_once_in_its_batch_and_a_job_not_of_the_batch_not_at_all(make_farm, backend):
+    # Given a batch of two jobs, in the connection's store, and their ids as queued
     f = make_farm(backend)
     b = farm.batch([Link(str(f.out), "a"), Link(str(f.out), "b")]).dispatch()
     store = farm.batches.store_of(f.queue())
+    got: list = []
+    f.wait_for(lambda: got.extend(f.queue().reserve(["default"], 2, 1)) or len(got) == 2, what="both jobs")
+    one, two = (r.id for r in got)
     # When one job is counted twice (run again after its worker died before its ack)
-    store.batch_job_finished(b, "job-1", False)
-    again = store.batch_job_finished(b, "job-1", False)
-    # Then it counts once, and the batch finishes only with the other job
+    store.batch_job_finished(b, one, False)
+    again = store.batch_job_finished(b, one, False)
+    # and ids that are no member of it are counted (documents that only name the batch)
+    stranger = store.batch_job_finished(b, "00000000-0000-4000-8000-00000000beef", True)
+    # Then the member counts once, the others not at all, and the batch finishes only with the other job
     assert (again["processed"], again["finished_at"]) == (1, None)
-    last = store.batch_job_finished(b, "job-2", True)
+    assert (stranger["processed"], stranger["failed"], stranger["finished_at"]) == (1, 0, None)
+    last = store.batch_job_finished(b, two, True)
     assert (last["processed"], last["failed"]) == (2, 1) and last["finished_at"] is not None
     assert store.batch_job_finished("00000000-0000-4000-8000-000000000000", "x", False) is None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "redis"])
+def test_foreign_documents_naming_a_batch_do_not_count_and_a_bad_batch_or_chain_key_is_refused(make_farm, backend):
+    # Given a real batch of one job that waits for its gate, with a `then` callback
+    f = make_farm(backend)
+    calls, gate = f.tmp / "callbacks.txt", f.tmp / "gate"
+    bid = farm.batch([Link(str(f.out), "member", gate=str(gate))]).then(Record(str(calls), "then")).dispatch()
+    # When two foreign documents naming that batch are pushed (and a worker runs everything)
+    for tag in ("x", "y"):
+        doc = {"v": 1, "job": "testjobs:Link", "data": {"path": str(f.out), "tag": tag, "gate": ""}, "batch": bid}
+        f.farmctl("push", json.dumps(doc), check=True)
+    # Then a batch id that is too long, or a chain that is not a list of documents, is refused
+    too_long = {"v": 1, "job": "testjobs:Link", "data": {"path": str(f.out), "tag": "z"}, "batch": "b" * 37}
+    for bad in (too_long, dict(too_long, batch=None), dict(too_long, batch="ok", chain=[1]),
+                dict(too_long, batch="ok", chain=[{}] * 1001)):
+        cp = f.farmctl("push", json.dumps(bad))
+        assert cp.returncode == 2 and "Traceback" not in cp.stderr and cp.stderr.strip().count("\n") == 0, cp.stderr
+    # and a document with a bad batch key is queued past farmctl's check
+    from farm.drivers.base import Outgoing
+
+    raw = dict(too_long, id="00000000-0000-4000-8000-0000000000aa", queue="default")
+    f.queue().push([Outgoing(id=raw["id"], queue="default", body=json.dumps(raw), available_at=0)])
+    run_until_empty(f, "--tries", "1", "--backoff", "0")
+    # Then the foreign jobs ran but did not count: only the member (failed, its gate closed) did,
+    # so `then` never ran
+    assert sorted(tags(f)) == ["x", "y"]
+    status = farm.batch_status(bid)
+    assert (status["total"], status["processed"], status["failed"]) == (1, 1, 1) and not tags(f, calls)
+    # and the worker failed the bad document as a bad payload, naming its batch key
+    (entry,) = [e for e in f.store().failed() if e.id == raw["id"]]
+    assert entry.exception.startswith("PayloadError: 'batch' must be a batch id"), entry.exception
 
 
 def test_a_batch_jobs_final_failure_is_failed_with_its_hook_and_event_even_when_counting_it_raises(make_farm):
@@ -226,6 +264,16 @@ def test_a_batch_job_failed_by_the_workers_last_resort_counts_as_failed_and_its_
     assert (status["processed"], status["failed"]) == (1, 1) and status["finished_at"] is not None
     run_until_empty(f)
     assert tags(f, calls) == ["catch"]
+
+
+def test_a_chain_longer_than_the_cap_is_refused_before_anything_is_written(make_farm):
+    # Given a chain one job longer than allowed
+    f = make_farm("sqlite")
+    jobs = [Link(str(f.out), str(i)) for i in range(farm.payload.MAX_CHAIN + 2)]
+    # When it is made, Then it is refused with a clear error and nothing is queued
+    with pytest.raises(farm.SerializationError, match="at most 1001 jobs"):
+        farm.chain(jobs).dispatch()
+    assert f.queue().reserve(["default"], 1, 0) == []
 
 
 def test_farmctl_batches_lists_shows_one_refuses_an_unknown_id_and_prunes_finished_ones(make_farm):
