@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import app, payload
 from .drivers.base import Outgoing
@@ -265,47 +265,74 @@ def status(b: dict[str, Any] | None) -> dict[str, Any] | None:
             "cancelled": b["cancelled_at"] is not None}
 
 
-def _stores(connection: str | None = None) -> list[Any]:
-    """Each connection's batch store once (amqp without `store:` has none); a broker is not
-    connected to just to find its store."""
+Skip = Callable[[str, Exception], None]     # told of a connection whose store did not answer
+
+
+def _stores(connection: str | None = None) -> Iterator[tuple[str, Callable[[], Any]]]:
+    """Each connection's batch store once, as (name, opener), the default connection first
+    (amqp without `store:` has none). Nothing is opened here: a caller asks one at a time."""
     m = app.manifest()
-    names = [m.connection(connection).name] if connection else list(m.connections)
-    seen: dict[int, Any] = {}
+    names = [m.connection(connection).name] if connection else \
+        [m.default] + [n for n in m.connections if n != m.default]
+    seen: set[str] = set()
     for name in names:
         c = m.connection(name)
         if c.driver == "amqp" and not c.store:
             continue
-        s = app.queue(c.store) if c.store else store_of(app.queue(name))
-        seen.setdefault(id(s), s)
-    return list(seen.values())
+        key = c.store or name
+        if key in seen:
+            continue
+        seen.add(key)
+        yield name, (lambda c=c, name=name: app.queue(c.store) if c.store else store_of(app.queue(name)))
 
 
-def batch_status(batch_id: str, connection: str | None = None) -> dict[str, Any] | None:
+def _ask(connection: str | None, ask: Callable[[Any], Any], on_skip: Skip | None,
+         enough: Callable[[Any], bool] = lambda _: False) -> list[Any]:
+    """`ask` each store in turn (stopping once `enough` of an answer); a store that cannot be
+    reached is skipped (and `on_skip` told), and the first error raised only if none answered."""
+    answers: list[Any] = []
+    errors: list[tuple[str, FarmError]] = []
+    for name, opener in _stores(connection):
+        try:
+            answer = ask(opener())
+        except FarmError as e:
+            errors.append((name, e))
+            continue
+        answers.append(answer)
+        if enough(answer):
+            break
+    if errors and not answers:
+        raise errors[0][1]
+    for name, e in errors:
+        if on_skip is not None:
+            on_skip(name, e)
+    return answers
+
+
+def batch_status(batch_id: str, connection: str | None = None, on_skip: Skip | None = None) -> dict[str, Any] | None:
     """`{"id", "name", "total", "pending", "processed", "failed", "progress", "created_at",
     "finished_at", "cancelled"}`, or None for an unknown id."""
-    for store in _stores(connection):
-        found = store.batch(batch_id)
-        if found is not None:
-            return status(found)
-    return None
+    found = [b for b in _ask(connection, lambda s: s.batch(batch_id), on_skip, lambda b: b is not None) if b]
+    return status(found[0]) if found else None
 
 
-def batch_cancel(batch_id: str, connection: str | None = None) -> bool:
+def batch_cancel(batch_id: str, connection: str | None = None, on_skip: Skip | None = None) -> bool:
     """Cancel a batch: its jobs not yet started are skipped. False for an unknown id."""
-    return any(store.cancel_batch(batch_id) for store in _stores(connection))
+    return any(_ask(connection, lambda s: s.cancel_batch(batch_id), on_skip, bool))
 
 
-def recent_batches(limit: int = 50, connection: str | None = None) -> list[dict[str, Any]]:
-    """The most recent batches of every store, newest first."""
-    found = [status(b) for store in _stores(connection) for b in store.batches(limit)]
-    found.sort(key=lambda s: -s["created_at"])    # type: ignore[index]
-    return found[:limit]    # type: ignore[return-value]
+def recent_batches(limit: int = 50, connection: str | None = None,
+                   on_skip: Skip | None = None) -> list[dict[str, Any]]:
+    """The most recent batches of every store that answers, newest first."""
+    found = [b for listed in _ask(connection, lambda s: s.batches(limit), on_skip) for b in listed]
+    found.sort(key=lambda b: -b["created_at"])
+    return [status(b) for b in found[:limit]]    # type: ignore[misc]
 
 
-def prune_batches(hours: float, connection: str | None = None) -> int:
+def prune_batches(hours: float, connection: str | None = None, on_skip: Skip | None = None) -> int:
     """Forget batches that finished more than `hours` ago; how many."""
     before = time.time() - hours * 3600
-    return sum(store.prune_batches(before) for store in _stores(connection))
+    return sum(_ask(connection, lambda s: s.prune_batches(before), on_skip))
 
 
 def run_inline(queue: Any, doc: dict[str, Any], job: Job, job_id: str) -> None:

@@ -276,6 +276,27 @@ def test_a_chain_longer_than_the_cap_is_refused_before_anything_is_written(make_
     assert f.queue().reserve(["default"], 1, 0) == []
 
 
+def test_batch_status_cancel_and_farmctl_batches_skip_a_connection_that_is_down(make_farm):
+    # Given a batch on the default connection, and a second connection whose server is down
+    f = make_farm("sqlite", extra="  down:\n    driver: redis\n    url: redis://127.0.0.1:1/0\n"
+                                  "    prefix: gone\n")
+    bid = farm.batch([Link(str(f.out), "a")], name="here").dispatch()
+    # When its status is read, it is cancelled, and the batches are listed
+    # Then each answers from the connection that is up
+    assert farm.batch_status(bid)["name"] == "here"
+    assert farm.batch_cancel(bid) is True
+    assert [b["id"] for b in farm.batches.recent_batches()] == [bid]
+    cp = f.farmctl("batches", "--json")
+    assert cp.returncode == 0 and [b["id"] for b in json.loads(cp.stdout)] == [bid]
+    # and the CLI says on stderr which connection it skipped
+    assert "connection 'down' skipped" in cp.stderr and "Traceback" not in cp.stderr
+    # and asking only the connection that is down is an error (exit 1, one line)
+    with pytest.raises(farm.DriverUnavailable):
+        farm.batch_status(bid, connection="down")
+    cp = f.farmctl("batches", "--connection", "down")
+    assert cp.returncode == 1 and cp.stderr.strip().count("\n") == 0 and "Traceback" not in cp.stderr, cp.stderr
+
+
 def test_farmctl_batches_lists_shows_one_refuses_an_unknown_id_and_prunes_finished_ones(make_farm):
     # Given a finished batch and an unfinished one
     f = make_farm("sqlite")
