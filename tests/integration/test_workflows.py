@@ -332,6 +332,15 @@ def test_chains_and_batches_run_inline_on_the_sync_driver(make_farm):
     assert farm.batch_status(b)["progress"] == 100.0 and tags(f, calls) == ["then"]
 
 
+def test_a_chain_of_a_thousand_links_runs_in_order_on_the_sync_driver(make_farm):
+    # Given a sync connection
+    f = make_farm("sync")
+    # When a chain of 1001 links (the most allowed) is dispatched
+    farm.chain([Link(str(f.out), str(i)) for i in range(farm.payload.MAX_CHAIN + 1)]).dispatch()
+    # Then every link ran, in order (no recursion per link)
+    assert tags(f) == [str(i) for i in range(farm.payload.MAX_CHAIN + 1)]
+
+
 def test_chains_and_batches_run_on_the_async_drivers_threads(tmp_path):
     # Given a process whose connection is async (a pool of threads of its own)
     out, calls = tmp_path / "out.txt", tmp_path / "callbacks.txt"
