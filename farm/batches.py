@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any, Callable, Iterator, Sequence
 
 from . import app, payload
@@ -23,6 +24,7 @@ from .errors import FarmError, SerializationError
 from .jobs import Job
 
 CLAIM_TTL = 86400.0           # seconds an add's claim is kept (only a crashed job's rerun meets it)
+FIRE_TTL = 7 * 86400.0        # redis: a callback's claim, until its lasting mark is surely set
 _MEMORY: dict[str, Any] = {}  # connection -> MemoryBatches, for the sync and async drivers
 
 
@@ -42,19 +44,23 @@ def store_of(queue: Any) -> Any:
                     "add `store: <a database connection>` to it")
 
 
-def _docs(jobs: Sequence[Job], batch_id: str | None, queue: str | None) -> tuple[list[Outgoing], str | None]:
-    """The jobs' documents (tagged with the batch), checked before any is written."""
+def _docs(jobs: Sequence[Job], batch_id: str | None, queue: str | None,
+          ids_from: str | None = None) -> tuple[list[Outgoing], str | None]:
+    """The jobs' documents (tagged with the batch), checked before any is written. With
+    `ids_from`, their ids derive from it (the same each time), else they are random."""
     from .dispatch import _outgoing
 
     out: list[Outgoing] = []
     conn: str | None = None
-    for job in jobs:
+    for n, job in enumerate(jobs):
         o, c = _outgoing(job, queue, None, None, None, None, None)
         conn = conn or c
         if batch_id is not None:
             doc = payload.parse(o.body)
             doc["batch"] = batch_id
-            o = Outgoing(id=o.id, queue=o.queue, body=payload.dumps(doc), available_at=o.available_at)
+            if ids_from is not None:
+                doc["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"farm:{ids_from}:{n}"))
+            o = Outgoing(id=doc["id"], queue=o.queue, body=payload.dumps(doc), available_at=o.available_at)
         out.append(o)
     return out, conn
 
@@ -123,19 +129,29 @@ def batch(jobs: Sequence[Job], name: str | None = None) -> Batch:
 class BatchRef:
     """A running job's batch (`self.batch`): its `.id`, and `.add([...])` to grow it."""
 
-    def __init__(self, batch_id: str, queue: Any, job_id: str) -> None:
+    def __init__(self, batch_id: str, queue: Any, job_id: str, log: Any = None) -> None:
         self.id = batch_id
         self._queue = queue
         self._job_id = job_id
+        self._log = log
         self._adds = 0
 
     def add(self, jobs: Sequence[Job]) -> list[str]:
-        """Add jobs to this batch (it cannot finish before they do); their ids. Once per call
-        per job id: a job run again after its worker died does not add them twice."""
-        items, _ = _docs(jobs, self.id, None)
+        """Add jobs to this batch (it cannot finish before they do); their ids.
+
+        Once per call (the n-th `add` of a job id): a job run again after its worker died does
+        not add them twice. On redis the rerun finishes the add (pushing what was not pushed)
+        and returns the same ids; elsewhere it returns [] (and logs `batch.add_skipped`)."""
         self._adds += 1
-        if not items or not push_once(self._queue, store_of(self._queue), f"batchadd:{self._job_id}:{self._adds}",
-                                      items, grow=self.id):
+        name = f"batchadd:{self._job_id}:{self._adds}"
+        items, _ = _docs(jobs, self.id, None, ids_from=f"{self.id}:{name}")
+        if not items:
+            return []
+        if not push_once(self._queue, store_of(self._queue), name, items, grow=self.id):
+            from .log import Log
+
+            (self._log or Log()).warning("batch.add_skipped", id=self._job_id, batch=self.id, add=self._adds,
+                                         jobs=len(items), detail="made when this job ran before: not added again")
             return []
         return [o.id for o in items]
 
@@ -147,10 +163,10 @@ class BatchRef:
 
 
 def push_once(queue: Any, store: Any, name: str, items: list[Outgoing], grow: str | None = None) -> bool:
-    """Push `items` unless claim `name` was taken (growing batch `grow` by their number first);
-    False when it was. On the database driver claim, growth and jobs are one transaction, on
-    redis one job's claim and push one script; else the claim comes first, so a worker killed
-    before the push loses the push."""
+    """Push `items` unless claim `name` was taken (growing batch `grow` by them first); False
+    when it was. On the database driver claim, growth and jobs are one transaction; on redis
+    one job's claim and push are one script (an add: an idempotent growth, then each job so);
+    else the claim comes first, so a worker killed before the push loses the push."""
     expires = time.time() + CLAIM_TTL
     if store is queue and hasattr(queue, "claim_and_push"):
         done = queue.claim_and_push(name, expires, items, grow)
@@ -181,7 +197,7 @@ def skipped(runner: Any, attempt: Any) -> bool:
     bid = doc.get("batch")
     if not isinstance(bid, str):
         return False
-    attempt.job._farm_batch = BatchRef(bid, runner.queue, r.id)
+    attempt.job._farm_batch = BatchRef(bid, runner.queue, r.id, runner.log)
     store = store_of(runner.queue)
     found = store.batch(bid)
     if found is None or found["cancelled_at"] is None:
@@ -239,6 +255,13 @@ def _fire(queue: Any, store: Any, b: dict[str, Any] | None, log: Any) -> None:
                           available_at=time.time())]
         if store is queue and hasattr(queue, "fire_and_push"):     # database: one transaction
             if not queue.fire_and_push(b["id"], which, items):
+                continue
+        elif store is queue and hasattr(queue, "batch_fired"):     # redis: claim and push, one script
+            if queue.batch_fired(b["id"], which):
+                continue
+            pushed = queue.claim_and_push(f"fire:{b['id']}:{which}", time.time() + FIRE_TTL, items)
+            store.fire_batch(b["id"], which)    # the lasting mark (the claim expires)
+            if not pushed:
                 continue
         elif not store.fire_batch(b["id"], which):
             continue

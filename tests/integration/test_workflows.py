@@ -297,6 +297,28 @@ def test_batch_status_cancel_and_farmctl_batches_skip_a_connection_that_is_down(
     assert cp.returncode == 1 and cp.stderr.strip().count("\n") == 0 and "Traceback" not in cp.stderr, cp.stderr
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_batch_add_made_again_by_a_rerun_of_its_job_adds_nothing_twice(make_farm, backend):
+    # Given a batch of one job with a `then` callback, which this process holds as a worker would
+    f = make_farm(backend)
+    calls = f.tmp / "callbacks.txt"
+    bid = farm.batch([Link(str(f.out), "member")]).then(Record(str(calls), "then")).dispatch()
+    (member,) = f.wait_for(lambda: f.queue().reserve(["default"], 1, 1), what="the member")
+    # When the job adds two jobs, and its rerun (its worker died before the ack) adds them again
+    first = farm.batches.BatchRef(bid, f.queue(), member.id).add([Link(str(f.out), "x"), Link(str(f.out), "y")])
+    log = Log(level="warning")
+    again = farm.batches.BatchRef(bid, f.queue(), member.id, log).add([Link(str(f.out), "x"), Link(str(f.out), "y")])
+    # Then redis finishes the same add (the same ids, nothing pushed twice); the others skip it
+    assert len(first) == 2 and again == (first if backend == "redis" else [])
+    assert farm.batch_status(bid)["total"] == 3
+    farm.batches.finished(SimpleNamespace(queue=f.queue(), log=log), json.loads(member.body), member.id, False)
+    f.queue().ack(member)
+    run_until_empty(f)
+    # and each added job ran once, the batch finished and `then` ran once
+    assert sorted(tags(f)) == ["x", "y"] and tags(f, calls) == ["then"]
+    assert farm.batch_status(bid)["processed"] == 3
+
+
 def test_farmctl_batches_lists_shows_one_refuses_an_unknown_id_and_prunes_finished_ones(make_farm):
     # Given a finished batch and an unfinished one
     f = make_farm("sqlite")
