@@ -277,14 +277,17 @@ def _fire(queue: Any, store: Any, b: dict[str, Any] | None, log: Any) -> None:
 
 # -- reading and managing batches ---------------------------------------------------------
 def status(b: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The public figures of a batch record (DESIGN "Wave-2 fine points")."""
+    """The public figures of a batch record (DESIGN "Wave-2 fine points"); times in ISO 8601
+    UTC, as `job_status` and `failed --json` show them."""
+    from .operations import _iso
+
     if b is None:
         return None
     total, processed = b["total"], b["processed"]
     return {"id": b["id"], "name": b["name"], "total": total, "pending": max(0, total - processed),
             "processed": processed, "failed": b["failed"],
             "progress": round(100.0 * processed / total, 2) if total else 100.0,
-            "created_at": b["created_at"], "finished_at": b["finished_at"],
+            "created_at": _iso(b["created_at"]), "finished_at": _iso(b["finished_at"]),
             "cancelled": b["cancelled_at"] is not None}
 
 

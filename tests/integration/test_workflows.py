@@ -332,6 +332,11 @@ def test_farmctl_batches_lists_shows_one_refuses_an_unknown_id_and_prunes_finish
     assert [b["id"] for b in listed] == [waiting, done] and listed[1]["progress"] == 100.0
     one = json.loads(f.farmctl("batches", done, "--json", check=True).stdout)
     assert one == farm.batch_status(done) and one["pending"] == 0
+    # with its times in ISO 8601 UTC, as job_status and failed --json show them
+    import datetime as dt
+
+    assert one["created_at"].endswith("+00:00") and dt.datetime.fromisoformat(one["finished_at"]).tzinfo
+    assert listed[0]["finished_at"] is None and "T" in listed[0]["created_at"]
     # and an unknown id is exit 1 with one line
     cp = f.farmctl("batches", "00000000-0000-4000-8000-000000000000")
     assert cp.returncode == 1 and cp.stderr.strip().count("\n") == 0 and "no batch" in cp.stderr
