@@ -319,6 +319,17 @@ def test_a_batch_add_made_again_by_a_rerun_of_its_job_adds_nothing_twice(make_fa
     assert farm.batch_status(bid)["processed"] == 3
 
 
+def test_a_batch_dispatched_onto_a_queue_puts_its_callbacks_there_too(make_farm):
+    # Given a batch of one job with a `then` callback, dispatched onto queue "other"
+    f = make_farm("sqlite")
+    calls = f.tmp / "callbacks.txt"
+    farm.batch([Link(str(f.out), "a")]).then(Record(str(calls), "then")).dispatch(queue="other")
+    # When a worker of that queue alone runs what is there
+    run_until_empty(f, "--queue", "other")
+    # Then the job and its callback both ran from it
+    assert tags(f) == ["a"] and tags(f, calls) == ["then"]
+
+
 def test_farmctl_batches_lists_shows_one_refuses_an_unknown_id_and_prunes_finished_ones(make_farm):
     # Given a finished batch and an unfinished one
     f = make_farm("sqlite")
