@@ -190,6 +190,7 @@ class MemoryBatches:
         self._batches: dict[str, dict[str, Any]] = {}
         self._jobs: dict[str, set[str]] = {}
         self._claims: dict[str, float] = {}
+        self._pruned_at, self._prune_size = 0.0, 1000
         self._fired: dict[str, set[str]] = {}
 
     def add_batch(self, doc: dict[str, Any]) -> None:
@@ -267,8 +268,17 @@ class MemoryBatches:
             self._fired.get(batch_id, set()).discard(which)
 
     def claim(self, name: str, expires: float) -> bool:
+        """Take claim `name` until `expires`; False while it is held. Expired claims are dropped
+        as claims are taken (once a minute, or when their number has doubled: amortized O(1)),
+        so a long-lived process does not grow."""
+        now = time.time()
         with self._lock:
-            if name in self._claims:
+            if now >= self._pruned_at or len(self._claims) >= self._prune_size:
+                for gone in [n for n, at in self._claims.items() if at <= now]:
+                    del self._claims[gone]
+                self._pruned_at, self._prune_size = now + 60.0, 2 * len(self._claims) + 1000
+            held = self._claims.get(name)
+            if held is not None and held > now:
                 return False
             self._claims[name] = expires
             return True
