@@ -330,6 +330,26 @@ def test_a_batch_dispatched_onto_a_queue_puts_its_callbacks_there_too(make_farm)
     assert tags(f) == ["a"] and tags(f, calls) == ["then"]
 
 
+def test_a_redis_callback_pushed_by_a_worker_killed_before_its_mark_is_not_pushed_again(make_farm):
+    # Given a redis batch of one job with a `then` callback, whose job has finished
+    f = make_farm("redis")
+    calls = f.tmp / "callbacks.txt"
+    bid = farm.batch([Link(str(f.out), "a")]).then(Record(str(calls), "then")).dispatch()
+    (member,) = f.wait_for(lambda: f.queue().reserve(["default"], 1, 1), what="the member")
+    store = farm.batches.store_of(f.queue())
+    done = store.batch_job_finished(bid, member.id, False)
+    f.queue().ack(member)
+    # When one worker pushes the callback, and dies before its lasting mark is written (the
+    # mark taken away here), and another worker sees the batch finished too
+    farm.batches._fire(f.queue(), store, done, None)
+    f.queue().client.hdel(f"{f.queue().prefix}:{{batch:{bid}}}", "then_at")
+    farm.batches._fire(f.queue(), store, done, None)
+    # Then the callback was queued once (its claim and push were one step), and its mark is set
+    run_until_empty(f)
+    assert tags(f, calls) == ["then"]
+    assert store.batch_fired(bid, "then")
+
+
 def test_farmctl_batches_lists_shows_one_refuses_an_unknown_id_and_prunes_finished_ones(make_farm):
     # Given a finished batch and an unfinished one
     f = make_farm("sqlite")
