@@ -1,8 +1,9 @@
 """Batches: many jobs dispatched together, with callbacks when they have all finished.
 
-Each job of a batch carries `"batch": "<id>"` in its document. When one finishes (succeeds,
-or finally fails) its worker counts it in the store with `batch_job_finished`, atomic and
-idempotent per job id, and then pushes the callbacks that are due: `catch` at the first
+Each job of a batch carries `"batch": "<id>"` in its document, and is recorded in the store
+as a member when the batch is made (or grows). When one finishes (succeeds, or finally fails)
+its worker counts it in the store with `batch_job_finished`, atomic and once per member (a
+document that merely names a batch counts for nothing), and then pushes the callbacks that are due: `catch` at the first
 final failure, `then` when every job succeeded, `finally_` when every job has finished.
 Each callback's push is preceded by `fire_batch` (a conditional update of the batch record),
 so it is pushed once however many workers see the batch finish, and however late a retried
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Sequence
+import uuid
+from typing import Any, Callable, Iterator, Sequence
 
 from . import app, payload
 from .drivers.base import Outgoing
@@ -22,6 +24,7 @@ from .errors import FarmError, SerializationError
 from .jobs import Job
 
 CLAIM_TTL = 86400.0           # seconds an add's claim is kept (only a crashed job's rerun meets it)
+FIRE_TTL = 7 * 86400.0        # redis: a callback's claim, until its lasting mark is surely set
 _MEMORY: dict[str, Any] = {}  # connection -> MemoryBatches, for the sync and async drivers
 
 
@@ -41,29 +44,32 @@ def store_of(queue: Any) -> Any:
                     "add `store: <a database connection>` to it")
 
 
-def _docs(jobs: Sequence[Job], batch_id: str | None, queue: str | None) -> tuple[list[Outgoing], str | None]:
-    """The jobs' documents (tagged with the batch), checked before any is written."""
+def _docs(jobs: Sequence[Job], batch_id: str | None, queue: str | None,
+          ids_from: str | None = None) -> tuple[list[Outgoing], str | None]:
+    """The jobs' documents (tagged with the batch), checked before any is written. With
+    `ids_from`, their ids derive from it (the same each time), else they are random."""
     from .dispatch import _outgoing
 
     out: list[Outgoing] = []
     conn: str | None = None
-    for job in jobs:
+    for n, job in enumerate(jobs):
         o, c = _outgoing(job, queue, None, None, None, None, None)
         conn = conn or c
         if batch_id is not None:
             doc = payload.parse(o.body)
             doc["batch"] = batch_id
-            o = Outgoing(id=o.id, queue=o.queue, body=payload.dumps(doc), available_at=o.available_at)
+            if ids_from is not None:
+                doc["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"farm:{ids_from}:{n}"))
+            o = Outgoing(id=doc["id"], queue=o.queue, body=payload.dumps(doc), available_at=o.available_at)
         out.append(o)
     return out, conn
 
 
-def _callback(job: Job) -> dict[str, Any]:
-    from .dispatch import build, options_of
+def _callback(job: Job, queue: str | None = None) -> dict[str, Any]:
+    """A callback's document as dispatch() makes it: checked, its data sealed when encrypted."""
+    from .dispatch import _outgoing
 
-    doc = build(job)
-    payload.check_shape(doc)
-    return payload.parse(payload.serialize(doc, options_of(job)["owner"]))
+    return payload.parse(_outgoing(job, queue, None, None, None, None, None)[0].body)
 
 
 class Batch:
@@ -92,18 +98,19 @@ class Batch:
         return self
 
     def dispatch(self, *, queue: str | None = None, connection: str | None = None) -> str:
-        """Record the batch in the store, then push its jobs; returns the batch id.
+        """Record the batch in the store, then push its jobs; returns the batch id. `queue`
+        applies to the jobs and to the callbacks (as Laravel's onQueue does).
 
         The record comes first, so no job can finish before its batch exists; a push that
         fails raises with the record left (its batch never finishes: cancel it)."""
         if self.name is not None and (not isinstance(self.name, str) or len(self.name) > 191):
             raise SerializationError("a batch's name must be a string of at most 191 characters")
         items, own = _docs(self.jobs, self.id, queue)
-        callbacks = {which: _callback(job) for which, job in self.callbacks.items()}
+        callbacks = {which: _callback(job, queue) for which, job in self.callbacks.items()}
         q = app.queue(connection or own)
         store = store_of(q)
         now = time.time()
-        store.add_batch({"id": self.id, "name": self.name, "total": len(items), "callbacks": callbacks,
+        store.add_batch({"id": self.id, "name": self.name, "jobs": [o.id for o in items], "callbacks": callbacks,
                          "created_at": now})
         if not items:                   # nothing to wait for: finished as it is made
             _fire(q, store, store.batch(self.id), None)
@@ -122,19 +129,29 @@ def batch(jobs: Sequence[Job], name: str | None = None) -> Batch:
 class BatchRef:
     """A running job's batch (`self.batch`): its `.id`, and `.add([...])` to grow it."""
 
-    def __init__(self, batch_id: str, queue: Any, job_id: str) -> None:
+    def __init__(self, batch_id: str, queue: Any, job_id: str, log: Any = None) -> None:
         self.id = batch_id
         self._queue = queue
         self._job_id = job_id
+        self._log = log
         self._adds = 0
 
     def add(self, jobs: Sequence[Job]) -> list[str]:
-        """Add jobs to this batch (it cannot finish before they do); their ids. Once per call
-        per job id: a job run again after its worker died does not add them twice."""
-        items, _ = _docs(jobs, self.id, None)
+        """Add jobs to this batch (it cannot finish before they do); their ids.
+
+        Once per call (the n-th `add` of a job id): a job run again after its worker died does
+        not add them twice. On redis the rerun finishes the add (pushing what was not pushed)
+        and returns the same ids; elsewhere it returns [] (and logs `batch.add_skipped`)."""
         self._adds += 1
-        if not items or not push_once(self._queue, store_of(self._queue), f"batchadd:{self._job_id}:{self._adds}",
-                                      items, grow=self.id):
+        name = f"batchadd:{self._job_id}:{self._adds}"
+        items, _ = _docs(jobs, self.id, None, ids_from=f"{self.id}:{name}")
+        if not items:
+            return []
+        if not push_once(self._queue, store_of(self._queue), name, items, grow=self.id):
+            from .log import Log
+
+            (self._log or Log()).warning("batch.add_skipped", id=self._job_id, batch=self.id, add=self._adds,
+                                         jobs=len(items), detail="made when this job ran before: not added again")
             return []
         return [o.id for o in items]
 
@@ -146,10 +163,10 @@ class BatchRef:
 
 
 def push_once(queue: Any, store: Any, name: str, items: list[Outgoing], grow: str | None = None) -> bool:
-    """Push `items` unless claim `name` was taken (growing batch `grow` by their number first);
-    False when it was. On the database driver claim, growth and jobs are one transaction, on
-    redis one job's claim and push one script; else the claim comes first, so a worker killed
-    before the push loses the push."""
+    """Push `items` unless claim `name` was taken (growing batch `grow` by them first); False
+    when it was. On the database driver claim, growth and jobs are one transaction; on redis
+    one job's claim and push are one script (an add: an idempotent growth, then each job so);
+    else the claim comes first, so a worker killed before the push loses the push."""
     expires = time.time() + CLAIM_TTL
     if store is queue and hasattr(queue, "claim_and_push"):
         done = queue.claim_and_push(name, expires, items, grow)
@@ -158,14 +175,15 @@ def push_once(queue: Any, store: Any, name: str, items: list[Outgoing], grow: st
     if not store.claim(name, expires):
         return False
     grown = False
+    ids = [o.id for o in items]
     try:
         if grow is not None:
-            store.grow_batch(grow, len(items))      # first: the batch must not finish in between
+            store.grow_batch(grow, ids)     # first: the batch must not finish in between
             grown = True
         queue.push(items)
     except BaseException:
         if grown:
-            store.grow_batch(grow, -len(items))
+            store.shrink_batch(grow, ids)
         store.unclaim(name)
         raise
     return True
@@ -179,7 +197,7 @@ def skipped(runner: Any, attempt: Any) -> bool:
     bid = doc.get("batch")
     if not isinstance(bid, str):
         return False
-    attempt.job._farm_batch = BatchRef(bid, runner.queue, r.id)
+    attempt.job._farm_batch = BatchRef(bid, runner.queue, r.id, runner.log)
     store = store_of(runner.queue)
     found = store.batch(bid)
     if found is None or found["cancelled_at"] is None:
@@ -205,8 +223,9 @@ def unrunnable(runner: Any, reserved: Any) -> None:
         doc = json.loads(reserved.body)
     except (TypeError, ValueError, RecursionError):
         return
-    if isinstance(doc, dict) and isinstance(doc.get("batch"), str):
-        _count(runner, store_of(runner.queue), doc["batch"], reserved.id, True)
+    bid = doc.get("batch") if isinstance(doc, dict) else None
+    if isinstance(bid, str) and 0 < len(bid) <= payload.MAX_ID:
+        _count(runner, store_of(runner.queue), bid, reserved.id, True)
 
 
 def _count(runner: Any, store: Any, bid: str, job_id: str, failed: bool) -> None:
@@ -237,6 +256,13 @@ def _fire(queue: Any, store: Any, b: dict[str, Any] | None, log: Any) -> None:
         if store is queue and hasattr(queue, "fire_and_push"):     # database: one transaction
             if not queue.fire_and_push(b["id"], which, items):
                 continue
+        elif store is queue and hasattr(queue, "batch_fired"):     # redis: claim and push, one script
+            if queue.batch_fired(b["id"], which):
+                continue
+            pushed = queue.claim_and_push(f"fire:{b['id']}:{which}", time.time() + FIRE_TTL, items)
+            store.fire_batch(b["id"], which)    # the lasting mark (the claim expires)
+            if not pushed:
+                continue
         elif not store.fire_batch(b["id"], which):
             continue
         else:
@@ -251,58 +277,88 @@ def _fire(queue: Any, store: Any, b: dict[str, Any] | None, log: Any) -> None:
 
 # -- reading and managing batches ---------------------------------------------------------
 def status(b: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The public figures of a batch record (DESIGN "Wave-2 fine points")."""
+    """The public figures of a batch record (DESIGN "Wave-2 fine points"); times in ISO 8601
+    UTC, as `job_status` and `failed --json` show them."""
+    from .operations import _iso
+
     if b is None:
         return None
     total, processed = b["total"], b["processed"]
     return {"id": b["id"], "name": b["name"], "total": total, "pending": max(0, total - processed),
             "processed": processed, "failed": b["failed"],
             "progress": round(100.0 * processed / total, 2) if total else 100.0,
-            "created_at": b["created_at"], "finished_at": b["finished_at"],
+            "created_at": _iso(b["created_at"]), "finished_at": _iso(b["finished_at"]),
             "cancelled": b["cancelled_at"] is not None}
 
 
-def _stores(connection: str | None = None) -> list[Any]:
-    """Each connection's batch store once (amqp without `store:` has none); a broker is not
-    connected to just to find its store."""
+Skip = Callable[[str, Exception], None]     # told of a connection whose store did not answer
+
+
+def _stores(connection: str | None = None) -> Iterator[tuple[str, Callable[[], Any]]]:
+    """Each connection's batch store once, as (name, opener), the default connection first
+    (amqp without `store:` has none). Nothing is opened here: a caller asks one at a time."""
     m = app.manifest()
-    names = [m.connection(connection).name] if connection else list(m.connections)
-    seen: dict[int, Any] = {}
+    names = [m.connection(connection).name] if connection else \
+        [m.default] + [n for n in m.connections if n != m.default]
+    seen: set[str] = set()
     for name in names:
         c = m.connection(name)
         if c.driver == "amqp" and not c.store:
             continue
-        s = app.queue(c.store) if c.store else store_of(app.queue(name))
-        seen.setdefault(id(s), s)
-    return list(seen.values())
+        key = c.store or name
+        if key in seen:
+            continue
+        seen.add(key)
+        yield name, (lambda c=c, name=name: app.queue(c.store) if c.store else store_of(app.queue(name)))
 
 
-def batch_status(batch_id: str, connection: str | None = None) -> dict[str, Any] | None:
+def _ask(connection: str | None, ask: Callable[[Any], Any], on_skip: Skip | None,
+         enough: Callable[[Any], bool] = lambda _: False) -> list[Any]:
+    """`ask` each store in turn (stopping once `enough` of an answer); a store that cannot be
+    reached is skipped (and `on_skip` told), and the first error raised only if none answered."""
+    answers: list[Any] = []
+    errors: list[tuple[str, FarmError]] = []
+    for name, opener in _stores(connection):
+        try:
+            answer = ask(opener())
+        except FarmError as e:
+            errors.append((name, e))
+            continue
+        answers.append(answer)
+        if enough(answer):
+            break
+    if errors and not answers:
+        raise errors[0][1]
+    for name, e in errors:
+        if on_skip is not None:
+            on_skip(name, e)
+    return answers
+
+
+def batch_status(batch_id: str, connection: str | None = None, on_skip: Skip | None = None) -> dict[str, Any] | None:
     """`{"id", "name", "total", "pending", "processed", "failed", "progress", "created_at",
     "finished_at", "cancelled"}`, or None for an unknown id."""
-    for store in _stores(connection):
-        found = store.batch(batch_id)
-        if found is not None:
-            return status(found)
-    return None
+    found = [b for b in _ask(connection, lambda s: s.batch(batch_id), on_skip, lambda b: b is not None) if b]
+    return status(found[0]) if found else None
 
 
-def batch_cancel(batch_id: str, connection: str | None = None) -> bool:
+def batch_cancel(batch_id: str, connection: str | None = None, on_skip: Skip | None = None) -> bool:
     """Cancel a batch: its jobs not yet started are skipped. False for an unknown id."""
-    return any(store.cancel_batch(batch_id) for store in _stores(connection))
+    return any(_ask(connection, lambda s: s.cancel_batch(batch_id), on_skip, bool))
 
 
-def recent_batches(limit: int = 50, connection: str | None = None) -> list[dict[str, Any]]:
-    """The most recent batches of every store, newest first."""
-    found = [status(b) for store in _stores(connection) for b in store.batches(limit)]
-    found.sort(key=lambda s: -s["created_at"])    # type: ignore[index]
-    return found[:limit]    # type: ignore[return-value]
+def recent_batches(limit: int = 50, connection: str | None = None,
+                   on_skip: Skip | None = None) -> list[dict[str, Any]]:
+    """The most recent batches of every store that answers, newest first."""
+    found = [b for listed in _ask(connection, lambda s: s.batches(limit), on_skip) for b in listed]
+    found.sort(key=lambda b: -b["created_at"])
+    return [status(b) for b in found[:limit]]    # type: ignore[misc]
 
 
-def prune_batches(hours: float, connection: str | None = None) -> int:
+def prune_batches(hours: float, connection: str | None = None, on_skip: Skip | None = None) -> int:
     """Forget batches that finished more than `hours` ago; how many."""
     before = time.time() - hours * 3600
-    return sum(store.prune_batches(before) for store in _stores(connection))
+    return sum(_ask(connection, lambda s: s.prune_batches(before), on_skip))
 
 
 def run_inline(queue: Any, doc: dict[str, Any], job: Job, job_id: str) -> None:

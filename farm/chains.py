@@ -30,18 +30,20 @@ class Chain:
         self.jobs = list(jobs)
         if not self.jobs:
             raise SerializationError("farm.chain() needs at least one job")
+        if len(self.jobs) > payload.MAX_CHAIN + 1:      # each link's document carries the rest
+            raise SerializationError(f"farm.chain() takes at most {payload.MAX_CHAIN + 1} jobs, "
+                                     f"got {len(self.jobs)}: split the work (a batch, or a job that dispatches more)")
 
     def dispatch(self, *, queue: str | None = None, connection: str | None = None) -> str:
         """Push the first link (carrying the others); returns its id. `queue` applies to every link."""
-        from .dispatch import _outgoing, build, options_of
+        from .dispatch import _outgoing, options_of
 
-        docs = [build(j, queue=queue) for j in self.jobs[1:]]
+        # each link as dispatch() makes it: checked, and its data sealed when it is encrypted
+        docs = [payload.parse(_outgoing(j, queue, None, None, None, None, None)[0].body) for j in self.jobs[1:]]
         first, conn = _outgoing(self.jobs[0], queue, None, connection, None, None, None)
         doc = payload.parse(first.body)
         if docs:
             doc["chain"] = docs
-        for d in docs:
-            payload.check_shape(d)
         body = payload.serialize(doc, options_of(self.jobs[0])["owner"])
         app.queue(conn).push([Outgoing(id=first.id, queue=first.queue, body=body, available_at=first.available_at)])
         return first.id

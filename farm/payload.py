@@ -25,6 +25,7 @@ _OPTIONAL: dict[str, tuple[Any, float | None]] = {
     "backoff": ((list, int, float), 0), "timeout": ((int, float), 0), "max_exceptions": (int, 1),
     "retry_until": (str, None), "dispatched_at": (str, None), "retention": ((int, float), 0)}
 MAX_ID = 36         # the id columns are uuid-sized
+MAX_CHAIN = 1000    # links a chain may carry after its first (each link's document holds the rest)
 
 
 def _tag(value: Any) -> Any:
@@ -173,11 +174,25 @@ def check_shape(doc: Any) -> None:
             raise PayloadError(f"the job document's {key!r} has the wrong type or range: {repr(value)[:100]}")
     if doc.get("queue") == "" or len(doc.get("queue") or "") > 191:
         raise PayloadError("'queue' must be 1 to 191 characters")
+    if "batch" in doc or "chain" in doc:      # chains and batches (farm/chains.py, farm/batches.py)
+        _check_workflow(doc)
     if doc.get("retry_until") is not None:
         try:
             dt.datetime.fromisoformat(doc["retry_until"].replace("Z", "+00:00"))
         except ValueError:
             raise PayloadError(f"'retry_until' is not an ISO 8601 time: {doc['retry_until'][:50]!r}") from None
+
+
+def _check_workflow(doc: dict[str, Any]) -> None:
+    """`batch` names a batch by id; `chain` holds the next links' documents, a bounded number."""
+    bid = doc.get("batch")
+    if "batch" in doc and not (isinstance(bid, str) and 0 < len(bid) <= MAX_ID):
+        raise PayloadError(f"'batch' must be a batch id of 1 to {MAX_ID} characters, got {repr(bid)[:50]}")
+    links = doc.get("chain")
+    if "chain" in doc and not (isinstance(links, list) and all(isinstance(d, dict) for d in links)):
+        raise PayloadError("'chain' must be a list of job documents")
+    if links is not None and len(links) > MAX_CHAIN:
+        raise PayloadError(f"'chain' carries {len(links)} links, at most {MAX_CHAIN} are allowed")
 
 
 def _valid(value: Any, kinds: Any, low: float | None) -> bool:

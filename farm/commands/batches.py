@@ -21,7 +21,7 @@ def batches(batch_id: str | None, connection: str | None, limit: int, as_json: b
     """The recent batches and their progress; with ID, that batch (exit 1: unknown)."""
     load_manifest()
     if batch_id is not None:
-        found = batches_mod.batch_status(batch_id, connection)
+        found = batches_mod.batch_status(batch_id, connection, _skipped)
         if found is None:
             raise UnknownJob(f"no batch with id {batch_id}")
         if as_json:
@@ -31,7 +31,7 @@ def batches(batch_id: str | None, connection: str | None, limit: int, as_json: b
         for key, value in found.items():
             click.echo(f"{key.ljust(width)}  {_cell(key, value)}")
         return
-    listed = batches_mod.recent_batches(limit, connection)
+    listed = batches_mod.recent_batches(limit, connection, _skipped)
     if as_json:
         click.echo(json.dumps(listed, indent=2))
         return
@@ -55,8 +55,13 @@ def batches(batch_id: str | None, connection: str | None, limit: int, as_json: b
 def prune_batches(hours: float, connection: str | None) -> None:
     """Forget finished batches older than --hours (unfinished ones stay)."""
     load_manifest()
-    n = batches_mod.prune_batches(hours, connection)
+    n = batches_mod.prune_batches(hours, connection, _skipped)
     click.echo(f"{n} finished batch(es) older than {hours:g}h deleted")
+
+
+def _skipped(name: str, e: Exception) -> None:
+    click.echo(f"farmctl: connection {name!r} skipped (its store did not answer): {str(e).splitlines()[0]}",
+               err=True)
 
 
 def _cell(key: str, value: object) -> str:

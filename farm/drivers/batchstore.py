@@ -4,8 +4,10 @@ copy for the sync and async drivers. Redis keeps its own (`redis_batches`).
 A batch record is `{"id", "name", "total", "processed", "failed", "callbacks", "created_at",
 "finished_at", "cancelled_at"}`: `processed` counts the batch's jobs that have finished
 (succeeded, finally failed, or skipped after a cancel), `failed` those that finally failed.
-`batch_job_finished` counts each job id once, in one transaction with the record of that id,
-so a job run again after its worker died is not counted twice.
+Each job of a batch is recorded as a member when the batch is made or grows (state pending),
+and `batch_job_finished` counts only a member's pending -> finished change, in one transaction
+with it: a job run again after its worker died is not counted twice, and a document that only
+names the batch (`"batch": <id>`, pushed by anyone) is not counted at all.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any, Sequence
 from .base import Outgoing
 
 CALLBACKS = ("then", "catch", "finally")
+PENDING = -1        # a member job that has not finished (its `failed` once it has: 0 or 1)
 COLUMNS = "id, name, total, processed, failed, callbacks, created_at, finished_at, cancelled_at"
 
 
@@ -39,11 +42,11 @@ class BatchQueries:
         self.select = q(f"SELECT {COLUMNS} FROM {b} WHERE id = %s")
         self.recent = f"SELECT {COLUMNS} FROM {b} ORDER BY created_at DESC, id LIMIT {{limit}}"
         self.grow = q(f"UPDATE {b} SET total = total + %s WHERE id = %s")
-        # a job id is recorded once: a second insert of it adds no row and raises no error
-        self.record_job = q(f"INSERT IGNORE INTO {bj} (batch_id, job_id, failed) VALUES (%s, %s, %s)"
-                            if dialect == "mysql" else
-                            f"INSERT INTO {bj} (batch_id, job_id, failed) VALUES (%s, %s, %s) "
-                            "ON CONFLICT (batch_id, job_id) DO NOTHING")
+        # a member row's `failed` is PENDING until it finishes, then 0 or 1; only that change counts
+        self.add_member = q(f"INSERT INTO {bj} (batch_id, job_id, failed) VALUES (%s, %s, {PENDING})")
+        self.drop_member = q(f"DELETE FROM {bj} WHERE batch_id = %s AND job_id = %s AND failed = {PENDING}")
+        self.record_job = q(f"UPDATE {bj} SET failed = %s WHERE batch_id = %s AND job_id = %s "
+                            f"AND failed = {PENDING}")
         self.count_job = q(f"UPDATE {b} SET processed = processed + 1, failed = failed + %s WHERE id = %s")
         self.finish = q(f"UPDATE {b} SET finished_at = %s WHERE id = %s AND finished_at IS NULL "
                         "AND processed >= total")
@@ -68,20 +71,38 @@ class DatabaseBatches:
         return self._batch_sql
 
     def add_batch(self, doc: dict[str, Any]) -> None:
-        finished = doc["created_at"] if doc["total"] == 0 else None
-        with self._cursor() as cur:        # type: ignore[attr-defined]
-            cur.execute(self.batch_sql.insert, (doc["id"], doc.get("name"), doc["total"],
+        """Record the batch and its members (`doc["jobs"]`: their ids) in one transaction."""
+        jobs = list(doc.get("jobs") or ())
+        finished = doc["created_at"] if not jobs else None
+        with self._cursor(tx=True) as cur:        # type: ignore[attr-defined]
+            cur.execute(self.batch_sql.insert, (doc["id"], doc.get("name"), len(jobs),
                                                 json.dumps(doc.get("callbacks") or {}), doc["created_at"], finished))
+            for start in range(0, len(jobs), 1000):
+                cur.executemany(self.batch_sql.add_member, [(doc["id"], j) for j in jobs[start:start + 1000]])
 
-    def grow_batch(self, batch_id: str, n: int) -> None:
-        with self._cursor() as cur:        # type: ignore[attr-defined]
-            cur.execute(self.batch_sql.grow, (n, batch_id))
+    def grow_batch(self, batch_id: str, job_ids: Sequence[str]) -> None:
+        """Add members to an existing batch (an unknown id: nothing happens)."""
+        with self._cursor(tx=True) as cur:        # type: ignore[attr-defined]
+            self._grow(cur, batch_id, job_ids)
+
+    def shrink_batch(self, batch_id: str, job_ids: Sequence[str]) -> None:
+        """Undo grow_batch (their push failed)."""
+        with self._cursor(tx=True) as cur:        # type: ignore[attr-defined]
+            for j in job_ids:
+                cur.execute(self.batch_sql.drop_member, (batch_id, j))
+                if cur.rowcount == 1:
+                    cur.execute(self.batch_sql.grow, (-1, batch_id))
+
+    def _grow(self, cur: Any, batch_id: str, job_ids: Sequence[str]) -> None:
+        cur.execute(self.batch_sql.grow, (len(job_ids), batch_id))
+        if cur.rowcount == 1 and job_ids:
+            cur.executemany(self.batch_sql.add_member, [(batch_id, j) for j in job_ids])
 
     def batch_job_finished(self, batch_id: str, job_id: str, failed: bool) -> dict[str, Any] | None:
-        """Count the job once (atomic, idempotent per job id); the batch record after it."""
+        """Count a member once (its pending -> finished change; atomic); the batch record after it."""
         s = self.batch_sql
         with self._cursor(tx=True) as cur:   # type: ignore[attr-defined]
-            cur.execute(s.record_job, (batch_id, job_id, int(failed)))
+            cur.execute(s.record_job, (int(failed), batch_id, job_id))
             if cur.rowcount == 1:
                 cur.execute(s.count_job, (int(failed), batch_id))
                 cur.execute(s.finish, (time.time(), batch_id))
@@ -135,7 +156,7 @@ class DatabaseBatches:
             if cur.rowcount != 1:
                 return False
             if grow is not None:
-                cur.execute(self.batch_sql.grow, (len(items), grow))
+                self._grow(cur, grow, [o.id for o in items])
             self._insert_all(cur, items, now)
         return True
 
@@ -169,28 +190,39 @@ class MemoryBatches:
         self._batches: dict[str, dict[str, Any]] = {}
         self._jobs: dict[str, set[str]] = {}
         self._claims: dict[str, float] = {}
+        self._pruned_at, self._prune_size = 0.0, 1000
         self._fired: dict[str, set[str]] = {}
 
     def add_batch(self, doc: dict[str, Any]) -> None:
+        jobs = set(doc.get("jobs") or ())
         with self._lock:
             self._batches[doc["id"]] = {
-                "id": doc["id"], "name": doc.get("name"), "total": doc["total"], "processed": 0, "failed": 0,
+                "id": doc["id"], "name": doc.get("name"), "total": len(jobs), "processed": 0, "failed": 0,
                 "callbacks": doc.get("callbacks") or {}, "created_at": doc["created_at"],
-                "finished_at": doc["created_at"] if doc["total"] == 0 else None, "cancelled_at": None}
-            self._jobs[doc["id"]] = set()
+                "finished_at": doc["created_at"] if not jobs else None, "cancelled_at": None}
+            self._jobs[doc["id"]] = jobs        # its members that have not finished
 
-    def grow_batch(self, batch_id: str, n: int) -> None:
+    def grow_batch(self, batch_id: str, job_ids: Sequence[str]) -> None:
         with self._lock:
             if batch_id in self._batches:
-                self._batches[batch_id]["total"] += n
+                new = set(job_ids) - self._jobs[batch_id]
+                self._jobs[batch_id] |= new
+                self._batches[batch_id]["total"] += len(new)
+
+    def shrink_batch(self, batch_id: str, job_ids: Sequence[str]) -> None:
+        with self._lock:
+            if batch_id in self._batches:
+                gone = set(job_ids) & self._jobs[batch_id]
+                self._jobs[batch_id] -= gone
+                self._batches[batch_id]["total"] -= len(gone)
 
     def batch_job_finished(self, batch_id: str, job_id: str, failed: bool) -> dict[str, Any] | None:
         with self._lock:
             b = self._batches.get(batch_id)
             if b is None:
                 return None
-            if job_id not in self._jobs[batch_id]:
-                self._jobs[batch_id].add(job_id)
+            if job_id in self._jobs[batch_id]:      # a member, not finished before
+                self._jobs[batch_id].discard(job_id)
                 b["processed"] += 1
                 b["failed"] += int(failed)
                 if b["finished_at"] is None and b["processed"] >= b["total"]:
@@ -236,8 +268,17 @@ class MemoryBatches:
             self._fired.get(batch_id, set()).discard(which)
 
     def claim(self, name: str, expires: float) -> bool:
+        """Take claim `name` until `expires`; False while it is held. Expired claims are dropped
+        as claims are taken (once a minute, or when their number has doubled: amortized O(1)),
+        so a long-lived process does not grow."""
+        now = time.time()
         with self._lock:
-            if name in self._claims:
+            if now >= self._pruned_at or len(self._claims) >= self._prune_size:
+                for gone in [n for n, at in self._claims.items() if at <= now]:
+                    del self._claims[gone]
+                self._pruned_at, self._prune_size = now + 60.0, 2 * len(self._claims) + 1000
+            held = self._claims.get(name)
+            if held is not None and held > now:
                 return False
             self._claims[name] = expires
             return True

@@ -2,7 +2,9 @@
 
     <prefix>:{batch:ID}       HASH  name, total, processed, failed, callbacks, created_at, and
                                     once set: finished_at, cancelled_at, then_at, catch_at, finally_at
-    <prefix>:{batch:ID}:jobs  SET   the ids of its jobs that have finished (each counted once)
+    <prefix>:{batch:ID}:jobs  SET   the ids of its member jobs that have not finished: a job
+                                    counts when FINISH takes its id out (so once, and only a member)
+    <prefix>:{batch:ID}:done  SET   the ids of its members that have finished (GROW adds none again)
     <prefix>:batches          ZSET  ID -> created_at (the recent batches, for listing)
 
 The two keys of a batch share a hash tag, so a Cluster runs the FINISH script on one node.
@@ -19,7 +21,8 @@ from .base import Outgoing
 # record after it (an empty reply for an unknown batch)
 FINISH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
+if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
+  redis.call('SADD', KEYS[3], ARGV[1])
   local processed = redis.call('HINCRBY', KEYS[1], 'processed', 1)
   if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'failed', 1) end
   local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
@@ -28,21 +31,31 @@ end
 return redis.call('HGETALL', KEYS[1])
 """
 
-# KEYS: the batch; ARGV: how many jobs more. Only a batch that exists grows
+# KEYS: the batch, its pending and finished members; ARGV: 1 to add (-1 to take back), then
+# job ids. Only a batch that exists changes; its total moves by the members really added (a
+# member added again, even one that has finished since, is not), or taken back
 GROW = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HINCRBY', KEYS[1], 'total', ARGV[1]) end
-return 0
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = 0
+for i = 2, #ARGV do
+  if ARGV[1] == '-1' then n = n - redis.call('SREM', KEYS[2], ARGV[i])
+  elseif redis.call('SISMEMBER', KEYS[3], ARGV[i]) == 0 then n = n + redis.call('SADD', KEYS[2], ARGV[i]) end
+end
+redis.call('HINCRBY', KEYS[1], 'total', n)
+return n
 """
 
 # KEYS: the queue's ready, delayed, bodies, starts, and the claim (in the queue's hash slot).
 # ARGV: now, wake channel, ttl, id, at, attempts, body. The claim and the push of one job in
 # one step (a chain's next link): 0, with nothing written, when the claim was taken already
+# (tested first: the job it pushed may be reserved by now, and that is not an error)
 PUSH_ONCE = """
 local ready, delayed, bodies, starts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
 if redis.call('HEXISTS', bodies, ARGV[4]) == 1 then
   return redis.error_reply('a job with id ' .. ARGV[4] .. ' is already delayed or reserved on this queue')
 end
-if not redis.call('SET', KEYS[5], '1', 'NX', 'EX', tonumber(ARGV[3])) then return 0 end
+redis.call('SET', KEYS[5], '1', 'EX', tonumber(ARGV[3]))
 local before = redis.call('LLEN', ready)
 local id, at, attempts, body = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 if attempts > 0 then redis.call('HSET', starts, id, attempts) end
@@ -71,24 +84,36 @@ class RedisBatches:
     """The Store's batch methods for RedisQueue (a mixin: it brings `client`, `prefix`, `_calling`)."""
 
     def _batch_keys(self, batch_id: str) -> list[str]:
-        return [f"{self.prefix}:{{batch:{batch_id}}}", f"{self.prefix}:{{batch:{batch_id}}}:jobs"]  # type: ignore[attr-defined]
+        return [f"{self.prefix}:{{batch:{batch_id}}}", f"{self.prefix}:{{batch:{batch_id}}}:jobs",
+                f"{self.prefix}:{{batch:{batch_id}}}:done"]  # type: ignore[attr-defined]
 
     def add_batch(self, doc: dict[str, Any]) -> None:
-        fields = {"name": doc.get("name") or "", "total": doc["total"], "processed": 0, "failed": 0,
+        """The record and its members (`doc["jobs"]`) in one MULTI (one hash slot)."""
+        jobs = list(doc.get("jobs") or ())
+        fields = {"name": doc.get("name") or "", "total": len(jobs), "processed": 0, "failed": 0,
                   "callbacks": json.dumps(doc.get("callbacks") or {}), "created_at": repr(doc["created_at"])}
-        if doc["total"] == 0:
+        if not jobs:
             fields["finished_at"] = repr(doc["created_at"])
+        key, members, _ = self._batch_keys(doc["id"])
         with self._calling("cannot store a batch"):           # type: ignore[attr-defined]
-            self.client.hset(self._batch_keys(doc["id"])[0], mapping=fields)    # type: ignore[attr-defined]
+            pipe = self.client.pipeline(transaction=True)      # type: ignore[attr-defined]
+            for start in range(0, len(jobs), 1000):
+                pipe.sadd(members, *jobs[start:start + 1000])
+            pipe.hset(key, mapping=fields)
+            pipe.execute()
             self.client.zadd(f"{self.prefix}:batches", {doc["id"]: doc["created_at"]})  # type: ignore[attr-defined]
 
-    def grow_batch(self, batch_id: str, n: int) -> None:
+    def grow_batch(self, batch_id: str, job_ids: Sequence[str]) -> None:
         with self._calling("cannot grow a batch"):            # type: ignore[attr-defined]
-            self.client.eval(GROW, 1, self._batch_keys(batch_id)[0], int(n))    # type: ignore[attr-defined]
+            self.client.eval(GROW, 3, *self._batch_keys(batch_id), "1", *job_ids)    # type: ignore[attr-defined]
+
+    def shrink_batch(self, batch_id: str, job_ids: Sequence[str]) -> None:
+        with self._calling("cannot shrink a batch"):          # type: ignore[attr-defined]
+            self.client.eval(GROW, 3, *self._batch_keys(batch_id), "-1", *job_ids)   # type: ignore[attr-defined]
 
     def batch_job_finished(self, batch_id: str, job_id: str, failed: bool) -> dict[str, Any] | None:
         with self._calling("cannot count a batch's job"):     # type: ignore[attr-defined]
-            flat = self.client.eval(FINISH, 2, *self._batch_keys(batch_id), job_id,   # type: ignore[attr-defined]
+            flat = self.client.eval(FINISH, 3, *self._batch_keys(batch_id), job_id,   # type: ignore[attr-defined]
                                     "1" if failed else "0", repr(time.time()))
         return _record(batch_id, dict(zip(flat[::2], flat[1::2])))
 
@@ -110,6 +135,11 @@ class RedisBatches:
             self.client.hsetnx(key, "cancelled_at", repr(time.time()))   # type: ignore[attr-defined]
         return True
 
+    def batch_fired(self, batch_id: str, which: str) -> bool:
+        """Whether the batch's `which` callback has been pushed (its mark is set)."""
+        with self._calling("cannot read a batch"):           # type: ignore[attr-defined]
+            return bool(self.client.hexists(self._batch_keys(batch_id)[0], f"{which}_at"))  # type: ignore[attr-defined]
+
     def fire_batch(self, batch_id: str, which: str) -> bool:
         """True for the one caller that may push the batch's `which` callback (HSETNX)."""
         with self._calling("cannot fire a batch callback"):    # type: ignore[attr-defined]
@@ -122,9 +152,16 @@ class RedisBatches:
     def claim_and_push(self, name: str, expires: float, items: Sequence[Outgoing],
                        grow: str | None = None) -> bool | None:
         """Take claim `name` and push the job in one script (its claim in the queue's hash
-        slot); False when it was taken. None when that cannot be one step (several jobs, or a
-        batch to grow, whose keys are elsewhere): the caller claims, then pushes."""
-        if len(items) != 1 or grow is not None:
+        slot); False when it was taken. With `grow` (a batch's add, whose jobs' ids are the
+        same each time the adding job runs): the batch grows by those not added before, then
+        each job is pushed once under claim `name:<n>`, so a rerun finishes what a killed worker
+        began; True. None when it cannot be done here (several jobs without `grow`)."""
+        if grow is not None:
+            self.grow_batch(grow, [o.id for o in items])
+            for n, o in enumerate(items):
+                self.claim_and_push(f"{name}:{n}", expires, [o])
+            return True
+        if len(items) != 1:
             return None
         (o,) = items
         k = self._keys(o.queue)                          # type: ignore[attr-defined]
@@ -141,12 +178,12 @@ class RedisBatches:
         n = 0
         with self._calling("cannot prune batches"):           # type: ignore[attr-defined]
             for bid in self.client.zrange(f"{self.prefix}:batches", 0, -1):       # type: ignore[attr-defined]
-                key, jobs = self._batch_keys(bid)
+                key, jobs, done = self._batch_keys(bid)
                 finished = self.client.hget(key, "finished_at")                   # type: ignore[attr-defined]
                 gone = not self.client.exists(key)                                # type: ignore[attr-defined]
                 if gone or (finished and float(finished) < before):
                     self.client.delete(key)                                       # type: ignore[attr-defined]
-                    self.client.delete(jobs)                                      # type: ignore[attr-defined]
+                    self.client.delete(jobs, done)                                # type: ignore[attr-defined]
                     self.client.zrem(f"{self.prefix}:batches", bid)               # type: ignore[attr-defined]
                     n += 0 if gone else 1
         return n

@@ -70,7 +70,7 @@ def tables(jobs: str, failed: str | None) -> tuple[Any, ...]:
         Column("seconds", Float(53), nullable=False),
     )
     # chains and batches (farm/batches.py, drivers/batchstore.py): a batch's counters, and
-    # each of its jobs once it has finished (so a job run again is not counted again)
+    # its member jobs (failed: -1 until one finishes, then 0 or 1; only that change counts)
     Table(
         f"{jobs}_batches", md,
         Column("id", String(36), primary_key=True),

@@ -59,12 +59,15 @@ class Runner:
             job = instantiate(self.registry.resolve(doc["job"]), payload.decode_data(doc["data"]))
         except Exception as e:       # whatever the document holds, it never reaches the loop
             reason = str(e) if isinstance(e, PayloadError) else f"{type(e).__name__}: {e}"
+            try:                        # a batch job that cannot run still counts, failed (first)
+                batches.unrunnable(self, reserved)
+            except Exception as count_exc:
+                self.log.error("batch.count_failed", id=reserved.id, error=_summary(count_exc))
             self.queue.fail(reserved, _text(reserved.body), f"PayloadError: {reason}")
             self.log.error("job.failed", id=reserved.id, queue=reserved.queue, reason="bad payload",
                            error=reason.splitlines()[0] if reason else "")
             if self.counts is not None:     # under one label: the name is whatever the document says
                 self.counts.add(reserved.queue, BAD_PAYLOAD, "failed", 0.0)
-            batches.unrunnable(self, reserved)      # a batch job that cannot run still counts, failed
             return None
         job._farm_id, job._farm_attempts = reserved.id, reserved.attempts
         timeout = float(doc.get("timeout") or _own(job, "timeout") or self.options.timeout)
@@ -219,6 +222,11 @@ class Runner:
         except Exception as e:
             self.log.error("worker.error", id=reserved.id, error=_summary(e),
                            detail="left reserved: it is handed out again after retry_after")
+            return
+        try:                            # a batch job failed here still counts, so its batch finishes
+            batches.unrunnable(self, reserved)
+        except Exception as e:
+            self.log.error("batch.count_failed", id=reserved.id, error=_summary(e))
 
     def settle(self, attempt: Attempt, exc: BaseException | None, release_delay: float | None = None,
                decided: retry.Decision | None = None) -> str:
@@ -251,14 +259,14 @@ class Runner:
             return "released" if release_delay is not None else "retried"
         if exc is None:
             exc = MaxAttemptsExceeded(f"released {r.attempts} times: {decision.reason}")
+        if "batch" in doc:              # batches (farm/batches.py): a final failure counts, before
+            self._count_failed(doc, r.id)   # the fail (idempotent per id), so no crash leaves it uncounted
         if self.queue.fail(r, body, _describe(exc)) is False:
             self.log.error("job.lost", id=r.id, job=doc["job"], queue=r.queue,
                            detail="its reservation lapsed and another worker holds it; not failed here")
             return "lost"
         self.log.error("job.failed", id=r.id, job=doc["job"], queue=r.queue, attempt=r.attempts,
                        reason=decision.reason, error=_summary(exc))
-        if "batch" in doc:              # batches (farm/batches.py): a final failure counts
-            batches.finished(self, doc, r.id, True)
         if attempt.unique is not None:
             unique.release(self.store, attempt.unique, self.log)
         try:
@@ -268,6 +276,14 @@ class Runner:
         if events.HANDLERS["failing"]:          # farm.on("failing", ...)
             self.fire("failing", attempt, exc)
         return "failed"
+
+    def _count_failed(self, doc: dict[str, Any], job_id: str) -> None:
+        """Count a batch job's final failure; a store error is logged, never in the way of the
+        fail, `failed()` or the `failing` event (the job's rerun or retry counts it then)."""
+        try:
+            batches.finished(self, doc, job_id, True)
+        except Exception as e:
+            self.log.error("batch.count_failed", id=job_id, batch=doc.get("batch"), error=_summary(e))
 
     # -- farm.on events ------------------------------------------------------------------
     def before_event(self, attempt: Attempt) -> Any:

@@ -145,3 +145,36 @@ def test_an_encrypted_function_job_is_sealed_and_runs(make_farm, monkeypatch):
     # Then its stored data was sealed and it ran with its arguments
     assert "open sesame" not in body and list(json.loads(body)["data"]) == ["$encrypted"]
     assert f.lines() == [f"fn {digest('open sesame')}"]
+
+
+def test_an_encrypted_chain_link_and_batch_callback_are_sealed_where_stored_and_in_failed_show(make_farm, monkeypatch):
+    # Given FARM_KEY, a chain whose failing first link carries an encrypted second link, and a
+    # batch whose `then` callback is encrypted
+    monkeypatch.setenv("FARM_KEY", fernet_key())
+    f = with_misc(make_farm("sqlite"))
+    import miscjobs
+    import testjobs
+
+    link, callback = f"CHAINSECRET-{uuid.uuid4().hex}", f"THENSECRET-{uuid.uuid4().hex}"
+    first = farm.chain([miscjobs.Secret(str(f.out), "first", fail=True), miscjobs.Secret(str(f.out), link)]).dispatch()
+    bid = farm.batch([testjobs.Record(str(f.out), "member")]).then(miscjobs.Secret(str(f.out), callback)).dispatch()
+
+    # When the stored rows and the batch record are read raw
+    bodies = raw_bodies(f)
+    with f.queue()._cursor() as cur:
+        cur.execute(f"SELECT callbacks FROM {f.app.connection('main').table}_batches")
+        (callbacks,) = [r[0] for r in cur.fetchall()]
+
+    # Then neither secret is there in plain text
+    assert len(bodies) == 2 and not any(link in b or callback in b for b in bodies)
+    assert callback not in callbacks and "$encrypted" in callbacks
+
+    # When a worker runs them (the first link fails, the batch finishes and its callback runs)
+    err = drain(f)
+
+    # Then the callback ran with its secret decrypted, and `failed show` of the failed link does
+    # not print the next link's secret
+    assert f"ran {digest(callback)}" in f.lines() and link not in err and callback not in err
+    out = f.farmctl("failed", "show", first, "--json", check=True).stdout
+    assert link not in out and '"chain"' in out
+    assert farm.batch_status(bid)["finished_at"] is not None

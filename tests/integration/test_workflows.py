@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 
 import farm
-from conftest import BACKENDS, ROOT, SUPPORT
+from conftest import BACKENDS, LEASE_BACKENDS, ROOT, SUPPORT
 from farm.log import Log
-from testjobs import Barrier, Grower, Link, Record, Timed, WhatBatch
+from testjobs import Barrier, Flaky, Grower, Link, Record, Timed, WhatBatch
 
 from test_worker_lifecycle import beating, finished
 
@@ -77,6 +77,25 @@ def test_a_link_finishing_twice_after_a_crash_pushes_the_next_link_once(make_far
     run_until_empty(f)
     # Then the rest of the chain ran once
     assert tags(f) == ["b", "c"]
+
+
+@pytest.mark.parametrize("backend", LEASE_BACKENDS)     # amqp: one consumer holds one link at a time
+def test_a_link_run_again_after_its_next_link_was_pushed_and_reserved_pushes_nothing_and_succeeds(make_farm, backend):
+    # Given a chain whose first link succeeded and pushed the second, which a worker now holds
+    f = make_farm(backend)
+    farm.chain([Link(str(f.out), "a"), Link(str(f.out), "b")]).dispatch()
+    (first,) = f.wait_for(lambda: f.queue().reserve(["default"], 1, 1), what="the first link")
+    doc = json.loads(first.body)
+    runner = SimpleNamespace(queue=f.queue(), log=Log(level="error"))
+    farm.chains.succeeded(runner, doc)
+    (second,) = f.wait_for(lambda: f.queue().reserve(["default"], 1, 1), what="the second link")
+    assert json.loads(second.body)["data"]["tag"] == "b"
+    # When the first link's success is settled again (it ran again after its worker died)
+    # Then nothing is pushed and nothing raises (the link is not filed as failed)
+    farm.chains.succeeded(runner, doc)
+    f.queue().ack(first)
+    f.queue().ack(second)
+    assert f.queue().reserve(["default"], 1, 1) == []
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -152,19 +171,183 @@ def test_batch_status_counts_added_and_failed_jobs_and_a_cancelled_batch_skips_i
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_job_finished_twice_counts_once_in_its_batch(make_farm, backend):
-    # Given a batch of two jobs, in the connection's store
+def test_a_job_finished_twice_counts_once_in_its_batch_and_a_job_not_of_the_batch_not_at_all(make_farm, backend):
+    # Given a batch of two jobs, in the connection's store, and their ids as queued
     f = make_farm(backend)
     b = farm.batch([Link(str(f.out), "a"), Link(str(f.out), "b")]).dispatch()
     store = farm.batches.store_of(f.queue())
+    got: list = []
+    f.wait_for(lambda: got.extend(f.queue().reserve(["default"], 2, 1)) or len(got) == 2, what="both jobs")
+    one, two = (r.id for r in got)
     # When one job is counted twice (run again after its worker died before its ack)
-    store.batch_job_finished(b, "job-1", False)
-    again = store.batch_job_finished(b, "job-1", False)
-    # Then it counts once, and the batch finishes only with the other job
+    store.batch_job_finished(b, one, False)
+    again = store.batch_job_finished(b, one, False)
+    # and ids that are no member of it are counted (documents that only name the batch)
+    stranger = store.batch_job_finished(b, "00000000-0000-4000-8000-00000000beef", True)
+    # Then the member counts once, the others not at all, and the batch finishes only with the other job
     assert (again["processed"], again["finished_at"]) == (1, None)
-    last = store.batch_job_finished(b, "job-2", True)
+    assert (stranger["processed"], stranger["failed"], stranger["finished_at"]) == (1, 0, None)
+    last = store.batch_job_finished(b, two, True)
     assert (last["processed"], last["failed"]) == (2, 1) and last["finished_at"] is not None
     assert store.batch_job_finished("00000000-0000-4000-8000-000000000000", "x", False) is None
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "redis"])
+def test_foreign_documents_naming_a_batch_do_not_count_and_a_bad_batch_or_chain_key_is_refused(make_farm, backend):
+    # Given a real batch of one job that waits for its gate, with a `then` callback
+    f = make_farm(backend)
+    calls, gate = f.tmp / "callbacks.txt", f.tmp / "gate"
+    bid = farm.batch([Link(str(f.out), "member", gate=str(gate))]).then(Record(str(calls), "then")).dispatch()
+    # When two foreign documents naming that batch are pushed (and a worker runs everything)
+    for tag in ("x", "y"):
+        doc = {"v": 1, "job": "testjobs:Link", "data": {"path": str(f.out), "tag": tag, "gate": ""}, "batch": bid}
+        f.farmctl("push", json.dumps(doc), check=True)
+    # Then a batch id that is too long, or a chain that is not a list of documents, is refused
+    too_long = {"v": 1, "job": "testjobs:Link", "data": {"path": str(f.out), "tag": "z"}, "batch": "b" * 37}
+    for bad in (too_long, dict(too_long, batch=None), dict(too_long, batch="ok", chain=[1]),
+                dict(too_long, batch="ok", chain=[{}] * 1001)):
+        cp = f.farmctl("push", json.dumps(bad))
+        assert cp.returncode == 2 and "Traceback" not in cp.stderr and cp.stderr.strip().count("\n") == 0, cp.stderr
+    # and a document with a bad batch key is queued past farmctl's check
+    from farm.drivers.base import Outgoing
+
+    raw = dict(too_long, id="00000000-0000-4000-8000-0000000000aa", queue="default")
+    f.queue().push([Outgoing(id=raw["id"], queue="default", body=json.dumps(raw), available_at=0)])
+    run_until_empty(f, "--tries", "1", "--backoff", "0")
+    # Then the foreign jobs ran but did not count: only the member (failed, its gate closed) did,
+    # so `then` never ran
+    assert sorted(tags(f)) == ["x", "y"]
+    status = farm.batch_status(bid)
+    assert (status["total"], status["processed"], status["failed"]) == (1, 1, 1) and not tags(f, calls)
+    # and the worker failed the bad document as a bad payload, naming its batch key
+    (entry,) = [e for e in f.store().failed() if e.id == raw["id"]]
+    assert entry.exception.startswith("PayloadError: 'batch' must be a batch id"), entry.exception
+
+
+def test_a_batch_jobs_final_failure_is_failed_with_its_hook_and_event_even_when_counting_it_raises(make_farm):
+    # Given a batch whose one job always fails, and a store that refuses to count it (triggers
+    # that abort every write of a batch job record)
+    f = make_farm("sqlite")
+    doomed = Flaky(str(f.out))
+    doomed.tries = 1
+    bid = farm.batch([doomed]).dispatch()
+    table = f"{f.app.connection('main').table}_batch_jobs"
+    with f.queue()._cursor() as cur:
+        for when in ("INSERT", "UPDATE"):
+            cur.execute(f"CREATE TRIGGER refuse_{when} BEFORE {when} ON {table} "
+                        "BEGIN SELECT RAISE(ABORT, 'counting refused'); END")
+    # When a worker runs it
+    log = run_until_empty(f, "--backoff", "0")
+    # Then the job failed with its own exception (not a WorkerError), its failed() hook ran,
+    # and the counting error was logged
+    (entry,) = f.store().failed()
+    assert entry.exception.startswith("ValueError"), entry.exception.splitlines()[0]
+    assert f.lines() == ["attempt 1", "failed ValueError"]
+    assert "batch.count_failed" in log, log
+    assert farm.batch_status(bid)["processed"] == 0
+
+
+def test_a_batch_job_failed_by_the_workers_last_resort_counts_as_failed_and_its_catch_fires(make_farm):
+    # Given a batch of one job, with a catch callback, reserved by this process
+    f = make_farm("sqlite")
+    calls = f.tmp / "callbacks.txt"
+    bid = farm.batch([Link(str(f.out), "a")]).catch(Record(str(calls), "catch")).dispatch()
+    (reserved,) = f.queue().reserve(["default"], 1, 60)
+    # When the worker's last resort fails it (an unexpected error while settling it)
+    from farm.worker.runner import Runner
+
+    runner = SimpleNamespace(queue=f.queue(), log=Log(level="error"), current=None)
+    Runner.last_resort(runner, reserved, RuntimeError("unexpected"))
+    # Then it is in the failed jobs, counted as failed, and the batch's catch callback is queued
+    assert [e.id for e in f.store().failed()] == [reserved.id]
+    status = farm.batch_status(bid)
+    assert (status["processed"], status["failed"]) == (1, 1) and status["finished_at"] is not None
+    run_until_empty(f)
+    assert tags(f, calls) == ["catch"]
+
+
+def test_a_chain_longer_than_the_cap_is_refused_before_anything_is_written(make_farm):
+    # Given a chain one job longer than allowed
+    f = make_farm("sqlite")
+    jobs = [Link(str(f.out), str(i)) for i in range(farm.payload.MAX_CHAIN + 2)]
+    # When it is made, Then it is refused with a clear error and nothing is queued
+    with pytest.raises(farm.SerializationError, match="at most 1001 jobs"):
+        farm.chain(jobs).dispatch()
+    assert f.queue().reserve(["default"], 1, 0) == []
+
+
+def test_batch_status_cancel_and_farmctl_batches_skip_a_connection_that_is_down(make_farm):
+    # Given a batch on the default connection, and a second connection whose server is down
+    f = make_farm("sqlite", extra="  down:\n    driver: redis\n    url: redis://127.0.0.1:1/0\n"
+                                  "    prefix: gone\n")
+    bid = farm.batch([Link(str(f.out), "a")], name="here").dispatch()
+    # When its status is read, it is cancelled, and the batches are listed
+    # Then each answers from the connection that is up
+    assert farm.batch_status(bid)["name"] == "here"
+    assert farm.batch_cancel(bid) is True
+    assert [b["id"] for b in farm.batches.recent_batches()] == [bid]
+    cp = f.farmctl("batches", "--json")
+    assert cp.returncode == 0 and [b["id"] for b in json.loads(cp.stdout)] == [bid]
+    # and the CLI says on stderr which connection it skipped
+    assert "connection 'down' skipped" in cp.stderr and "Traceback" not in cp.stderr
+    # and asking only the connection that is down is an error (exit 1, one line)
+    with pytest.raises(farm.DriverUnavailable):
+        farm.batch_status(bid, connection="down")
+    cp = f.farmctl("batches", "--connection", "down")
+    assert cp.returncode == 1 and cp.stderr.strip().count("\n") == 0 and "Traceback" not in cp.stderr, cp.stderr
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_batch_add_made_again_by_a_rerun_of_its_job_adds_nothing_twice(make_farm, backend):
+    # Given a batch of one job with a `then` callback, which this process holds as a worker would
+    f = make_farm(backend)
+    calls = f.tmp / "callbacks.txt"
+    bid = farm.batch([Link(str(f.out), "member")]).then(Record(str(calls), "then")).dispatch()
+    (member,) = f.wait_for(lambda: f.queue().reserve(["default"], 1, 1), what="the member")
+    # When the job adds two jobs, and its rerun (its worker died before the ack) adds them again
+    first = farm.batches.BatchRef(bid, f.queue(), member.id).add([Link(str(f.out), "x"), Link(str(f.out), "y")])
+    log = Log(level="warning")
+    again = farm.batches.BatchRef(bid, f.queue(), member.id, log).add([Link(str(f.out), "x"), Link(str(f.out), "y")])
+    # Then redis finishes the same add (the same ids, nothing pushed twice); the others skip it
+    assert len(first) == 2 and again == (first if backend == "redis" else [])
+    assert farm.batch_status(bid)["total"] == 3
+    farm.batches.finished(SimpleNamespace(queue=f.queue(), log=log), json.loads(member.body), member.id, False)
+    f.queue().ack(member)
+    run_until_empty(f)
+    # and each added job ran once, the batch finished and `then` ran once
+    assert sorted(tags(f)) == ["x", "y"] and tags(f, calls) == ["then"]
+    assert farm.batch_status(bid)["processed"] == 3
+
+
+def test_a_batch_dispatched_onto_a_queue_puts_its_callbacks_there_too(make_farm):
+    # Given a batch of one job with a `then` callback, dispatched onto queue "other"
+    f = make_farm("sqlite")
+    calls = f.tmp / "callbacks.txt"
+    farm.batch([Link(str(f.out), "a")]).then(Record(str(calls), "then")).dispatch(queue="other")
+    # When a worker of that queue alone runs what is there
+    run_until_empty(f, "--queue", "other")
+    # Then the job and its callback both ran from it
+    assert tags(f) == ["a"] and tags(f, calls) == ["then"]
+
+
+def test_a_redis_callback_pushed_by_a_worker_killed_before_its_mark_is_not_pushed_again(make_farm):
+    # Given a redis batch of one job with a `then` callback, whose job has finished
+    f = make_farm("redis")
+    calls = f.tmp / "callbacks.txt"
+    bid = farm.batch([Link(str(f.out), "a")]).then(Record(str(calls), "then")).dispatch()
+    (member,) = f.wait_for(lambda: f.queue().reserve(["default"], 1, 1), what="the member")
+    store = farm.batches.store_of(f.queue())
+    done = store.batch_job_finished(bid, member.id, False)
+    f.queue().ack(member)
+    # When one worker pushes the callback, and dies before its lasting mark is written (the
+    # mark taken away here), and another worker sees the batch finished too
+    farm.batches._fire(f.queue(), store, done, None)
+    f.queue().client.hdel(f"{f.queue().prefix}:{{batch:{bid}}}", "then_at")
+    farm.batches._fire(f.queue(), store, done, None)
+    # Then the callback was queued once (its claim and push were one step), and its mark is set
+    run_until_empty(f)
+    assert tags(f, calls) == ["then"]
+    assert store.batch_fired(bid, "then")
 
 
 def test_farmctl_batches_lists_shows_one_refuses_an_unknown_id_and_prunes_finished_ones(make_farm):
@@ -180,6 +363,11 @@ def test_farmctl_batches_lists_shows_one_refuses_an_unknown_id_and_prunes_finish
     assert [b["id"] for b in listed] == [waiting, done] and listed[1]["progress"] == 100.0
     one = json.loads(f.farmctl("batches", done, "--json", check=True).stdout)
     assert one == farm.batch_status(done) and one["pending"] == 0
+    # with its times in ISO 8601 UTC, as job_status and failed --json show them
+    import datetime as dt
+
+    assert one["created_at"].endswith("+00:00") and dt.datetime.fromisoformat(one["finished_at"]).tzinfo
+    assert listed[0]["finished_at"] is None and "T" in listed[0]["created_at"]
     # and an unknown id is exit 1 with one line
     cp = f.farmctl("batches", "00000000-0000-4000-8000-000000000000")
     assert cp.returncode == 1 and cp.stderr.strip().count("\n") == 0 and "no batch" in cp.stderr
@@ -200,6 +388,15 @@ def test_chains_and_batches_run_inline_on_the_sync_driver(make_farm):
     assert f.lines() == [f"a 1 {f.lines()[0].split()[2]}", f"b 1 {f.lines()[0].split()[2]}",
                          f"c 1 {f.lines()[0].split()[2]}", f"batch {b}"]
     assert farm.batch_status(b)["progress"] == 100.0 and tags(f, calls) == ["then"]
+
+
+def test_a_chain_of_a_thousand_links_runs_in_order_on_the_sync_driver(make_farm):
+    # Given a sync connection
+    f = make_farm("sync")
+    # When a chain of 1001 links (the most allowed) is dispatched
+    farm.chain([Link(str(f.out), str(i)) for i in range(farm.payload.MAX_CHAIN + 1)]).dispatch()
+    # Then every link ran, in order (no recursion per link)
+    assert tags(f) == [str(i) for i in range(farm.payload.MAX_CHAIN + 1)]
 
 
 def test_chains_and_batches_run_on_the_async_drivers_threads(tmp_path):
