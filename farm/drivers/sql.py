@@ -146,6 +146,13 @@ class Queries:
         # ack, release, fail and renew touch a row only while this worker's token holds it: a
         # reservation that lapsed and was claimed by another worker is that worker's now
         self.renew = f"UPDATE {j} SET available_at = %s WHERE id IN ({{ids}}) AND reserved_by = %s"
+        if dialect == "postgresql":
+            # the heart's renew never waits on a row lock: the worker's pipelined acks (a
+            # transaction deleting several of the same rows) locked them in another order, and
+            # the two deadlocked; PostgreSQL then aborted the acks and those jobs ran again. A
+            # row skipped here is being acked (or renewed next time, well inside retry_after).
+            self.renew = (f"UPDATE {j} SET available_at = %s WHERE id IN (SELECT id FROM {j} "
+                          f"WHERE id IN ({{ids}}) AND reserved_by = %s FOR UPDATE SKIP LOCKED)")
         self.ack = q(f"DELETE FROM {j} WHERE id = %s AND reserved_by = %s")
         self.ack_and_start = f"START TRANSACTION; {self.ack}; {self.start}; COMMIT"   # mysql only
         self.release = q(f"UPDATE {j} SET available_at = %s, reserved_by = NULL, payload = %s "
