@@ -253,3 +253,37 @@ def measure(system: System, counts: Counts, out: Path, log: Path) -> dict[str, f
         first, peak = b.soak(counts.soak)
         fig.update(soak_jobs=counts.soak, soak_rss_first_mb=first, soak_rss_peak_mb=peak)
     return fig
+
+
+def jobfarm_figure(name: str, measure: Callable[..., dict], doc: str | None = None) -> int:
+    """The `main` of a jobfarm-only figure (bench/concurrency.py, bench/workflows.py): parse
+    --backend and --quick, make the jobfarm system in a temp dir, call
+    `measure(system, quick, tmp, out, log)`, print one JSON line; 1 if the run failed."""
+    import argparse
+    import json
+    import shutil
+    import tempfile
+
+    import jobfarm_sys
+
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--backend", required=True)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    out = tmp / "out"
+    out.mkdir()
+    log = tmp / "workers.log"
+    row = {"system": "jobfarm", "backend": args.backend, "quick": args.quick, "time": time.time()}
+    system = jobfarm_sys.make(args.backend, tmp, out)
+    try:
+        row.update(measure(system, args.quick, tmp, out, log))
+    except Failed as e:
+        row.update(error=str(e), log_tail=log.read_text(errors="replace")[-2000:] if log.exists() else "")
+    finally:
+        system.close()
+    print(json.dumps(row))
+    if "error" in row:
+        return 1
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0

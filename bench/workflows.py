@@ -12,13 +12,8 @@ Runs in .venv and prints one JSON line (main.py prints the table):
 """
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -103,29 +98,7 @@ def print_table(rows: list[dict], labels: dict[str, str]) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--backend", required=True)
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    import jobfarm_sys
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-workflows-"))
-    out = tmp / "out"
-    out.mkdir()
-    log = tmp / "workers.log"
-    row = {"system": "jobfarm", "backend": args.backend, "quick": args.quick, "time": time.time()}
-    system = jobfarm_sys.make(args.backend, tmp, out)
-    try:
-        row.update(measure(system, args.quick, tmp, out, log))
-    except harness.Failed as e:
-        row.update(error=str(e), log_tail=log.read_text(errors="replace")[-2000:] if log.exists() else "")
-    finally:
-        system.close()
-    print(json.dumps(row))
-    if "error" in row:
-        return 1
-    shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return harness.jobfarm_figure("workflows", measure, __doc__)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ from .drivers.base import Outgoing
 from .errors import FarmError
 
 _DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
-_pending: "weakref.WeakKeyDictionary[Any, list[Callable[[], None]]]" = weakref.WeakKeyDictionary()
+Hook = Callable[[], None]
+# per Connection or Session: what waits on its transaction's outcome, as (on commit, on rollback)
+_pending: "weakref.WeakKeyDictionary[Any, list[tuple[Hook | None, Hook | None]]]" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
@@ -30,7 +32,8 @@ def enqueue(target: Any, out: Outgoing, connection: str | None) -> None:
     sa_conn, session = _sqlalchemy(target, conn.name)
     if conn.driver != "database":
         app.queue(conn.name)            # a connection that cannot open fails now, not at the commit
-        _on_commit(target if session is None else session, lambda: app.queue(conn.name).push([out]), out)
+        when_settled(target if session is None else session,
+                     committed=_logged(lambda: app.queue(conn.name).push([out]), out))
         return
     queue = app.queue(conn.name)
     bind = session.get_bind() if session is not None else sa_conn
@@ -102,8 +105,10 @@ def _show(parts: tuple[Any, ...]) -> str:
     return "/".join(str(p) for p in parts if p is not None)
 
 
-def _on_commit(target: Any, publish: Callable[[], None], out: Outgoing) -> None:
-    """Run `publish` once `target`'s transaction has committed; forget it on a rollback."""
+def when_settled(target: Any, committed: Hook | None = None, rolled_back: Hook | None = None) -> None:
+    """Call `committed` once `target`'s transaction has committed, or `rolled_back` once it has
+    rolled back (or a Session closed it away): the publish of a job (amqp, redis) and the
+    release of a unique lock taken for a job written in the transaction (farm/unique.py)."""
     import sqlalchemy as sa
     from sqlalchemy.orm import Session
 
@@ -122,11 +127,11 @@ def _on_commit(target: Any, publish: Callable[[], None], out: Outgoing) -> None:
                 sa.event.listen(target, "after_transaction_end", _ended)
             else:
                 sa.event.listen(target, "commit", _committing)
-                sa.event.listen(target, "rollback", _rolled_back)
-        pending.append(_logged(publish, out))
+                sa.event.listen(target, "rollback", _rolling_back)
+        pending.append((committed, rolled_back))
 
 
-def _take(target: Any) -> list[Callable[[], None]]:
+def _take(target: Any) -> list[tuple[Hook | None, Hook | None]]:
     with _lock:
         found = _pending.get(target) or []
         if found:
@@ -136,34 +141,45 @@ def _take(target: Any) -> list[Callable[[], None]]:
 
 def _committed(session: Any) -> None:
     """Session `after_commit`: the data is committed; publish what waited for it."""
-    for publish in _take(session):
-        publish()
+    for hook, _ in _take(session):
+        if hook is not None:
+            hook()
 
 
 def _ended(session: Any, transaction: Any) -> None:
     """Session `after_transaction_end` (after `after_commit` on a commit): the outermost
     transaction ended, so what still waits was rolled back or closed away."""
     if transaction.parent is None:
-        _take(session)
+        for _, hook in _take(session):
+            if hook is not None:
+                hook()
 
 
 def _committing(conn: Any) -> None:
     """Connection `commit` runs just before the DBAPI commit and has no after-commit twin, so
     the commit is made here, then the jobs are published (SQLAlchemy's own commit that
     follows finds nothing left to commit)."""
-    pending = _take(conn)
-    if not pending:
+    hooks = [hook for hook, _ in _take(conn) if hook is not None]
+    if not hooks:
         return
     conn.engine.dialect.do_commit(conn.connection)
-    for publish in pending:
-        publish()
+    for hook in hooks:
+        hook()
 
 
-def _rolled_back(conn: Any) -> None:
-    _take(conn)
+def _rolling_back(conn: Any) -> None:
+    """Connection `rollback` runs before the DBAPI rollback: that is made here first, so the
+    job row's write lock (SQLite: the whole database's) is gone when a unique lock is dropped
+    (SQLAlchemy's own rollback that follows finds nothing left to undo)."""
+    hooks = [hook for _, hook in _take(conn) if hook is not None]
+    if not hooks:
+        return
+    conn.engine.dialect.do_rollback(conn.connection)
+    for hook in hooks:
+        hook()
 
 
-def _logged(publish: Callable[[], None], out: Outgoing) -> Callable[[], None]:
+def _logged(publish: Hook, out: Outgoing) -> Hook:
     """A publish whose failure, after the caller's commit, is logged as the job lost."""
     def run() -> None:
         try:

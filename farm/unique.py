@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import threading
-import weakref
 from typing import Any
 
 from . import app, payload
@@ -137,56 +135,10 @@ def release(store: Any, lock: dict[str, Any] | None, log: Log | None = None) -> 
 
 
 # -- after_commit: a lock taken for a job that joins the caller's transaction ------------------
-_waiting: "weakref.WeakKeyDictionary[Any, list[Taken]]" = weakref.WeakKeyDictionary()
-_waiting_lock = threading.Lock()
-
-
 def free_on_rollback(target: Any, taken: Taken) -> None:
     """`dispatch(after_commit=target)`: the lock stays with the job once the caller's
     transaction commits, and goes if it rolls back (then the job was never queued, and a
     retried dispatch must not be refused for unique_for)."""
-    import sqlalchemy as sa
-    from sqlalchemy.orm import Session
+    from .txdispatch import when_settled
 
-    with _waiting_lock:
-        held = _waiting.get(target)
-        if held is None:
-            held = _waiting[target] = []
-            if isinstance(target, Session):
-                sa.event.listen(target, "after_commit", _kept)
-                sa.event.listen(target, "after_transaction_end", _session_ended)
-            else:
-                sa.event.listen(target, "commit", _kept)
-                sa.event.listen(target, "rollback", _connection_rolled_back)
-        held.append(taken)
-
-
-def _pop(target: Any) -> list[Taken]:
-    with _waiting_lock:
-        found = _waiting.get(target) or []
-        if found:
-            _waiting[target] = []
-        return found
-
-
-def _kept(target: Any) -> None:
-    _pop(target)                        # committed: the locks now belong to their jobs
-
-
-def _session_ended(session: Any, transaction: Any) -> None:
-    if transaction.parent is None:      # the outermost one ended without a commit
-        _rolled_back(session)
-
-
-def _connection_rolled_back(conn: Any) -> None:
-    """Connection `rollback` runs before the DBAPI rollback: that is made here first, so the
-    job row's write lock (SQLite: the whole database's) is gone when the lock is dropped
-    (SQLAlchemy's own rollback that follows finds nothing left to undo)."""
-    if _waiting.get(conn):
-        conn.engine.dialect.do_rollback(conn.connection)
-        _rolled_back(conn)
-
-
-def _rolled_back(target: Any) -> None:
-    for taken in _pop(target):
-        taken.give_up()
+    when_settled(target, rolled_back=taken.give_up)
