@@ -282,9 +282,9 @@ def test_a_reservation_not_renewed_is_handed_out_again_after_retry_after(db_farm
     q = db_farm.queue()
     other = app.open_queue(app.manifest(), "main")
     q.push([doc()])
+    reserved = time.time()              # the claim's clock starts at or after this
     (r,) = q.reserve(["default"], 1, 1.0)
     assert q.starting(r)
-    reserved = time.time()
     # When another worker waits for it
     assert other.reserve(["default"], 1, 0) == []
     again = other.reserve(["default"], 1, 2.0 + 3.0)
