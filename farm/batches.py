@@ -206,6 +206,10 @@ def skipped(runner: Any, attempt: Any) -> bool:
     runner.queue.ack(r)
     runner.log.info("job.skipped", id=r.id, job=doc["job"], queue=r.queue, batch=bid,
                     detail="its batch is cancelled")
+    if "unique" in doc:                 # it will never run: its unique lock goes now
+        from . import unique
+
+        unique.release(getattr(runner, "store", None), unique.held(doc), runner.log)
     return True
 
 
@@ -380,5 +384,7 @@ def run_inline(queue: Any, doc: dict[str, Any], job: Job, job_id: str) -> None:
     except Exception:
         finished(runner, doc, job_id, True)
         raise
+    if getattr(job, "_farm_outcome", None) is not None:
+        return                          # released or held back: neither counted nor chained on
     finished(runner, doc, job_id, False)
     succeeded(runner, doc)

@@ -25,19 +25,7 @@ def dispatch(job: Job, *, queue: str | None = None, delay: Any = None, connectio
     if after_commit is not None:
         from .txdispatch import enqueue
 
-        if seconds is not None:         # unique_for: the lock is taken now, outside the transaction
-            taken = unique.take(job, out, conn, seconds)
-            if taken is None:
-                return None
-            try:
-                enqueue(after_commit, taken.out, conn)
-            except BaseException:
-                taken.give_up()
-                raise
-            unique.free_on_rollback(after_commit, taken)
-            return taken.out.id
-        enqueue(after_commit, out, conn)
-        return out.id
+        return enqueue(after_commit, out, conn, job, seconds)
     if seconds is not None:            # unique_for: None (nothing written) for a duplicate
         return unique.dispatch(job, out, conn, seconds)
     app.queue(conn).push([out])

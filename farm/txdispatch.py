@@ -26,21 +26,37 @@ _pending: "weakref.WeakKeyDictionary[Any, list[tuple[Hook | None, Hook | None]]]
 _lock = threading.Lock()
 
 
-def enqueue(target: Any, out: Outgoing, connection: str | None) -> None:
-    """Write (database) or schedule the publish of (other drivers) `out` on `target`'s transaction."""
+def enqueue(target: Any, out: Outgoing, connection: str | None, job: Any = None,
+            unique_for: float | None = None) -> str | None:
+    """Write (database) or schedule the publish of (other drivers) `out` on `target`'s
+    transaction; its id, or None when `unique_for` is set and another copy holds the lock."""
+    from . import unique
+
     conn = app.manifest().connection(connection)
     sa_conn, session = _sqlalchemy(target, conn.name)
     if conn.driver != "database":
         app.queue(conn.name)            # a connection that cannot open fails now, not at the commit
+        taken = None
+        if unique_for is not None:      # the store's lock now; freed if the transaction rolls back
+            taken = unique.take(job, out, conn.name, unique_for)
+            if taken is None:
+                return None
+            out = taken.out
         when_settled(target if session is None else session,
-                     committed=_logged(lambda: app.queue(conn.name).push([out]), out))
-        return
+                     committed=_logged(lambda: app.queue(conn.name).push([out]), out, taken),
+                     rolled_back=taken.give_up if taken is not None else None)
+        return out.id
     queue = app.queue(conn.name)
     bind = session.get_bind() if session is not None else sa_conn
     _same_database(bind.engine.url, queue.target, conn.name)
     if session is not None:
         sa_conn = session.connection()      # joins (or begins) the session's transaction
     try:
+        if unique_for is not None:      # the lock too is written in the caller's transaction
+            taken = unique.take(job, out, conn.name, unique_for, store=_InTransaction(sa_conn, queue))
+            if taken is None:
+                return None
+            out = taken.out
         sa_conn.exec_driver_sql(queue.sql.insert, (out.id, out.queue, out.body, out.attempts, out.available_at,
                                                    time.time()))
     except Exception as e:
@@ -51,6 +67,27 @@ def enqueue(target: Any, out: Outgoing, connection: str | None) -> None:
             raise FarmError(f"connection {conn.name!r}: after_commit: the job was not written: "
                             f"{first[0] if first else type(e).__name__}") from e
         raise
+    return out.id
+
+
+class _InTransaction:
+    """A database connection's lock counters written on the caller's connection, inside its
+    transaction: a rollback takes the unique lock back with the job, and SQLite's one writer
+    (the caller, already) is not waited for by a second connection."""
+
+    def __init__(self, sa_conn: Any, queue: Any) -> None:
+        self.sa_conn, self.queue = sa_conn, queue
+
+    def incr(self, name: str, by: int, ttl: float) -> tuple[int, float]:
+        now = time.time()
+        found = self.sa_conn.exec_driver_sql(self.queue.sql.incr, (name, by, now + ttl, now, now))
+        if self.queue.dialect == "mysql":
+            found = self.sa_conn.exec_driver_sql(self.queue.sql.incr_read, (name,))
+        n, expires = found.fetchone()
+        return int(n), float(expires)
+
+    def drop(self, name: str, expires: float | None = None) -> bool:
+        return self.queue.drop(name, expires)
 
 
 def _sqlalchemy(target: Any, name: str) -> tuple[Any, Any]:
@@ -118,6 +155,10 @@ def when_settled(target: Any, committed: Hook | None = None, rolled_back: Hook |
         target.connection()
     elif not target.in_transaction():
         target.begin()
+    if target.in_nested_transaction():  # a SAVEPOINT's outcome is not the transaction's
+        raise FarmError("dispatch(after_commit=...) inside a SAVEPOINT (begin_nested) is refused for this "
+                        "job: it would be published, or its unique lock kept, by the savepoint's outcome; "
+                        "dispatch it outside the nested transaction")
     with _lock:
         pending = _pending.get(target)
         if pending is None:
@@ -179,12 +220,18 @@ def _rolling_back(conn: Any) -> None:
         hook()
 
 
-def _logged(publish: Hook, out: Outgoing) -> Hook:
-    """A publish whose failure, after the caller's commit, is logged as the job lost."""
+def _logged(publish: Hook, out: Outgoing, taken: Any = None) -> Hook:
+    """A publish whose failure, after the caller's commit, is logged as the job lost (and
+    frees its unique lock, so a dispatch again is not refused); the sync driver has run the
+    job by the time its publish returns, so its lock goes then."""
     def run() -> None:
         try:
             publish()
+            if taken is not None and taken.sync:
+                taken.give_up()
         except Exception as e:
+            if taken is not None:
+                taken.give_up()
             from .log import Log
 
             first = str(e).strip().splitlines()

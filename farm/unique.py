@@ -58,15 +58,16 @@ def _store(conn: Any) -> Any:
     return MEMORY if conn.driver in ("sync", "async") else app.store(conn.name)
 
 
-def take(job: Job, out: Outgoing, connection: str | None, seconds: float) -> Taken | None:
+def take(job: Job, out: Outgoing, connection: str | None, seconds: float, store: Any = None) -> Taken | None:
     """Take the job's lock: the job to store, its document naming the lock; None if another
-    copy holds it (then nothing may be written)."""
+    copy holds it (then nothing may be written). `store`: where the lock is written, if not
+    the connection's store (dispatch(after_commit=) writes it in the caller's transaction)."""
     until = job.option("unique_until") if isinstance(job, FunctionCall) else job.unique_until
     until = until or "done"
     if until not in UNTIL:
         raise FarmError(f"{job_name(job)}: unique_until must be 'done' or 'processing', got {until!r}")
     conn = app.manifest().connection(connection)
-    store = _store(conn)
+    store = store if store is not None else _store(conn)
     key = key_of(job)
     value, expires = store.incr(key, 1, seconds)
     if value != 1:
@@ -135,10 +136,3 @@ def release(store: Any, lock: dict[str, Any] | None, log: Log | None = None) -> 
 
 
 # -- after_commit: a lock taken for a job that joins the caller's transaction ------------------
-def free_on_rollback(target: Any, taken: Taken) -> None:
-    """`dispatch(after_commit=target)`: the lock stays with the job once the caller's
-    transaction commits, and goes if it rolls back (then the job was never queued, and a
-    retried dispatch must not be refused for unique_for)."""
-    from .txdispatch import when_settled
-
-    when_settled(target, rolled_back=taken.give_up)

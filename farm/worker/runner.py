@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import batches, chains, events, middleware, payload, unique
 from ..errors import Abandon, FarmError, MaxAttemptsExceeded, PayloadError, SkipRetry
-from ..jobs import Job, instantiate, option
+from ..jobs import Job, instantiate, job_name, option
 from ..log import Log
 from . import retry
 from .lifecycle import Lifecycle
@@ -54,6 +54,7 @@ class Runner:
 
     def prepare(self, reserved: Any) -> Attempt | None:
         """Parse and resolve the job; a bad document is failed here and None returned."""
+        doc: Any = None
         try:
             doc = payload.parse(reserved.body)
             job = instantiate(self.registry.resolve(doc["job"]), payload.decode_data(doc["data"]))
@@ -63,9 +64,11 @@ class Runner:
                 batches.unrunnable(self, reserved)
             except Exception as count_exc:
                 self.log.error("batch.count_failed", id=reserved.id, error=_summary(count_exc))
-            self.queue.fail(reserved, _text(reserved.body), f"PayloadError: {reason}")
+            failed = self.queue.fail(reserved, _text(reserved.body), f"PayloadError: {reason}")
             self.log.error("job.failed", id=reserved.id, queue=reserved.queue, reason="bad payload",
                            error=reason.splitlines()[0] if reason else "")
+            if failed is not False and isinstance(doc, dict) and "unique" in doc:   # e.g. no key opens it
+                unique.release(self.store, unique.held(doc), self.log)
             if self.counts is not None:     # under one label: the name is whatever the document says
                 self.counts.add(reserved.queue, BAD_PAYLOAD, "failed", 0.0)
             return None
@@ -316,11 +319,21 @@ def run_inline(job: Job, connection: str | None = None) -> Any:
             from ..locks import MEMORY
 
             result = middleware.wrap(job, MEMORY, float(_own(job, "timeout") or 0), before=before)
+        outcome = getattr(job, "_farm_outcome", None)
+        if outcome is not None and outcome[0] == "fail":      # self.fail(exc): failed, as a raise
+            raise outcome[1]
     except Exception as exc:
         job.failed(exc)
         if where is not None:
             events.fire("failing", None, job, *where, exc)
         raise
+    if outcome is not None:             # released or held back: nowhere to put it back here
+        from ..log import Log
+
+        Log().warning("job.not_run_again", job=job_name(job), outcome=outcome[0],
+                      detail="dispatch_sync and the sync driver run a job once: a release or a "
+                             "hold-back ends it without success")
+        return result
     if where is not None:
         events.fire("after", None, job, *where)
     return result

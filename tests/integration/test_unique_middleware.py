@@ -462,3 +462,36 @@ def test_a_unique_job_dispatched_after_commit_keeps_its_lock_only_if_the_transac
         engine.dispose()
     assert OnlyOnce(str(f.out), "t").dispatch() is None and OnlyOnce(str(f.out), "u").dispatch() is None
     assert sum(c["ready"] for c in f.queue().counts().values()) == 4
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mysql"])
+def test_a_unique_job_dispatched_after_the_callers_own_write_takes_its_lock_in_that_transaction(make_farm, backend):
+    import sqlalchemy as sa
+
+    # Given an application transaction that has written a row of its own (on SQLite it now
+    # holds the one write lock)
+    f = unique_farm(make_farm, backend)
+    f.queue()                           # the farm's connection opened before (as in a running app)
+    engine = sa.create_engine(f.app.connection("main").url, poolclass=sa.pool.NullPool)
+    table = "app_" + f.app.connection("main").table
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"CREATE TABLE {table} (x INTEGER)")
+        with engine.connect() as conn:
+            tx = conn.begin()
+            conn.exec_driver_sql(f"INSERT INTO {table} (x) VALUES (1)")
+            # When it dispatches a unique job, and a copy of it, after_commit
+            started = time.monotonic()
+            first = farm.dispatch(OnlyOnce(str(f.out), "w"), after_commit=conn)
+            copy = farm.dispatch(OnlyOnce(str(f.out), "w"), after_commit=conn)
+            # Then the lock was taken in that transaction at once (no wait on another
+            # connection), the copy refused, and a rollback takes the lock back with the job
+            assert time.monotonic() - started < 5
+            assert first is not None and copy is None
+            tx.rollback()
+        assert OnlyOnce(str(f.out), "w").dispatch() is not None
+        assert OnlyOnce(str(f.out), "w").dispatch() is None
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        engine.dispose()

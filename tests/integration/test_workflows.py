@@ -13,7 +13,7 @@ import pytest
 import farm
 from conftest import BACKENDS, LEASE_BACKENDS, ROOT, SUPPORT
 from farm.log import Log
-from testjobs import Barrier, Flaky, Grower, Link, Record, Timed, WhatBatch
+from testjobs import Barrier, Flaky, GivesUp, Grower, Link, Record, Releaser, Timed, WhatBatch
 
 from test_worker_lifecycle import beating, finished
 
@@ -388,6 +388,17 @@ def test_chains_and_batches_run_inline_on_the_sync_driver(make_farm):
     assert f.lines() == [f"a 1 {f.lines()[0].split()[2]}", f"b 1 {f.lines()[0].split()[2]}",
                          f"c 1 {f.lines()[0].split()[2]}", f"batch {b}"]
     assert farm.batch_status(b)["progress"] == 100.0 and tags(f, calls) == ["then"]
+
+
+def test_a_sync_chain_stops_at_a_link_that_fails_or_releases_itself(make_farm):
+    # Given a sync connection
+    f = make_farm("sync")
+    # When a chain's first link fails itself (self.fail), and another's releases itself
+    with pytest.raises(RuntimeError, match="no point retrying"):
+        farm.chain([GivesUp(str(f.out)), Link(str(f.out), "after-fail")]).dispatch()
+    farm.chain([Releaser(str(f.out)), Link(str(f.out), "after-release")]).dispatch()
+    # Then neither chain went on: as on a worker, only a success pushes the next link
+    assert "after-fail" not in tags(f) and "after-release" not in tags(f), f.lines()
 
 
 def test_a_chain_of_a_thousand_links_runs_in_order_on_the_sync_driver(make_farm):
