@@ -84,11 +84,12 @@ class Limited(farm.Job):
 
     middleware = [farm.RateLimited("mailer", per_minute=3)]
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, seconds: float = 0) -> None:
+        self.path, self.seconds = path, seconds
 
     def handle(self) -> None:
         record(self.path, f"{time.time()!r} {os.getpid()}")
+        time.sleep(self.seconds)
 
 
 class Throttled(farm.Job):
