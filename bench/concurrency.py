@@ -105,9 +105,7 @@ def measure(system: Any, quick: bool, out: Path, log: Path) -> dict[str, Any]:
 
 
 def print_table(rows: list[dict], labels: dict[str, str]) -> None:
-    ok = [r for r in rows if "error" not in r]
-    for r in [r for r in rows if "error" in r]:
-        print(f"\n{labels[r['backend']]:12} FAILED: {r['error']}")
+    ok = harness.split_failed(rows, labels)
     if not ok:
         return
     r0 = ok[0]

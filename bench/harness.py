@@ -287,3 +287,10 @@ def jobfarm_figure(name: str, measure: Callable[..., dict], doc: str | None = No
         return 1
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def split_failed(rows: list[dict], labels: dict[str, str]) -> list[dict]:
+    """Print the runs that failed (one line each); the rows that did not."""
+    for r in [r for r in rows if "error" in r]:
+        print(f"\n{labels[r['backend']]:12} FAILED: {r['error']}")
+    return [r for r in rows if "error" not in r]

@@ -84,9 +84,7 @@ def measure(system: Any, quick: bool, tmp: Path, out: Path, log: Path) -> dict[s
 
 
 def print_table(rows: list[dict], labels: dict[str, str]) -> None:
-    ok = [r for r in rows if "error" not in r]
-    for r in [r for r in rows if "error" in r]:
-        print(f"\n{labels[r['backend']]:12} FAILED: {r['error']}")
+    ok = harness.split_failed(rows, labels)
     if not ok:
         return
     print(f"\nworkflow features: one worker drains {ok[0]['jobs']:,} no-op jobs of each kind, jobs/s "

@@ -200,22 +200,23 @@ def _committing(conn: Any) -> None:
     """Connection `commit` runs just before the DBAPI commit and has no after-commit twin, so
     the commit is made here, then the jobs are published (SQLAlchemy's own commit that
     follows finds nothing left to commit)."""
-    hooks = [hook for hook, _ in _take(conn) if hook is not None]
-    if not hooks:
-        return
-    conn.engine.dialect.do_commit(conn.connection)
-    for hook in hooks:
-        hook()
+    _settle_first(conn, 0, conn.engine.dialect.do_commit)
 
 
 def _rolling_back(conn: Any) -> None:
     """Connection `rollback` runs before the DBAPI rollback: that is made here first, so the
     job row's write lock (SQLite: the whole database's) is gone when a unique lock is dropped
     (SQLAlchemy's own rollback that follows finds nothing left to undo)."""
-    hooks = [hook for _, hook in _take(conn) if hook is not None]
+    _settle_first(conn, 1, conn.engine.dialect.do_rollback)
+
+
+def _settle_first(conn: Any, side: int, finish: Callable[[Any], None]) -> None:
+    """Take what waits on `conn` (side 0: on commit, 1: on rollback); if any of it is for this
+    outcome, end the transaction with `finish` first, then call it."""
+    hooks = [pair[side] for pair in _take(conn) if pair[side] is not None]
     if not hooks:
         return
-    conn.engine.dialect.do_rollback(conn.connection)
+    finish(conn.connection)
     for hook in hooks:
         hook()
 
