@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .. import counts, waker
 from ..errors import DriverUnavailable, FarmError, SerializationError
 from ..manifest import Connection
-from . import dbapi, pgacks, sql
+from . import dbapi, dbretry, pgacks, sql
 from .base import FailedJob, Outgoing, Reserved, done_info
 from .batchstore import DatabaseBatches
 
@@ -27,6 +27,7 @@ DEFAULT_URL = "sqlite:///var/farm.db"
 
 class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
     supports_notify = False
+    settles_again = True        # release and fail match the worker's token: harmless twice
 
     def __init__(self, conn: Connection) -> None:
         self.name = conn.name
@@ -45,6 +46,7 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         self._local = threading.local()
         self._opened: list[Any] = []
         self._lock = threading.Lock()
+        self._lost_acks: list[int] = []      # rows whose ack may not have landed (pgacks): acked again
         self._poll = 0.01
         # a job's start is written before it runs (see sql.Queries.start): these jobs' starts
         # are, and a claimed job's successor in its batch gets its start written with its ack
@@ -53,6 +55,7 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         self._predecessor: dict[int, int] = {}      # the reverse: a settled job is no one's next
         self._claims_pruned = 0.0                      # when expired schedule claims may be pruned next
         self._locks_pruned = 0.0                       # when expired locks (farm/locks.py) may be pruned next
+        self.push_retry = dbretry.retry_seconds()     # a push that lost its connection: drivers/dbretry.py
         self._errors = dbapi.errors(self.target)
         self._any_error = dbapi.any_error(self.target)
         self._ensure_schema()
@@ -142,16 +145,37 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         """PostgreSQL: acks and starts are on the socket when this returns; replies are read later."""
         acks = self._local.__dict__.get("ack_pipeline")
         if acks is None:
-            if send is _settle:
+            if send is _settle or send is _poll:
                 return
             acks = self._local.ack_pipeline = pgacks.PipelinedAcks(lambda: self._raw("acks"), self.config.table)
         try:
             send(acks)
         except self._errors as e:
-            pending = acks.pending
+            lost = acks.unconfirmed()
+            acks.reset()
+            with self._lock:        # acked again on a new connection before the next claim
+                self._lost_acks.extend(lost)
             self._drop("acks")
             raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)} "
-                                    f"({pending} pipelined ack(s) unconfirmed)") from e
+                                    f"({len(lost)} pipelined ack(s) unconfirmed: acked again)") from e
+
+    def _ack_lost(self) -> None:
+        """Ack again the jobs whose ack was sent and never confirmed (PostgreSQL's pipelined
+        acks on a connection that dropped): a DELETE matching this worker's token is harmless
+        if the first one landed, and does nothing to a job another worker holds now."""
+        if self.dialect == "postgresql":
+            try:            # a dropped acks connection is found here, not at the next ack
+                self._pipelined(_poll)
+            except DriverUnavailable:
+                pass
+        with self._lock:
+            rows = list(self._lost_acks)
+        if not rows:
+            return
+        with self._cursor("fast") as cur:
+            cur.execute(self.sql.ack_ids(rows), (self.token,))
+        with self._lock:
+            del self._lost_acks[:len(rows)]
 
     def _ensure_schema(self) -> None:
         """Create the tables (and the PostgreSQL trigger) unless they all exist; safe when racing."""
@@ -213,6 +237,24 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
 
     # -- the queue ---------------------------------------------------------------------
     def push(self, items: Sequence[Outgoing]) -> None:
+        """Store the items in one transaction. A lost connection is not the end of it: the push
+        is looked up and stored again if it did not land, for `push_retry` seconds
+        (drivers/dbretry.py); after that DriverUnavailable says whether it may be stored."""
+        session = None
+        try:
+            session = self.durable_session()
+            self.insert(items)
+        except DriverUnavailable as e:
+            if self.dialect == "sqlite" or self.push_retry <= 0:     # no reply to lose: not stored
+                raise
+            dbretry.push_again(self, items, session, e)
+
+    def durable_session(self) -> int | None:
+        """The server's id of this thread's durable connection (opened if need be)."""
+        return dbretry.session_of(self._raw("durable"), self.dialect)
+
+    def insert(self, items: Sequence[Outgoing]) -> None:
+        """One INSERT, or one transaction of a COPY (PostgreSQL) or a multi-row INSERT."""
         now = time.time()
         rows = [(o.id, o.queue, o.body, o.attempts, o.available_at, now) for o in items]
         if len(rows) == 1:
@@ -229,6 +271,8 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
 
     def reserve(self, queues: Sequence[str], limit: int, wait: float) -> list[Reserved]:
         deadline = time.monotonic() + wait
+        if self._lost_acks or self.dialect == "postgresql":
+            self._ack_lost()            # finished jobs first: none may run again
         while True:
             jobs = self._claim(queues, limit)
             if jobs:
@@ -300,10 +344,12 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
 
     def renew(self, jobs: Sequence[Reserved]) -> None:
         """Push on the reservations of the jobs held, and only those (by primary key)."""
-        if not jobs:
+        with self._lock:
+            rows = [j.handle for j in jobs] + self._lost_acks     # held, and finished but not surely acked
+        if not rows:
             return
         with self._cursor("renew") as cur:
-            cur.execute(self.sql.renew_ids([j.handle for j in jobs]), (time.time() + self.retry_after, self.token))
+            cur.execute(self.sql.renew_ids(rows), (time.time() + self.retry_after, self.token))
 
     def starting(self, job: Reserved) -> bool:
         """Write the job's start before it runs (unless its predecessor's ack did): a death
@@ -454,14 +500,23 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
             return False if cur.fetchone() else None
 
     def close(self) -> None:
-        acks = self._local.__dict__.get("ack_pipeline")
+        """Settle the pipelined acks (those unanswered are acked again on a new connection),
+        then close every connection; FarmError if some acks could not be confirmed."""
         problem = ""
+        acks = self._local.__dict__.get("ack_pipeline")
         if acks is not None:
             try:
-                unsettled = acks.close()
-                problem = f"{unsettled} unanswered" if unsettled else ""
-            except Exception as e:
-                problem = _first_line(e)
+                self._pipelined(_settle)
+            except DriverUnavailable:
+                pass                    # what it had sent is in _lost_acks now
+            with self._lock:            # still unanswered after settle's wait
+                self._lost_acks.extend(acks.unconfirmed())
+            acks.reset()
+        if self._lost_acks:
+            try:
+                self._ack_lost()
+            except FarmError as e:
+                problem = f"{len(self._lost_acks)} unanswered: {_first_line(e)}"
         with self._lock:
             opened, self._opened = self._opened, []
         for conn in opened:
@@ -752,6 +807,10 @@ def _rollback_quietly(cur: Any) -> None:
 
 def _settle(acks: pgacks.PipelinedAcks) -> None:
     acks.settle()
+
+
+def _poll(acks: pgacks.PipelinedAcks) -> None:
+    acks.poll()
 
 
 def _close_quietly(conn: Any) -> None:

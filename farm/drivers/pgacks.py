@@ -12,15 +12,18 @@ The start of the worker's next job rides on the same statement (a data-modifying
 goes alone when there is no ack before it: a job's start is written before it runs, at no
 extra round trip.
 
-So a job counts as done once its DELETE is on the socket: if the worker is killed before the
-server has read it, or the connection drops before the server answers, the job is
-at-least-once in that window (it runs again after retry_after). On a clean exit every
+So a job counts as done once its DELETE is on the socket. The acks whose reply has not been
+read are kept (`unconfirmed`): when the connection drops, the driver sends them again on a
+new connection (a DELETE matching the worker's token is harmless twice) before the worker
+claims more, and renews their reservations until then. Only a worker killed before the server
+has read an ack leaves that job to run again after retry_after. On a clean exit every
 pending ack is settled: the worker reads each reply before it closes the connection.
 """
 from __future__ import annotations
 
 import select
 import time
+from collections import deque
 from typing import Any, Callable
 
 _ACK, _ACK_START, _START = b"farm_ack", b"farm_ack_start", b"farm_start"
@@ -38,26 +41,40 @@ class PipelinedAcks:
             _START: start("$1"),
         }
         self._pg: Any = None
-        self.pending = 0                 # acks sent whose reply is not read yet
+        self._sent: deque[int | None] = deque()     # per statement sent, unanswered: its acked row (None: a start)
+
+    @property
+    def pending(self) -> int:
+        """Statements sent whose reply is not read yet."""
+        return len(self._sent)
+
+    def unconfirmed(self) -> list[int]:
+        """The rows whose ack has been sent and not confirmed by the server."""
+        return [row for row in self._sent if row is not None]
 
     def send(self, row_id: int, token: str, start: int | None = None) -> None:
         """Put the ack (and the next job's start) on the socket; read whatever replies have
         come in meanwhile."""
         args = [b"%d" % row_id, token.encode()]
         if start is None:
-            self._send(_ACK, args)
+            self._send(_ACK, args, row_id)
         else:
-            self._send(_ACK_START, args + [b"%d" % start])
+            self._send(_ACK_START, args + [b"%d" % start], row_id)
 
     def start(self, row_id: int, token: str) -> None:
         """Put a job's start on the socket (a job no ack came before)."""
-        self._send(_START, [b"%d" % row_id, token.encode()])
+        self._send(_START, [b"%d" % row_id, token.encode()], None)
 
-    def _send(self, name: bytes, args: list[bytes]) -> None:
+    def poll(self) -> None:
+        """Read the replies that have come, without waiting (a dropped connection raises)."""
+        if self._pg is not None and self._sent:
+            self._read()
+
+    def _send(self, name: bytes, args: list[bytes], acked: int | None) -> None:
         pg = self._pg or self._open()
+        self._sent.append(acked)        # first: if sending fails, it may have gone all the same
         pg.send_query_prepared(name, args)
         pg.pipeline_sync()
-        self.pending += 1
         while pg.flush() == 1:           # the kernel's buffer is full: let the server catch up
             select.select([pg.socket], [pg.socket], [], 1.0)
             pg.consume_input()
@@ -83,8 +100,10 @@ class PipelinedAcks:
             self.reset()
 
     def reset(self) -> None:
-        """Forget the connection (the driver closes it); unread acks may or may not have committed."""
-        self._pg, self.pending = None, 0
+        """Forget the connection (the driver closes it, and keeps `unconfirmed()` first: they
+        may or may not have committed)."""
+        self._pg = None
+        self._sent.clear()
 
     def _open(self) -> Any:
         pg = self._connect().pgconn
@@ -105,7 +124,7 @@ class PipelinedAcks:
             if res is None:              # the end of one statement's results
                 continue
             if res.status == pq.ExecStatus.PIPELINE_SYNC:
-                self.pending -= 1
+                self._sent.popleft()
             elif res.status != pq.ExecStatus.COMMAND_OK:
                 _check(res)
 

@@ -237,6 +237,12 @@ class Queries:
                     f"SET n = {c}.n + excluded.n, seconds = {c}.seconds + excluded.seconds")
         return self._q(sql)
 
+    def ack_ids(self, row_ids: list[int]) -> str:
+        """The ack of these rows at once, while this worker's token holds them (acks sent again
+        after a connection dropped)."""
+        return self._q(f"DELETE FROM {self.jobs} WHERE id IN ({', '.join(str(int(i)) for i in row_ids)}) "
+                       "AND reserved_by = %s")
+
     def renew_ids(self, row_ids: list[int]) -> str:
         """The renew statement for these rows (integers from our own claim, inlined: one
         statement whatever the count, through the primary key)."""

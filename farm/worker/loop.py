@@ -74,7 +74,7 @@ class Worker:
         return [current] if current else []
 
     def holding(self) -> list[Any]:
-        return [a.reserved for a in self.attempts()] + list(self.held) + list(self.runner.unacked)
+        return [a.reserved for a in self.attempts()] + list(self.held) + self.runner.pending()
 
     def run(self) -> int:
         """Work until a stop reason; return the exit status."""
@@ -133,7 +133,7 @@ class Worker:
                 return StopReason.EMPTY     # nothing it may take
             self.idle_paused()
             return None
-        if self.runner.unacked:
+        if self.runner.unacked or self.runner.unsettled:
             self.runner.ack_again()
         if not self.held:
             wait = 0.0 if self.options.stop_when_empty else min(self.options.sleep, 1.0)
@@ -218,7 +218,7 @@ class Worker:
         try:
             self.runner.ack_again()
         except FarmError as e:
-            self.log.warning("worker.ack_failed", jobs=len(self.runner.unacked), error=str(e),
+            self.log.warning("worker.ack_failed", jobs=len(self.runner.pending()), error=str(e),
                              detail="they run again after retry_after")
         if self.store is not None:
             try:

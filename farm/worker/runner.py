@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import batches, chains, events, middleware, payload, unique
-from ..errors import Abandon, FarmError, MaxAttemptsExceeded, PayloadError, SkipRetry
+from ..errors import Abandon, DriverUnavailable, FarmError, MaxAttemptsExceeded, PayloadError, SkipRetry
 from ..jobs import Job, instantiate, job_name, option
 from ..log import Log
 from . import retry
@@ -47,6 +47,9 @@ class Runner:
         self.lifecycle = lifecycle
         self.current: Attempt | None = None
         self.unacked: list[Any] = []       # finished jobs whose ack failed: acked again later
+        # a release or fail lost with its connection (database drivers: they match the worker's
+        # token, so a second one is harmless): made again before the next claim, renewed till then
+        self.unsettled: list[tuple[Any, Any]] = []
         self.counts: Any = None            # a farm.counts.Counts when the worker has a store to add to
         self.kept = 0                      # jobs acked with a retention (the heart prunes expired ones)
         self.store: Any = None             # the connection's store: middleware state, unique locks
@@ -201,10 +204,31 @@ class Runner:
             self.log.warning("job.ack_failed", id=r.id, error=str(e), detail="acked again when it can be")
 
     def ack_again(self) -> None:
-        """Retry the acks that failed (DriverUnavailable goes up while the database is away)."""
+        """Retry the acks (and releases, fails) that failed (DriverUnavailable goes up while
+        the database is away)."""
         while self.unacked:
             self.queue.ack(self.unacked[0])
             self.unacked.pop(0)
+        while self.unsettled:
+            self.unsettled[0][1]()
+            self.unsettled.pop(0)
+
+    def pending(self) -> list[Any]:
+        """Finished jobs whose ack, release or fail is still to be made: renewed till then."""
+        return list(self.unacked) + [r for r, _ in self.unsettled]
+
+    def _again_later(self, r: Any, verb: Any) -> bool:
+        """Make `verb` now; if its connection drops and the driver allows it, keep it to be made
+        again (True: kept). Other errors, and drivers that cannot, raise as before."""
+        try:
+            verb()
+            return False
+        except DriverUnavailable as e:
+            if not getattr(self.queue, "settles_again", False):
+                raise
+            self.unsettled.append((r, verb))
+            self.log.warning("job.settle_failed", id=r.id, error=str(e), detail="made again when it can be")
+            return True
 
     def _own(self, attempt: Attempt) -> None:
         """Settle from the main thread, unless the watchdog got there first: it is settling the
@@ -255,7 +279,7 @@ class Runner:
         body = _updated(r.body, r.attempts, exceptions)
         if decision.retry:
             delay = release_delay if release_delay is not None else decision.delay
-            self.queue.release(r, delay, body)
+            self._again_later(r, lambda: self.queue.release(r, delay, body))
             event = "job.released" if release_delay is not None else "job.retry"
             self.log.warning(event, id=r.id, job=doc["job"], queue=r.queue, attempt=r.attempts, delay=delay,
                              error=_summary(exc) if exc else None)
@@ -264,7 +288,10 @@ class Runner:
             exc = MaxAttemptsExceeded(f"released {r.attempts} times: {decision.reason}")
         if "batch" in doc:              # batches (farm/batches.py): a final failure counts, before
             self._count_failed(doc, r.id)   # the fail (idempotent per id), so no crash leaves it uncounted
-        if self.queue.fail(r, body, _describe(exc)) is False:
+        failed: list[Any] = []
+        error = _describe(exc)
+        self._again_later(r, lambda: failed.append(self.queue.fail(r, body, error)))
+        if failed == [False]:
             self.log.error("job.lost", id=r.id, job=doc["job"], queue=r.queue,
                            detail="its reservation lapsed and another worker holds it; not failed here")
             return "lost"

@@ -172,7 +172,7 @@ class ThreadedWorker(Worker):
             else:
                 self.idle_paused()
             return None
-        if self.runner.unacked:
+        if self.runner.unacked or self.runner.unsettled:
             self.runner.ack_again()
         free = self._free()
         if free > 0 and not self.held:

@@ -1,0 +1,146 @@
+"""A push whose connection dropped: find out whether it landed, store it if not, once.
+
+A connection cut while a dispatch's commit is on the wire leaves the producer not knowing
+whether the job is stored: the server may have committed and lost only its reply. Raising
+then made callers dispatch again (a job twice) or give up on a job that runs. Instead the
+driver reconnects, makes sure the old session can no longer commit (it is terminated and
+waited for: PostgreSQL `pg_terminate_backend`, MariaDB `KILL`), and looks the ids up: a
+push is one transaction, so one id found (in the jobs, failed or done table) means all of
+them landed. Found: done. Not found: pushed again on the new connection, and that push is
+checked the same way if it too loses its connection. This goes on for `push_retry` seconds
+(FARM_DISPATCH_RETRY_SECONDS, 10 by default); then DriverUnavailable says the outcome is
+unknown, naming the ids.
+
+The window left open: a job whose first commit landed and which a worker claimed, ran and
+acked (deleting its row) between that commit and the look-up is not found, and is stored a
+second time. The look-up runs right after the reconnect, before anything else on it.
+
+The look-up scans the jobs table for the uuids (there is no index on uuid: it would cost
+every job's insert and delete); it runs only after a cut.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ..errors import DriverUnavailable, UsageError
+from .base import Outgoing
+
+if TYPE_CHECKING:
+    from .database import DatabaseQueue
+
+DEFAULT_SECONDS = 10.0
+GONE_WAIT = 5.0         # seconds to wait for a terminated session to be gone
+
+
+def retry_seconds() -> float:
+    """How long a push whose connection dropped keeps trying: $FARM_DISPATCH_RETRY_SECONDS,
+    else 10 s (0: never, the first error is raised as it was)."""
+    raw = os.environ.get("FARM_DISPATCH_RETRY_SECONDS", "").strip()
+    if not raw:
+        return DEFAULT_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 <= seconds < 1e9:
+        raise UsageError(f"FARM_DISPATCH_RETRY_SECONDS must be a number of seconds, 0 or more, not {raw!r}")
+    return seconds
+
+
+def session_of(conn: Any, dialect: str) -> int | None:
+    """The server's id of this connection's session (no round trip)."""
+    try:
+        if dialect == "postgresql":
+            return int(conn.info.backend_pid)
+        if dialect == "mysql":
+            return int(conn.thread_id())
+    except Exception:
+        return None
+    return None
+
+
+def push_again(q: "DatabaseQueue", items: Sequence[Outgoing], session: int | None,
+               first: DriverUnavailable) -> None:
+    """After a push lost its connection (`session`: the server session it was sent on, None
+    if it never got one): return once the items are stored, once; raise DriverUnavailable
+    naming them if the database stays away for q.push_retry seconds."""
+    deadline = time.monotonic() + q.push_retry
+    sent = session is not None
+    error: DriverUnavailable = first
+    pause = 0.02
+    while time.monotonic() < deadline:
+        try:
+            if session is not None:
+                _finish(q, session)
+            if sent and _landed(q, items):
+                return
+            session = q.durable_session()
+            sent = True
+            q.insert(items)
+            return
+        except DriverUnavailable as e:
+            error = e
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 1.0)
+    raise _unknown(q, items, error, sent)
+
+
+def _finish(q: "DatabaseQueue", session: int) -> None:
+    """Make sure the old session can no longer commit: terminate it and wait until it is gone."""
+    with q._cursor() as cur:
+        if q.dialect == "postgresql":
+            try:            # our own role's session: allowed without pg_signal_backend
+                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE pid = %s AND pid <> pg_backend_pid()", (session,))
+            except q._errors:
+                raise       # the new connection dropped too
+            except Exception:
+                pass        # not allowed after all: it ends when it sees its socket closed
+            probe = "SELECT 1 FROM pg_stat_activity WHERE pid = %s"
+        else:
+            try:
+                cur.execute(f"KILL CONNECTION {int(session)}")
+            except q._errors as e:
+                if "1094" not in str(e):        # gone already: unknown thread id
+                    raise
+            probe = "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s"
+        end = time.monotonic() + GONE_WAIT
+        while True:
+            cur.execute(probe, (session,))
+            if cur.fetchone() is None or time.monotonic() > end:
+                return
+            time.sleep(0.01)
+
+
+def _landed(q: "DatabaseQueue", items: Sequence[Outgoing]) -> bool:
+    """Whether the push landed: one of its ids in the jobs table, the failed table or the done
+    table (the push was one transaction: one is all)."""
+    ids = [o.id for o in items]
+    marks = ", ".join(["%s"] * len(ids))
+    tables = [(q.config.table, "uuid"), (f"{q.config.table}_done", "id")]
+    if q.keeps_failed:
+        tables.append((q.config.failed_table, "id"))
+    with q._cursor() as cur:
+        for table, column in tables:
+            cur.execute(f"SELECT 1 FROM {table} WHERE {column} IN ({marks}) LIMIT 1", ids)
+            if cur.fetchone() is not None:
+                return True
+    return False
+
+
+def _unknown(q: "DatabaseQueue", items: Sequence[Outgoing], error: DriverUnavailable,
+             sent: bool) -> DriverUnavailable:
+    first = items[0].id
+    what = f"job {first}" if len(items) == 1 else f"jobs {first} and {len(items) - 1} more"
+    fate = "may or may not be stored" if sent else "not stored"
+    cause = str(error)
+    prefix = f"connection {q.name!r}: "
+    if cause.startswith(prefix):
+        cause = cause[len(prefix):]
+    out = DriverUnavailable(f"connection {q.name!r}: {what} {fate} (the database stayed unreachable "
+                            f"for {q.push_retry:g}s: {cause})")
+    out.__cause__ = error
+    out.unknown = [o.id for o in items] if sent else []        # type: ignore[attr-defined]
+    return out

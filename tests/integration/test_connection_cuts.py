@@ -1,0 +1,301 @@
+"""Issue 17: the database drivers through connection cuts.
+
+The faults are made on cue by a TCP proxy (tests/support/tcpproxy.py): the request carrying
+a pattern reaches the server and the server's reply is swallowed before the connection is
+cut (the commit landed, the client never hears of it), or the request is dropped with the
+cut (it never landed). The last test cuts every connection every two seconds under a
+producer and two workers and counts every job.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import farm
+from conftest import MY_URL, PG_URL, mysql_params, pg_conninfo, wait_until
+from tcpproxy import Proxy, free_port
+from testjobs import Ledger, Record
+
+NETWORKED = ["postgresql", "mysql"]     # SQLite has no connection to cut
+
+
+class Cut:
+    """A farm whose manifest `via` reaches its database through a proxy; `f.manifest` does not."""
+
+    def __init__(self, f, backend: str) -> None:
+        from sqlalchemy.engine import make_url
+
+        self.f, self.backend = f, backend
+        url = PG_URL if backend == "postgresql" else MY_URL
+        real = make_url(url)
+        self.proxy = Proxy(free_port(), (real.host or "127.0.0.1", real.port or (5432 if backend == "postgresql" else 3306)))
+        self.proxy.start()
+        self.via = f.tmp / "conf" / "via.yaml"
+        self.via.write_text(f.manifest.read_text().replace(
+            url, real.set(host="127.0.0.1", port=self.proxy.port).render_as_string(hide_password=False)))
+        text = f.manifest.read_text()
+        self.table = re.search(r"table: (\w+)", text).group(1)
+        self.failed_table = re.search(r"failed_table: (\w+)", text).group(1)
+        f.queue()                       # the tables, made directly
+
+    def sql(self, query: str, params: tuple = ()) -> list[tuple]:
+        """A query on a direct connection of its own (never through the proxy)."""
+        if self.backend == "postgresql":
+            import psycopg
+
+            with psycopg.connect(pg_conninfo(), autocommit=True) as c:
+                cur = c.execute(query.replace("?", "%s"), params)
+                return cur.fetchall() if cur.description else []
+        import pymysql
+
+        c = pymysql.connect(autocommit=True, **mysql_params())
+        try:
+            with c.cursor() as cur:
+                cur.execute(query.replace("?", "%s"), params)
+                return list(cur.fetchall())
+        finally:
+            c.close()
+
+    def stored(self, ids: list[str]) -> Counter:
+        """How many rows each id has in the jobs table."""
+        marks = ", ".join(["?"] * len(ids))
+        return Counter(r[0] for r in self.sql(f"SELECT uuid FROM {self.table} WHERE uuid IN ({marks})", tuple(ids)))
+
+    def worker(self, log: Path, *args: str, via: bool = True) -> subprocess.Popen:
+        with open(log, "ab") as err:
+            p = subprocess.Popen([sys.executable, "-m", "farm", "work", "--config", str(self.via if via else self.f.manifest),
+                                  "--sleep", "0.1", *args], cwd=self.f.tmp, env=self.f.env(),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        self.f.procs.append(p)
+        return p
+
+    def drain(self) -> None:
+        """Run what is queued, directly, until the queue is empty."""
+        self.f.farmctl("work", "--config", str(self.f.manifest), "--stop-when-empty", check=True)
+
+    def close(self) -> None:
+        self.proxy.close()
+
+
+@pytest.fixture
+def cut(make_farm, request):
+    made: list[Cut] = []
+
+    def make(backend: str, **kw) -> Cut:
+        c = Cut(make_farm(backend, **kw), backend)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def runs(f) -> Counter:
+    """Completed runs per tag (Record writes `<tag> <attempt> <pid>` once it has run)."""
+    return Counter(line.split()[0] for line in f.lines())
+
+
+# -- dispatch ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", NETWORKED)
+def test_connection_cuts_dispatch_whose_commit_reply_is_lost_returns_the_id_and_stores_it_once(cut, backend):
+    # Given a producer whose connection loses the server's reply to its INSERT (the INSERT committed)
+    c = cut(backend)
+    farm.configure(c.via)
+    c.proxy.swallow_reply_after(f"INSERT INTO {c.table}".encode())
+    # When it dispatches a job
+    job_id = farm.dispatch(Record(str(c.f.out), "once"))
+    # Then the reply was lost, yet dispatch returned the id, and the job is stored once
+    assert c.proxy.fired_count == 1
+    assert c.stored([job_id]) == {job_id: 1}
+    # and it runs once
+    c.drain()
+    assert runs(c.f) == {"once": 1}
+
+
+@pytest.mark.parametrize("backend", NETWORKED)
+def test_connection_cuts_dispatch_whose_request_never_reached_the_server_stores_it_once(cut, backend):
+    # Given a producer whose INSERT is lost with its connection before the server reads it
+    c = cut(backend)
+    farm.configure(c.via)
+    c.proxy.drop_request(f"INSERT INTO {c.table}".encode())
+    # When it dispatches a job
+    job_id = farm.dispatch(Record(str(c.f.out), "once"))
+    # Then dispatch returned the id and the job is stored (again, on a new connection) once
+    assert c.proxy.fired_count == 1
+    assert c.stored([job_id]) == {job_id: 1}
+    c.drain()
+    assert runs(c.f) == {"once": 1}
+
+
+@pytest.mark.parametrize("backend", NETWORKED)
+def test_connection_cuts_dispatch_many_whose_commit_reply_is_lost_stores_each_job_once(cut, backend):
+    # Given a producer whose transaction's COMMIT (PostgreSQL: after a COPY) loses its reply
+    c = cut(backend)
+    farm.configure(c.via)
+    c.proxy.swallow_reply_after(b"COMMIT\x00" if backend == "postgresql" else b"\x03COMMIT")   # not READ COMMITTED
+    # When it dispatches five jobs at once
+    ids = farm.dispatch_many([Record(str(c.f.out), f"j{n}") for n in range(5)])
+    # Then every id came back and each job is stored once, and runs once
+    assert c.proxy.fired_count == 1 and len(ids) == 5
+    assert c.stored(ids) == {i: 1 for i in ids}
+    c.drain()
+    assert runs(c.f) == {f"j{n}": 1 for n in range(5)}
+
+
+@pytest.mark.parametrize("backend", NETWORKED)
+def test_connection_cuts_dispatch_whose_database_stays_unreachable_raises_that_the_job_may_or_may_not_be_stored(
+        cut, backend):
+    from farm import app
+
+    # Given a producer whose INSERT committed, whose reply is lost, and whose database then
+    # refuses every connection; it retries for one second
+    c = cut(backend)
+    farm.configure(c.via)
+    app.queue("main").push_retry = 1.0
+    c.proxy.swallow_reply_after(f"INSERT INTO {c.table}".encode())
+    threading.Thread(target=lambda: c.proxy.fired.wait(10) and c.proxy.close(), daemon=True).start()
+    # When it dispatches a job
+    job = Record(str(c.f.out), "unknown")
+    started = time.monotonic()
+    with pytest.raises(farm.DriverUnavailable) as e:
+        farm.dispatch(job)
+    # Then after about a second it raises, naming the job and saying its outcome is unknown
+    assert 1.0 <= time.monotonic() - started < 10
+    text = str(e.value)
+    job_id = re.search(r"job ([0-9a-f-]{36}) may or may not be stored", text)
+    assert job_id, text
+    assert "\n" not in text
+    # and the job is there (its commit had landed), once
+    assert c.stored([job_id.group(1)]) == {job_id.group(1): 1}
+
+
+# -- the worker's acks, fails and releases --------------------------------------------------------
+
+def ack_pattern(c: Cut) -> bytes:
+    """The bytes of the worker's ack: PostgreSQL's pipelined DELETE is a prepared statement
+    bound by name (`\\0farm_ack\\0` is its Bind message only), MariaDB's is the query text."""
+    return b"\x00farm_ack\x00" if c.backend == "postgresql" else f"DELETE FROM {c.table} WHERE id".encode()
+
+
+@pytest.mark.parametrize("backend", NETWORKED)
+def test_connection_cuts_a_finished_job_whose_ack_was_lost_is_acked_on_reconnect_and_not_run_again(cut, backend):
+    # Given a worker through the proxy (retry_after 3 s), whose first ack is lost with its
+    # connection before the server reads it
+    c = cut(backend, retry_after=3)
+    job_id = farm.dispatch(Record(str(c.f.out), "once"))
+    c.proxy.drop_request(ack_pattern(c))
+    w = c.worker(c.f.tmp / "w.log")
+    # When it runs the job, and its ack is lost
+    assert c.proxy.fired.wait(30), "the ack never went out"
+    # Then the job is acked when the worker reconnects (its row goes) ...
+    wait_until(lambda: not c.stored([job_id]), 20, "the job to be acked",
+               explain=lambda: (c.f.tmp / "w.log").read_text())
+    # ... having run once: it was never handed out again after retry_after
+    assert runs(c.f) == {"once": 1}, c.f.lines()
+    assert w.poll() is None
+
+
+@pytest.mark.parametrize("backend", NETWORKED)
+def test_connection_cuts_a_job_whose_final_fail_was_lost_is_failed_on_reconnect_and_not_run_again(cut, backend):
+    # Given a job with one try that raises, and a worker through the proxy (retry_after 3 s)
+    # whose move of it to the failed table is lost with its connection
+    c = cut(backend, retry_after=3)
+    ledger = c.f.tmp / "ledger.txt"
+    job_id = farm.dispatch(Ledger(str(ledger), "boom", how="raise"), tries=1)
+    c.proxy.drop_request(f"INSERT INTO {c.failed_table}".encode())
+    c.worker(c.f.tmp / "w.log")
+    # When it runs the job and fails it
+    assert c.proxy.fired.wait(30), "the fail never went out"
+    # Then the job reaches the failed table once the worker reconnects
+    wait_until(lambda: c.sql(f"SELECT id FROM {c.failed_table} WHERE id = ?", (job_id,)), 20,
+               "the job in the failed table", explain=lambda: (c.f.tmp / "w.log").read_text())
+    # having started once: it was never handed out again after retry_after
+    assert [x.split()[0] for x in c.f.lines(ledger)] == ["start", "end"], c.f.lines(ledger)
+    assert not c.stored([job_id])
+
+
+@pytest.mark.parametrize("backend", NETWORKED)
+def test_connection_cuts_a_release_that_was_lost_is_made_on_reconnect_and_the_job_runs_again_once(cut, backend):
+    # Given a job that releases itself on its first attempt, and a worker through the proxy
+    # (retry_after 30 s: a release left undone would hold the job that long) whose release is lost
+    c = cut(backend, retry_after=30)
+    ledger = c.f.tmp / "ledger.txt"
+    farm.dispatch(Ledger(str(ledger), "rel", how="release"))
+    c.proxy.drop_request(b"reserved_by = NULL, payload")
+    c.worker(c.f.tmp / "w.log")
+    # When it releases the job and the release is lost
+    assert c.proxy.fired.wait(30), "the release never went out"
+    # Then the release is made once the worker reconnects, and the job's second attempt runs
+    # well before retry_after: started twice in all, and done
+    wait_until(lambda: len(c.f.lines(ledger)) >= 4, 15, "the second attempt",
+               explain=lambda: (c.f.tmp / "w.log").read_text())
+    assert [x.split()[:3] for x in c.f.lines(ledger)] == [
+        ["start", "rel", "1"], ["end", "rel", "1"], ["start", "rel", "2"], ["end", "rel", "2"]], c.f.lines(ledger)
+
+
+# -- every connection cut every two seconds ------------------------------------------------------
+
+@pytest.mark.parametrize("backend", NETWORKED)
+def test_connection_cuts_every_two_seconds_lose_no_job_and_complete_none_twice_while_a_producer_dispatches(
+        cut, backend):
+    from farm import app
+
+    # Given two workers and a producer, all through a proxy that cuts every connection every 2 s
+    c = cut(backend, retry_after=5)
+    farm.configure(c.via)
+    total = 300
+    workers = [c.worker(c.f.tmp / f"w{n}.log") for n in range(2)]
+    stop = threading.Event()
+    cuts: list[int] = []
+
+    def cutter() -> None:
+        while not stop.wait(2.0):
+            cuts.append(c.proxy.cut())
+
+    threading.Thread(target=cutter, daemon=True).start()
+    # When the producer dispatches 300 jobs over about ten seconds, one at a time and in fives
+    returned: dict[str, str] = {}
+    raised: list[str] = []
+    n = 0
+    try:
+        while n < total:
+            try:
+                if n % 50 < 45:
+                    returned[farm.dispatch(Record(str(c.f.out), f"t{n}"))] = f"t{n}"
+                    n += 1
+                else:
+                    jobs = [Record(str(c.f.out), f"t{n + k}") for k in range(5)]
+                    for k, job_id in enumerate(farm.dispatch_many(jobs)):
+                        returned[job_id] = f"t{n + k}"
+                    n += 5
+            except farm.DriverUnavailable as e:
+                raised.append(str(e))
+                n += 1
+            time.sleep(0.03)
+        # Then every dispatch returned its id, and every job ran, once
+        assert not raised, raised
+        wait_until(lambda: len(runs(c.f)) >= total, 30, "every job to run",
+                   explain=lambda: f"{len(runs(c.f))} of {total} ran")
+    finally:
+        stop.set()
+    done = runs(c.f)
+    twice = {tag: k for tag, k in done.items() if k > 1}
+    lost = set(returned.values()) - set(done)
+    assert len(cuts) >= 4 and sum(cuts) > 0
+    assert not lost, sorted(lost)
+    assert not twice, twice
+    assert len(returned) == total
+    # and nothing is left in the queue
+    app.queue("main")
+    assert not c.sql(f"SELECT uuid FROM {c.table}")
+    for w in workers:
+        assert w.poll() is None
