@@ -217,7 +217,7 @@ class Runner:
         """Finished jobs whose ack, release or fail is still to be made: renewed till then."""
         return list(self.unacked) + [r for r, _ in self.unsettled]
 
-    def _again_later(self, r: Any, verb: Any) -> bool:
+    def _again_later(self, r: Any, name: str, verb: Any) -> bool:
         """Make `verb` now; if its connection drops and the driver allows it, keep it to be made
         again (True: kept). Other errors, and drivers that cannot, raise as before."""
         try:
@@ -227,7 +227,8 @@ class Runner:
             if not getattr(self.queue, "settles_again", False):
                 raise
             self.unsettled.append((r, verb))
-            self.log.warning("job.settle_failed", id=r.id, error=str(e), detail="made again when it can be")
+            self.log.warning("job.ack_failed", id=r.id, error=str(e), settle=name,   # README's event list
+                             detail="made again when it can be")
             return True
 
     def _own(self, attempt: Attempt) -> None:
@@ -279,7 +280,7 @@ class Runner:
         body = _updated(r.body, r.attempts, exceptions)
         if decision.retry:
             delay = release_delay if release_delay is not None else decision.delay
-            self._again_later(r, lambda: self.queue.release(r, delay, body))
+            self._again_later(r, "release", lambda: self.queue.release(r, delay, body))
             event = "job.released" if release_delay is not None else "job.retry"
             self.log.warning(event, id=r.id, job=doc["job"], queue=r.queue, attempt=r.attempts, delay=delay,
                              error=_summary(exc) if exc else None)
@@ -290,7 +291,7 @@ class Runner:
             self._count_failed(doc, r.id)   # the fail (idempotent per id), so no crash leaves it uncounted
         failed: list[Any] = []
         error = _describe(exc)
-        self._again_later(r, lambda: failed.append(self.queue.fail(r, body, error)))
+        self._again_later(r, "fail", lambda: failed.append(self.queue.fail(r, body, error)))
         if failed == [False]:
             self.log.error("job.lost", id=r.id, job=doc["job"], queue=r.queue,
                            detail="its reservation lapsed and another worker holds it; not failed here")
