@@ -15,7 +15,10 @@ from .jobs import OPTIONS, FunctionCall, Job, job_name
 def dispatch(job: Job, *, queue: str | None = None, delay: Any = None, connection: str | None = None,
              tries: int | None = None, backoff: Any = None, timeout: float | None = None,
              after_commit: Any = None) -> str | None:
-    """Store the job on its queue; return its id. Raises DriverUnavailable if it was not stored.
+    """Store the job on its queue; return its id. Raises DriverUnavailable if it could not be
+    stored: on a database connection only once the database stayed unreachable for
+    $FARM_DISPATCH_RETRY_SECONDS, a dropped connection being retried under the same id first
+    (drivers/dbretry.py); the message then says whether the job may be stored (`unknown`: its id).
 
     `after_commit`: an SQLAlchemy Connection or Session whose transaction the job joins
     (farm/txdispatch.py): written in it on a database connection, published at its commit
@@ -42,7 +45,8 @@ def dispatch_many(jobs: Iterable[Job], *, queue: str | None = None, delay: Any =
 
     Returns the ids in order (None for a unique job refused as a duplicate, as `dispatch`
     does). A chunk that fails raises, with the chunks before it stored: the exception's
-    `stored` holds their ids.
+    `stored` holds their ids (and, on a database whose connection dropped, `unknown` those of
+    the chunk that may or may not be stored).
     """
     by_conn: dict[str | None, list[Outgoing]] = {}
     order: list[Outgoing | None] = []
