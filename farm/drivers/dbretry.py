@@ -88,28 +88,29 @@ def push_again(q: "DatabaseQueue", items: Sequence[Outgoing], session: int | Non
 
 
 def _finish(q: "DatabaseQueue", session: int) -> None:
-    """Make sure the old session can no longer commit: terminate it and wait until it is gone."""
+    """Make sure the old session can no longer commit: terminate it and wait until it is gone.
+    Only a session that is ours by its label (PostgreSQL: this process's application_name) or
+    user (MariaDB): behind a pooler the id may name someone else's session."""
     with q._cursor() as cur:
         if q.dialect == "postgresql":
-            try:            # our own role's session: allowed without pg_signal_backend
-                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE pid = %s AND pid <> pg_backend_pid()", (session,))
-            except q._errors:
-                raise       # the new connection dropped too
-            except Exception:
-                pass        # not allowed after all: it ends when it sees its socket closed
-            probe = "SELECT 1 FROM pg_stat_activity WHERE pid = %s"
+            mine = ("SELECT pid FROM pg_stat_activity WHERE pid = %s AND pid <> pg_backend_pid() "
+                    "AND application_name = current_setting('application_name')")
+            kill = "SELECT pg_terminate_backend(%s)"
         else:
-            try:
-                cur.execute(f"KILL CONNECTION {int(session)}")
-            except q._errors as e:
-                if "1094" not in str(e):        # gone already: unknown thread id
-                    raise
-            probe = "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s"
+            mine = ("SELECT ID FROM information_schema.PROCESSLIST WHERE ID = %s AND ID <> CONNECTION_ID() "
+                    "AND USER = SUBSTRING_INDEX(USER(), '@', 1)")
+            kill = "KILL CONNECTION %s"
+        cur.execute(mine, (session,))
+        if cur.fetchone() is None:
+            return                  # gone already (or not ours to end)
+        try:
+            cur.execute(kill, (session,))
+        except Exception:           # gone meanwhile, or not allowed: it ends when it sees its socket
+            pass                    # closed (a new connection that dropped fails the probe below)
         end = time.monotonic() + GONE_WAIT
-        while True:
-            cur.execute(probe, (session,))
-            if cur.fetchone() is None or time.monotonic() > end:
+        while time.monotonic() < end:
+            cur.execute(mine, (session,))
+            if cur.fetchone() is None:
                 return
             time.sleep(0.01)
 
