@@ -1,0 +1,210 @@
+"""Issue 17, amqp part: RabbitMQ beyond one node (quorum queues, `urls:` failover), death
+counting that survives a broker restart, and what a connection cut costs.
+
+Real workers against the real RabbitMQ, each test in a vhost of its own.
+"""
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections import Counter
+
+import pika
+import pytest
+
+import farm
+from conftest import AMQP_URL
+from tcpproxy import Proxy, free_port
+from testjobs import KillsItsWorker, Record
+
+
+def rabbitmqctl(*args: str) -> str:
+    return subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True,
+                          timeout=120).stdout
+
+
+def restart_broker() -> None:
+    """stop_app/start_app (others use the broker too: always started again)."""
+    try:
+        rabbitmqctl("stop_app")
+    finally:
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+
+
+def reconfigure(f, old: str, new: str) -> None:
+    """Edit the test farm's connection (`old` must appear once) and load the manifest again."""
+    text = f.manifest.read_text()
+    assert text.count(old) == 1, text
+    f.manifest.write_text(text.replace(old, new))
+    f.app = farm.configure(f.manifest)
+
+
+def quorum(f) -> None:
+    reconfigure(f, "    driver: amqp\n", "    driver: amqp\n    queue_type: quorum\n")
+
+
+def queue_types(f) -> dict[str, tuple[str, str]]:
+    """The broker's own view: queue -> (type, arguments)."""
+    out = rabbitmqctl("list_queues", "-p", f.queue().params.virtual_host, "name", "type", "arguments",
+                      "--no-table-headers")
+    rows = [line.split("\t") for line in out.splitlines() if line.strip()]
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def runs(f) -> Counter:
+    return Counter(line.split()[0] for line in f.lines())
+
+
+def stop(p, timeout: float = 30) -> tuple[int, str]:
+    p.send_signal(signal.SIGTERM)
+    code = p.wait(timeout)
+    return code, p.stderr.read()
+
+
+def test_issue17_quorum_queues_run_jobs_and_a_delayed_job_dead_letters_at_least_once(make_farm):
+    # Given a connection with queue_type: quorum
+    f = make_farm("amqp")
+    quorum(f)
+    # When a job and a delayed job are dispatched and a worker runs them
+    farm.dispatch(Record(str(f.out), "now"))
+    farm.dispatch(Record(str(f.out), "later"), delay=1.0)
+    p = f.worker("--sleep", "0.1")
+    f.wait_for(lambda: set(runs(f)) == {"now", "later"}, timeout=30, what="both jobs")
+    # Then both ran once, on quorum queues, the delay queue dead-lettering at-least-once
+    assert stop(p)[0] == 0
+    assert runs(f) == {"now": 1, "later": 1}
+    types = queue_types(f)
+    assert types["default"][0] == "quorum", types
+    (delay,) = [q for q in types if q.startswith("default.delay.")]
+    assert types[delay][0] == "quorum"
+    assert "at-least-once" in types[delay][1] and "reject-publish" in types[delay][1], types[delay]
+    assert f.queue().counts()["default"] == {"ready": 0, "delayed": 0, "reserved": None, "failed": 0}
+
+
+def test_issue17_a_queue_of_the_other_type_is_a_one_line_error_naming_the_queue_and_the_key(make_farm):
+    # Given a classic queue `default` (made by a classic connection), and the manifest now quorum
+    f = make_farm("amqp")
+    farm.dispatch(Record(str(f.out), "classic"))
+    quorum(f)
+    # When a job is dispatched, pushed, and a worker starts
+    with pytest.raises(farm.FarmError) as raised:
+        farm.dispatch(Record(str(f.out), "refused"))
+    push = f.farmctl("push", '{"v": 1, "job": "testjobs:Noop", "data": {}}')
+    work = f.farmctl("work", "--stop-when-empty", timeout=60)
+    # Then each says in one line which queue and which key, exits 2, and no traceback
+    for text in (str(raised.value), push.stderr, work.stderr.strip().splitlines()[-1]):
+        assert "'default'" in text and "classic" in text and "connections.main.queue_type" in text, text
+    assert push.returncode == 2 and work.returncode == 2, (push, work)
+    assert "Traceback" not in push.stderr + work.stderr
+    assert len(push.stderr.strip().splitlines()) == 1, push.stderr
+    assert runs(f) == {}                                     # the classic job was not taken
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_issue17_a_job_that_kills_its_worker_every_time_is_failed_after_a_bounded_number_of_deaths_through_a_broker_restart(
+        make_farm, queue_type):
+    # Given a job that SIGKILLs whatever worker runs it, on a classic or a quorum queue
+    f = make_farm("amqp")
+    if queue_type == "quorum":
+        quorum(f)
+    jid = farm.dispatch(KillsItsWorker(str(f.out)))
+    # When workers keep being started for it, as supervisord would, and the broker restarts
+    # after the first death
+    deaths = 0
+    for _ in range(8):
+        p = f.worker("--stop-when-empty")
+        code = p.wait(60)
+        p.stderr.close()
+        if code != -signal.SIGKILL:
+            assert code == 0, code
+            break
+        deaths += 1
+        if deaths == 1:
+            restart_broker()
+    # Then it is failed after a bounded number of deaths (the count survived the restart),
+    # saying why, and no longer handed out
+    assert 2 <= deaths <= 4, f"{deaths} workers died"
+    (entry,) = f.store().failed()
+    assert entry.id == jid and "died" in entry.exception.splitlines()[0], entry.exception
+    assert f.queue().counts()["default"]["ready"] == 0
+    assert len(f.lines()) == deaths
+
+
+def test_issue17_urls_fail_over_from_a_closed_port_to_the_broker_and_a_dropped_worker_reconnects_through_the_list(make_farm):
+    # Given urls: a closed port first, then the real broker
+    f = make_farm("amqp")
+    real = re.search(r"    url: (\S+)\n", f.manifest.read_text()).group(1)
+    vhost = real.rsplit("/", 1)[1]
+    closed = f"amqp://guest:guest@127.0.0.1:{free_port()}/{vhost}"
+    reconfigure(f, f"    url: {real}\n", f"    urls: ['{closed}', '{real}']\n")
+    # When jobs are dispatched and a worker runs them
+    farm.dispatch(Record(str(f.out), "first"))
+    p = f.worker("--sleep", "0.1")
+    f.wait_for(lambda: runs(f) == {"first": 1}, timeout=30, what="the first job")
+    # and the broker drops every connection of the vhost (the worker's and the producer's)
+    rabbitmqctl("close_all_connections", "-p", f.queue().params.virtual_host, "test: failover")
+    farm.dispatch(Record(str(f.out), "second"))
+    # Then both ran once, through the second url, and the worker reconnected and went on
+    f.wait_for(lambda: runs(f) == {"first": 1, "second": 1}, timeout=30, what="the job after the drop")
+    code, err = stop(p)
+    assert code == 0 and "unavailable" in err, err
+    assert f.queue().counts()["default"]["ready"] == 0
+
+
+class CutProxy(Proxy):
+    """The Proxy, plus `cut()`: drop every connection through it but go on accepting."""
+
+    def cut(self) -> int:
+        with self.lock:
+            socks, self.socks = self.socks[1:], self.socks[:1]
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+        return len(socks) // 2
+
+
+JOBS, CUTS, SECONDS = 400, 6, 0.01
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_issue17_connection_cuts_complete_a_job_twice_at_most_once_per_cut_and_running_job(make_farm, queue_type):
+    # Given two workers behind a TCP proxy to the broker, draining jobs of 10 ms
+    f = make_farm("amqp")
+    if queue_type == "quorum":
+        quorum(f)
+    farm.dispatch_many([Record(str(f.out), f"j{i}", seconds=SECONDS) for i in range(JOBS)])
+    real = re.search(r"    url: (\S+)\n", f.manifest.read_text()).group(1)
+    host = pika.URLParameters(AMQP_URL)
+    proxy = CutProxy(free_port(), (host.host, host.port))
+    proxy.start()
+    reconfigure(f, f"    url: {real}\n", f"    url: {real.replace(f':{host.port}/', f':{proxy.port}/')}\n")
+    workers = [f.worker("--sleep", "0.1") for _ in range(2)]
+    # When every connection through the proxy is cut, CUTS times while they work
+    cuts = 0
+    try:
+        for n in range(CUTS):
+            f.wait_for(lambda: len(f.lines()) >= (n + 1) * JOBS // (CUTS + 2), timeout=60,
+                       what=f"progress before cut {n + 1}")
+            if proxy.cut():
+                cuts += 1
+        want = {f"j{i}" for i in range(JOBS)}
+        f.wait_for(lambda: want <= set(runs(f)), timeout=120, what="every job")
+        time.sleep(0.5)
+        codes = [stop(p)[0] for p in workers]
+    finally:
+        proxy.close()
+    # Then no job was lost or failed, and a job completed twice only where a cut took the ack
+    # of a job that had just finished: at most one per worker (each runs one job at a time)
+    # per cut; buffered deliveries of a cut connection never run (they are stale)
+    twice = sum(n - 1 for n in runs(f).values())
+    print(f"\n{queue_type}: {JOBS} jobs, {cuts} cuts, 2 workers: {twice} completed twice")
+    assert codes == [0, 0]
+    assert f.store().failed() == []
+    assert twice <= cuts * len(workers), runs(f).most_common(5)
