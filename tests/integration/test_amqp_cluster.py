@@ -128,6 +128,7 @@ def test_issue17_a_job_that_kills_its_worker_every_time_is_failed_after_a_bounde
             restart_broker()
     # Then it is failed after a bounded number of deaths (the count survived the restart),
     # saying why, and no longer handed out
+    print(f"\n{queue_type}: failed after {deaths} deaths")
     assert 2 <= deaths <= 4, f"{deaths} workers died"
     (entry,) = f.store().failed()
     assert entry.id == jid and "died" in entry.exception.splitlines()[0], entry.exception
@@ -249,3 +250,28 @@ def test_issue17_deliveries_held_when_a_connection_is_cut_are_not_started_after_
     finally:
         proxy.close()
         f.queue().close()
+
+
+def test_issue17_a_quorum_message_requeued_unstarted_by_lost_connections_counts_one_death_not_each_return(make_farm):
+    # Given a job on a quorum queue whose delivery is dropped unstarted three times (the
+    # consuming connection goes while it is held: the broker requeues it, counting each return)
+    f = make_farm("amqp")
+    quorum(f)
+    q = f.queue()
+    farm.dispatch(Record(str(f.out), "held"))
+    for _ in range(3):
+        got: list = []
+        f.wait_for(lambda: got.extend(q.reserve(["default"], 1, 0.5)) or got, what="the delivery")
+        with q._consumer.lock:
+            q._consumer.lost()
+    got = []
+    f.wait_for(lambda: got.extend(q.reserve(["default"], 1, 0.5)) or got, what="the fourth delivery")
+    (r,) = got
+    # When it finally starts
+    assert r.handle.delivery_count >= 3
+    assert q.starting(r)
+    # Then one death is counted (the store's count of redelivered starts), not the broker's
+    # three returns, so the job runs instead of being failed as killed too often
+    assert r.handle.deaths == 1 and r.attempts == 2
+    q.ack(r)
+    q.close()
