@@ -275,3 +275,44 @@ def test_issue17_a_quorum_message_requeued_unstarted_by_lost_connections_counts_
     assert r.handle.deaths == 1 and r.attempts == 2
     q.ack(r)
     q.close()
+
+
+def test_issue17_on_quorum_queues_the_brokers_count_bounds_deaths_while_the_store_is_down(make_farm):
+    # Given a quorum connection whose store is PostgreSQL behind a TCP proxy, and a job whose
+    # starts end with its consumer gone twice (as when its worker dies)
+    from conftest import PG_URL, _check_pg, need_server
+    from sqlalchemy.engine import make_url
+
+    need_server("PostgreSQL", _check_pg)
+    f = make_farm("amqp")
+    quorum(f)
+    pg = make_url(PG_URL)
+    proxy = Proxy(free_port(), (pg.host or "127.0.0.1", pg.port or 5432))
+    proxy.start()
+    store = re.search(r"    url: (sqlite:\S+)\n", f.manifest.read_text()).group(1)
+    reconfigure(f, f"    url: {store}\n",
+                f"    url: {pg.set(port=proxy.port).render_as_string(hide_password=False)}\n")
+    q = f.queue()
+    farm.dispatch(Record(str(f.out), "dies"))
+
+    def started() -> object:
+        got: list = []
+        f.wait_for(lambda: got.extend(q.reserve(["default"], 1, 0.5)) or got, what="the delivery")
+        assert q.starting(got[0])
+        return got[0].handle
+
+    try:
+        assert started().deaths == 0                # the first start
+        with q._consumer.lock:
+            q._consumer.lost()
+        assert started().deaths == 1                # counted in the store
+        with q._consumer.lock:
+            q._consumer.lost()
+        # When the store cannot be reached at the next start
+        proxy.close()
+        d = started()
+    finally:
+        proxy.close()
+        q.close()
+    # Then the broker's count stands in for the store's: the deaths still add up
+    assert d.deaths == d.delivery_count == 2
