@@ -1,11 +1,13 @@
 """The `amqp` driver: RabbitMQ through pika.
 
 A farm queue `Q` is the durable RabbitMQ queue `Q`; a delay is a durable TTL queue
-`Q.delay.<ms>` dead-lettering back to `Q` (stock RabbitMQ, no plugin). Failed jobs, stamps
-and heartbeats live in the connection's `store:` (a database connection).
+`Q.delay.<ms>` dead-lettering back to `Q` (stock RabbitMQ, no plugin); classic or quorum
+queues (`queue_type:`, `amqp_declare`). Failed jobs, stamps and heartbeats live in the
+connection's `store:` (a database connection). `urls:` are tried in turn on every connect.
 
-The pika plumbing (confirms, frames, the consuming connection and its keeper thread) is in
-`amqp_io`; this module is the driver's verbs and the bookkeeping in the store.
+The pika plumbing is in `amqp_io` (the consuming connection and its keeper thread) and
+`amqp_frames` (confirms, frames); this module is the driver's verbs and the bookkeeping in
+the store.
 
 The channel's prefetch count follows the batch the worker asks for (one job at a time while
 jobs are slow), so a handful of long jobs spreads over the workers. Every failure of the
@@ -27,7 +29,8 @@ import pika.exceptions
 from ..errors import DriverUnavailable, FarmError
 from ..manifest import Connection
 from .amqp_declare import declare, delay_bucket
-from .amqp_io import PIKA_ERRORS, Buffered, Confirms, Consumer, Delivery, close_quietly, describe_error
+from .amqp_frames import Confirms
+from .amqp_io import PIKA_ERRORS, Buffered, Consumer, Delivery, close_quietly, describe_error
 from .base import FailedJob, Outgoing, Reserved, done_info
 
 DEFAULT_PREFETCH = 100
