@@ -31,6 +31,8 @@ class Connection:
     prefetch: int | None = None       # amqp: unacked messages per worker
     heartbeat: int = 60               # amqp: broker heartbeat seconds
     consumer_timeout: float = 1800    # amqp: the broker's consumer_timeout (RabbitMQ's default, 30 min)
+    queue_type: str = "classic"       # amqp: classic or quorum (replicated on a cluster)
+    urls: tuple[str, ...] = ()        # amqp: brokers tried in turn (`url` alone: that one)
     prefix: str = "farm"              # redis: the first part of every key (`farm:{queue}:ready`)
     workers: int = 4                  # async: threads in the dispatching process that run its jobs
 
@@ -248,7 +250,9 @@ class _Reader:
 
 
 _CONNECTION_KEYS = {"driver", "url", "table", "failed_table", "retry_after", "store", "prefetch",
-                    "heartbeat", "consumer_timeout", "prefix", "workers"}
+                    "heartbeat", "consumer_timeout", "prefix", "workers", "queue_type", "urls"}
+QUEUE_TYPES = ("classic", "quorum")
+_AMQP_SCHEMES = ("amqp://", "amqps://")
 _REDIS_SCHEMES = ("redis://", "rediss://", "redis+sentinel://", "unix://")
 _PIPELINE_KEYS = {"connection", "queues", "numprocs", "max_jobs", "max_time", "memory", "sleep",
                   "timeout", "tries", "backoff", "rest", "prefetch", "drain", "environment", "user", "group",
@@ -410,8 +414,8 @@ class _Builder:
             url = spec.get("url")
             if driver == "database":
                 url = self._database_url(url or "sqlite:///var/farm.db", f"{key}.url")
-            elif driver == "amqp" and not isinstance(url, str):
-                self.r.problem(f"{key}.url", "an amqp connection needs a url (amqp://user:pass@host:port/vhost)")
+            elif driver == "amqp":
+                url = self._amqp_url(spec, key)
             elif driver == "redis" and not (isinstance(url, str) and url.startswith(_REDIS_SCHEMES)
                                             and _redis_url_ok(url)):
                 self.r.problem(f"{key}.url", "a redis connection needs a url: redis://[:password@]host:port/db, "
@@ -435,10 +439,54 @@ class _Builder:
                 consumer_timeout=self._number(spec, key, "consumer_timeout", 1800, minimum=1),
                 prefix=str(prefix),
                 workers=self._workers(spec, key, driver),
+                queue_type=self._queue_type(spec, key, driver),
+                urls=self._amqp_urls(spec, key, driver),
             )
         for conn in out.values():
             self._store(conn, out)
         return out
+
+    def _amqp_url(self, spec: dict[str, Any], key: str) -> str | None:
+        """An amqp connection names its broker with `url`, or its brokers with `urls` (tried in
+        turn, for failover): exactly one of them. With `urls`, `url` is the first of the list."""
+        url, urls = spec.get("url"), spec.get("urls")
+        if url is not None and urls is not None:
+            self.r.problem(f"{key}.urls", "give either url (one broker) or urls (brokers tried in turn), not both")
+        elif urls is not None:
+            return urls[0] if isinstance(urls, list) and urls and isinstance(urls[0], str) else None
+        elif not isinstance(url, str):
+            self.r.problem(f"{key}.url", "an amqp connection needs a url (amqp://user:pass@host:port/vhost) "
+                           "or urls (a list of them, tried in turn)")
+        return url if isinstance(url, str) else None
+
+    def _amqp_urls(self, spec: dict[str, Any], key: str, driver: str) -> tuple[str, ...]:
+        """`urls:` as a tuple; () when the connection has a single `url`."""
+        if "urls" not in spec:
+            return ()
+        urls = spec["urls"]
+        if driver != "amqp":
+            self.r.problem(f"{key}.urls", "only an amqp connection takes a list of urls")
+            return ()
+        if not isinstance(urls, list) or not urls:
+            self.r.problem(f"{key}.urls", f"expected a list of amqp:// urls, tried in turn, got {urls!r}")
+            return ()
+        for i, u in enumerate(urls):
+            if not (isinstance(u, str) and u.startswith(_AMQP_SCHEMES)):
+                self.r.problem(f"{key}.urls[{i}]", f"expected an amqp:// or amqps:// url, got {u!r}")
+        return tuple(u for u in urls if isinstance(u, str))
+
+    def _queue_type(self, spec: dict[str, Any], key: str, driver: str) -> str:
+        """`queue_type:` classic (the default) or quorum, for amqp connections only."""
+        if "queue_type" not in spec:
+            return "classic"
+        value = spec["queue_type"]
+        if driver != "amqp":
+            self.r.problem(f"{key}.queue_type", "only an amqp connection has a queue_type")
+        elif value not in QUEUE_TYPES:
+            self.r.problem(f"{key}.queue_type", f"expected classic or quorum, got {value!r}")
+        else:
+            return str(value)
+        return "classic"
 
     def _workers(self, spec: dict[str, Any], key: str, driver: str) -> int:
         """`workers:` is the async driver's pool size; other drivers' workers are pipelines."""

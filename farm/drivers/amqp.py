@@ -1,11 +1,13 @@
 """The `amqp` driver: RabbitMQ through pika.
 
 A farm queue `Q` is the durable RabbitMQ queue `Q`; a delay is a durable TTL queue
-`Q.delay.<ms>` dead-lettering back to `Q` (stock RabbitMQ, no plugin). Failed jobs, stamps
-and heartbeats live in the connection's `store:` (a database connection).
+`Q.delay.<ms>` dead-lettering back to `Q` (stock RabbitMQ, no plugin); classic or quorum
+queues (`queue_type:`, `amqp_declare`). Failed jobs, stamps and heartbeats live in the
+connection's `store:` (a database connection). `urls:` are tried in turn on every connect.
 
-The pika plumbing (confirms, frames, the consuming connection and its keeper thread) is in
-`amqp_io`; this module is the driver's verbs and the bookkeeping in the store.
+The pika plumbing is in `amqp_io` (the consuming connection and its keeper thread) and
+`amqp_frames` (confirms, frames); this module is the driver's verbs and the bookkeeping in
+the store.
 
 The channel's prefetch count follows the batch the worker asks for (one job at a time while
 jobs are slow), so a handful of long jobs spreads over the workers. Every failure of the
@@ -26,8 +28,9 @@ import pika.exceptions
 
 from ..errors import DriverUnavailable, FarmError
 from ..manifest import Connection
-from .amqp_io import (PIKA_ERRORS, Buffered, Confirms, Consumer, Delivery, close_quietly, declare,
-                      delay_bucket, describe_error)
+from .amqp_declare import declare, delay_bucket
+from .amqp_frames import Confirms
+from .amqp_io import PIKA_ERRORS, Buffered, Consumer, Delivery, close_quietly, describe_error
 from .base import FailedJob, Outgoing, Reserved, done_info
 
 DEFAULT_PREFETCH = 100
@@ -50,9 +53,10 @@ class AmqpQueue:
         self.name = conn.name
         self.config = conn
         self.store = store
-        self.params = pika.URLParameters(conn.url or "amqp://guest:guest@127.0.0.1:5672/%2F")
-        self.params.heartbeat = conn.heartbeat
-        self.params.blocked_connection_timeout = 60
+        self.brokers = [_parameters(u, conn.heartbeat)        # `urls:` tried in turn, on every (re)connect
+                        for u in (conn.urls or [conn.url or "amqp://guest:guest@127.0.0.1:5672/%2F"])]
+        self.params = self.brokers[0]
+        self.queue_type = conn.queue_type
         self.prefetch = conn.prefetch or DEFAULT_PREFETCH     # the most a worker's basic.qos asks
         self.buffer_wait = conn.consumer_timeout / 2
         self.slots = 1                   # jobs the worker runs at once (--concurrency)
@@ -75,20 +79,18 @@ class AmqpQueue:
             return ch
         if self._publisher is None or not self._publisher.is_open:
             try:
-                self._publisher = pika.BlockingConnection(self.params)
+                self._publisher = pika.BlockingConnection(self.brokers)
             except PIKA_ERRORS as e:
                 raise DriverUnavailable(f"connection {self.name!r}: cannot connect to RabbitMQ: {describe_error(e)}") from e
             self._channels, self._declared = {}, set()
         ch = self._channels[kind] = Confirms(self._publisher) if kind == "confirm" else self._publisher.channel()
         return ch
 
-    def _declare(self, channel: Any, queue: str, delay_ms: int = 0) -> str:
+    def _declare(self, queue: str, delay_ms: int = 0) -> str:
         """The durable queue (or its delay queue) a message goes to; declared once per connection."""
         name = f"{queue}.delay.{delay_ms}" if delay_ms else queue
         if name not in self._declared:
-            args = {"x-message-ttl": delay_ms, "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": queue} if delay_ms else None
-            declare(self._publisher, channel, name, args)
+            declare(self._publisher, name, self.queue_type, queue, delay_ms, self.name)
             if self.store is not None:
                 # remembered so `status` can count them (AMQP cannot list queues); only
                 # bookkeeping, so a store that is down must not stop a dispatch
@@ -125,7 +127,7 @@ class AmqpQueue:
         messages = []
         for o in items:        # declares (round trips, once per queue) come before the batch
             delay = o.available_at - now
-            target = self._declare(confirms.channel, o.queue, delay_bucket(delay) if delay > 0.001 else 0)
+            target = self._declare(o.queue, delay_bucket(delay) if delay > 0.001 else 0)
             body = o.body if o.attempts == 0 else _with_attempts(o.body, o.attempts)
             props = pika.BasicProperties(delivery_mode=2, content_type="application/json", message_id=o.id)
             messages.append((target, body.encode() if isinstance(body, str) else body, props))
@@ -147,8 +149,8 @@ class AmqpQueue:
         if c is None or c.queues != every:
             if c is not None:
                 c.stop()
-            c = self._consumer = Consumer(self.params, every, qos, self.prefetch, self.buffer_wait,
-                                                self._hand_back)
+            c = self._consumer = Consumer(self.brokers, every, qos, self.prefetch, self.buffer_wait,
+                                          self._hand_back, self.queue_type, self.name)
         if c.active != list(queues):
             with c.lock:
                 try:
@@ -208,23 +210,29 @@ class AmqpQueue:
             jid = d.message_id or str(uuid.uuid4())
         return Reserved(id=jid, queue=queue, body=body, attempts=_ended(doc) + 1, handle=d)
 
-    def _count_death(self, job_id: str) -> int:
+    def _count_death(self, job_id: str, delivery_count: int | None = None) -> int:
         """How many starts of this message ended unacked, this redelivery's included.
 
-        The broker only says "redelivered", so the count is kept in the store: the runner
-        fails a job whose worker keeps dying (CRASHES_ALLOWED). A message has one consumer at
-        a time, so reading then writing does not race. A delivery requeued before it started
-        (its channel went while it was buffered or held) counts too; the allowance covers it.
+        The count is kept in the store (it survives a broker restart): the runner fails a job
+        whose worker keeps dying (CRASHES_ALLOWED). A message has one consumer at a time, so
+        reading then writing does not race. A delivery requeued before it started (its channel
+        went while it was buffered or held) counts once, when it starts; the allowance covers it.
+
+        On a quorum queue the broker counts too (`x-delivery-count`: every return of the
+        message, including those of deliveries that never started, so it is an upper bound):
+        the smaller of the two counts, and the broker's alone when the store is down, so a job
+        that keeps killing its worker is bounded even then.
         """
+        broker = delivery_count if delivery_count is not None and delivery_count > 0 else None
         if self.store is None:
-            return 1
+            return broker or 1
         name = self._deaths_prefix + job_id
         try:
             deaths = int(self.store.stamp(name) or 0) + 1
             self.store.set_stamp(name, deaths)
         except FarmError:
-            return 1                     # the store is down: this redelivery, as the flag says
-        return deaths
+            return broker or 1           # the store is down: the broker's count, or this redelivery
+        return min(deaths, broker) if broker is not None else deaths
 
     def _forget_deaths(self, job: Reserved) -> None:
         """The message is settled: its count goes (a count left behind is only ever read if
@@ -247,7 +255,15 @@ class AmqpQueue:
         might not finish before RabbitMQ's consumer_timeout is handed back (the broker's clock
         starts again). A redelivered one that does start counts a death in the store, so a job
         that kills its worker every time is failed after a few (deaths of messages that were
-        requeued before they started are not counted)."""
+        requeued before they started are not counted).
+
+        First it reads whatever the broker has sent, without waiting (one poll when nothing
+        came): a connection cut since the last read shows here, so the deliveries held from it
+        are not started after their connection is gone (each would run twice: its ack is lost)."""
+        c = self._consumer
+        if c is not None:
+            with c.lock:
+                c.listen()
         if self.is_stale(job):
             return False
         d: Delivery = job.handle
@@ -255,7 +271,7 @@ class AmqpQueue:
             self.give_back([job])
             return False
         if d.redelivered and not d.deaths:
-            d.deaths = self._count_death(job.id)
+            d.deaths = self._count_death(job.id, d.delivery_count)
             job.attempts += d.deaths
         return True
 
@@ -404,6 +420,13 @@ class AmqpQueue:
             self._consumer = None
         with self._lock:
             self._reset_publisher()
+
+
+def _parameters(url: str, heartbeat: int) -> pika.URLParameters:
+    params = pika.URLParameters(url)
+    params.heartbeat = heartbeat
+    params.blocked_connection_timeout = 60
+    return params
 
 
 def _zero_if_missing(fn: Callable[[], int]) -> int:

@@ -1,5 +1,5 @@
-"""RabbitMQ plumbing for the amqp driver: declaring queues, writing frames, confirms, and the
-consuming connection (`Consumer`) with its keeper thread.
+"""RabbitMQ plumbing for the amqp driver: the consuming connection (`Consumer`) with its keeper
+thread (declaring queues: `amqp_declare`; writing frames and confirms: `amqp_frames`).
 
 pika's BlockingConnection is single-threaded and answers heartbeats only while called: the
 consuming connection is used by the worker's thread inside the driver and by a keeper thread
@@ -9,128 +9,23 @@ once per chunk (`Confirms`).
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
+import select
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import pika
 import pika.exceptions
 
 from .. import waker
 from ..errors import FarmError
+from .amqp_declare import declare
+from .amqp_frames import send_now
 
-QUEUE_ARGS = {"x-queue-version": 2}
 PIKA_ERRORS = (pika.exceptions.AMQPError, OSError)
-
-
-def declare(connection: Any, channel: Any, name: str, arguments: dict[str, Any] | None = None) -> None:
-    """Make sure the durable queue `name` exists. New queues are classic v2 queues (about 1.7x
-    the confirmed-publish rate of v1 here); a queue that already exists is used as it is, since
-    redeclaring it with other arguments would be refused by the broker."""
-    probe = connection.channel()
-    try:
-        probe.queue_declare(name, durable=True, passive=True)
-        return
-    except pika.exceptions.ChannelClosedByBroker as e:
-        if e.reply_code != 404:
-            raise
-    finally:
-        if probe.is_open:
-            probe.close()
-    channel.queue_declare(name, durable=True, arguments={**QUEUE_ARGS, **(arguments or {})})
-
-
-def delay_bucket(seconds: float) -> int:
-    """Milliseconds of the TTL queue for a delay, rounded so queues stay few (about 5% at most)."""
-    ms = max(1, int(seconds * 1000))
-    step = 100 if ms < 10_000 else 1000 if ms < 120_000 else 10_000 if ms < 3_600_000 else 60_000
-    return -(-ms // step) * step
-
-
-@contextlib.contextmanager
-def one_write(connection: pika.BlockingConnection) -> Iterator[None]:
-    """Hand the frames of every method sent inside to the socket as one write (pika makes one
-    write per frame: three per message). Only for methods that need no reply."""
-    impl = connection._impl
-    frames: list[bytes] = []
-    impl._output_marshaled_frames = frames.extend      # shadows pika's method meanwhile
-    try:
-        yield
-    finally:
-        del impl._output_marshaled_frames
-        if frames:
-            data = b"".join(frames)
-            impl.bytes_sent += len(data)
-            impl.frames_sent += len(frames)
-            impl._adapter_emit_data(data)
-
-
-def send_now(connection: pika.BlockingConnection, channel_number: int, method: Any) -> None:
-    """Write a method that needs no reply (an ack) straight to the socket when nothing else is
-    waiting to be written; pika would instead arm its I/O loop for one write (several system
-    calls per ack). Whatever the socket does not take is left to pika to write."""
-    impl = connection._impl
-    data = pika.frame.Method(channel_number, method).marshal()
-    transport = impl._transport
-    if transport is None:
-        raise pika.exceptions.StreamLostError("not connected")
-    if transport.get_write_buffer_size() == 0:
-        try:
-            sent = transport._sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        impl.bytes_sent += sent
-        data = data[sent:]
-    impl.frames_sent += 1
-    if data:
-        impl._adapter_emit_data(data)
-
-
-class Confirms:
-    """A publishing channel in confirm mode that waits once per batch, not once per message
-    (pika's blocking confirm mode waits after each publish). Uses pika's own `_flush_output`,
-    the loop its blocking channel waits in."""
-
-    def __init__(self, connection: pika.BlockingConnection) -> None:
-        self.connection = connection
-        self.channel = connection.channel()
-        self.outstanding: set[int] = set()
-        self.next_tag = 1
-        self.nacked = 0
-        ready: list[bool] = []
-        self.channel._impl.confirm_delivery(ack_nack_callback=self._on_confirm,
-                                            callback=lambda _frame: ready.append(True))
-        connection._flush_output(lambda: bool(ready))
-
-    @property
-    def is_open(self) -> bool:
-        return bool(self.channel.is_open)
-
-    def _on_confirm(self, frame: Any) -> None:
-        m = frame.method
-        if isinstance(m, pika.spec.Basic.Nack):
-            self.nacked += 1
-        if m.multiple:
-            self.outstanding = {t for t in self.outstanding if t > m.delivery_tag}
-        else:
-            self.outstanding.discard(m.delivery_tag)
-
-    def publish(self, messages: Sequence[tuple[str, bytes, pika.BasicProperties]]) -> None:
-        with one_write(self.connection):
-            for routing_key, body, props in messages:
-                self.channel._impl.basic_publish("", routing_key, body, props)
-                self.outstanding.add(self.next_tag)
-                self.next_tag += 1
-
-    def wait(self) -> None:
-        """Until the broker has confirmed every message published so far."""
-        self.connection._flush_output(lambda: not self.outstanding)
-        if self.nacked:
-            self.nacked = 0
-            raise pika.exceptions.AMQPError("the broker refused (nacked) a message")
+_HUNG_UP = getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR   # Linux: RDHUP even with data unread
 
 
 _GENERATIONS = itertools.count(1)       # one number per consuming connection of this process
@@ -146,6 +41,7 @@ class Delivery:
     message_id: str | None = None
     arrived: float = field(default_factory=time.monotonic)
     deaths: int = 0          # starts of this message that ended unacked, as counted in the store
+    delivery_count: int | None = None   # a quorum queue's x-delivery-count: returns of this message
 
 
 Buffered = list[tuple[str, Delivery]]
@@ -171,9 +67,11 @@ class Consumer:
     REFILL = 0.02        # seconds the broker may take to send a message into a slot an ack freed
     OWED = 0.25          # ... one of a queue we just handed deliveries back to (a loaded broker)
 
-    def __init__(self, params: pika.URLParameters, queues: Sequence[str], qos: int, ceiling: int,
-                 buffer_wait: float, hand_back: Callable[[Consumer, Buffered], None]) -> None:
-        self.params, self.queues = params, list(queues)
+    def __init__(self, params: Sequence[pika.URLParameters], queues: Sequence[str], qos: int, ceiling: int,
+                 buffer_wait: float, hand_back: Callable[[Consumer, Buffered], None],
+                 queue_type: str = "classic", name: str = "?") -> None:
+        self.params, self.queues = list(params), list(queues)   # brokers, tried in turn on each connect
+        self.queue_type, self.name = queue_type, name
         self.qos = qos                       # each channel's prefetch count (basic.qos global)
         self.ceiling = ceiling               # each consumer's own: the connection's `prefetch`
         self.buffer_wait = buffer_wait       # how long a delivery may wait in a buffer, seconds
@@ -189,6 +87,7 @@ class Consumer:
         self.owed: dict[str, float] = {}     # queue -> until when: we handed its deliveries back
         self.cancelled_by_broker = False
         self.error: str | None = None        # why the last channel went, until reported
+        self._polled: tuple[Any, Any] | None = None   # the socket `listen` polls, and its poll object
         self.halt = threading.Event()
         self.keeper = threading.Thread(target=self._keep_alive, name="farm-amqp", daemon=True)
 
@@ -210,10 +109,13 @@ class Consumer:
 
     def _channel_for(self, connection: pika.BlockingConnection, queue: str) -> Any:
         channel = connection.channel()
-        channel.basic_qos(prefetch_count=self.ceiling)
-        channel.basic_qos(prefetch_count=self.qos, global_qos=True)
+        if self.queue_type == "quorum":      # no global qos: each consumer's own count
+            channel.basic_qos(prefetch_count=self.qos)
+        else:
+            channel.basic_qos(prefetch_count=self.ceiling)
+            channel.basic_qos(prefetch_count=self.qos, global_qos=True)
         channel.add_on_cancel_callback(self._on_cancelled)
-        declare(connection, channel, queue)      # a queue must exist before basic_consume
+        declare(connection, queue, self.queue_type, connection_name=self.name)   # before basic_consume
         return channel
 
     def consuming(self) -> None:
@@ -234,10 +136,10 @@ class Consumer:
             ch = self.channels.get(q)
             if q in self.active:
                 if ch is not None and q not in self.tags and ch.is_open:
-                    ch.basic_qos(prefetch_count=self.qos, global_qos=True)
+                    self._qos(ch, self.qos)
                 continue
             if q in self.tags and ch is not None and self.open():
-                ch.basic_qos(prefetch_count=1, global_qos=True)
+                self._qos(ch, 1)
                 self.connection.process_data_events(time_limit=0)
                 ch.basic_cancel(self.tags.pop(q))
             self.tags.pop(q, None)
@@ -250,8 +152,9 @@ class Consumer:
 
         def on_message(ch: Any, method: Any, props: Any, body: bytes) -> None:
             self.owed.pop(queue, None)
+            count = (props.headers or {}).get("x-delivery-count")
             buf.append(Delivery(method.delivery_tag, ch.channel_number, gen, method.redelivered, body,
-                                 props.message_id))
+                                props.message_id, delivery_count=count if isinstance(count, int) else None))
         return on_message
 
     def _on_cancelled(self, frame: Any) -> None:
@@ -291,6 +194,27 @@ class Consumer:
 
     def buffered(self) -> bool:
         return any(self.buffers[q] for q in self.queues)
+
+    def listen(self) -> None:
+        """Notice, without reading or waiting, a connection whose peer has closed it (a cut: its
+        FIN or RST is in), and drop it: what it delivered becomes stale. One poll(2) call, so
+        it can run before every job (a read would cost a pika round of its own)."""
+        try:
+            sock = self.connection._impl._transport._sock if self.connection is not None else None
+        except AttributeError:
+            sock = None
+        if sock is None:
+            return
+        if self._polled is None or self._polled[0] is not sock:
+            poller = select.poll()
+            poller.register(sock, _HUNG_UP)
+            self._polled = (sock, poller)
+        try:
+            hung_up = self._polled[1].poll(0)
+        except OSError:
+            hung_up = True
+        if hung_up:
+            self.lost(pika.exceptions.StreamLostError("the connection was closed by its peer"))
 
     def pump(self, seconds: float) -> None:
         """Read from the broker for up to `seconds`, returning early once deliveries arrived."""
@@ -378,10 +302,19 @@ class Consumer:
 
     def limit_to(self, count: int) -> None:
         """Set each channel's prefetch count. A consumer's own count (basic.qos, not global) is
-        fixed when it starts consuming; a channel's applies at once."""
+        fixed when it starts consuming; a channel's applies at once. Quorum queues have no
+        channel count: a changed count cancels the consumers, and `consuming` starts them again
+        with it (what they had delivered stays ours; what was on the wire pika requeues)."""
         for ch in self.channels.values():
-            ch.basic_qos(prefetch_count=count, global_qos=True)
+            self._qos(ch, count)
+        if self.queue_type == "quorum" and count != self.qos:
+            for q, tag in list(self.tags.items()):
+                self.channels[q].basic_cancel(tag)
+            self.tags = {}
         self.qos = count
+
+    def _qos(self, channel: Any, count: int) -> None:
+        channel.basic_qos(prefetch_count=count, global_qos=self.queue_type != "quorum")
 
     def ack(self, d: Delivery) -> bool:
         """Written at once (no reply to wait for). False, and nothing written, for a stale
@@ -412,7 +345,8 @@ class Consumer:
     def sync(self) -> None:
         """One round trip on each consuming channel: every delivery the broker sent before it
         is in our buffers afterwards (a channel is ordered)."""
-        self.limit_to(self.qos)
+        for ch in self.channels.values():
+            self._qos(ch, self.qos)
         self.connection.process_data_events(time_limit=0)
         self.check()
 

@@ -108,6 +108,8 @@ class Worker:
                 reason = self.run_once()
             except Abandon:
                 reason = StopReason.ABANDON
+            except UsageError:              # the broker disagrees with the manifest (amqp queue_type): no retry helps
+                raise
             except FarmError as e:          # DriverUnavailable, or a driver error it could not place
                 reason = self._unavailable(e)
             if reason is not None:

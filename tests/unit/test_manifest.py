@@ -167,3 +167,54 @@ def test_hardening_environment_names_and_values_that_cannot_be_rendered_are_refu
     assert ":8: pipelines.w.environment.EDGE: " in text
     assert ":9: pipelines.w.environment.COMMENT: " in text
     assert len(e.value.problems) == 6
+
+
+def test_issue17_queue_type_and_urls_are_read_for_an_amqp_connection(tmp_path):
+    p = _write(tmp_path, """\
+        connections:
+          database: {driver: database}
+          rabbit:
+            driver: amqp
+            urls: [amqp://a:5672/%2F, amqps://b:5671/%2F]
+            queue_type: quorum
+            store: database
+        """)
+    c = manifest.load(p).connections["rabbit"]
+    assert (c.queue_type, c.urls, c.url) == ("quorum", ("amqp://a:5672/%2F", "amqps://b:5671/%2F"), "amqp://a:5672/%2F")
+    assert manifest.load(_write(tmp_path, "connections:\n  d: {driver: database}\n  r: {driver: amqp, url: "
+                                          "'amqp://x/', store: d}\n")).connections["r"].queue_type == "classic"
+
+
+def test_issue17_wrong_queue_type_and_urls_are_manifest_errors_with_their_lines(tmp_path):
+    p = _write(tmp_path, """\
+        connections:
+          database: {driver: database, queue_type: quorum, urls: [amqp://x/]}
+          both:
+            driver: amqp
+            url: amqp://a/
+            urls: [amqp://b/]
+            store: database
+          neither: {driver: amqp, store: database}
+          bad:
+            driver: amqp
+            queue_type: stream
+            urls:
+              - amqp://ok/
+              - http://no/
+            store: database
+          empty: {driver: amqp, urls: [], store: database}
+        """)
+    with pytest.raises(ManifestError) as e:
+        manifest.load(p)
+    assert e.value.exit_code == 2
+    got = [problem.split("farm.yaml", 1)[1] for problem in e.value.problems]
+    assert got == [
+        ":2: connections.database.queue_type: only an amqp connection has a queue_type",
+        ":2: connections.database.urls: only an amqp connection takes a list of urls",
+        ":6: connections.both.urls: give either url (one broker) or urls (brokers tried in turn), not both",
+        ":8: connections.neither.url: an amqp connection needs a url (amqp://user:pass@host:port/vhost) "
+        "or urls (a list of them, tried in turn)",
+        ":11: connections.bad.queue_type: expected classic or quorum, got 'stream'",
+        ":14: connections.bad.urls[1]: expected an amqp:// or amqps:// url, got 'http://no/'",
+        ":16: connections.empty.urls: expected a list of amqp:// urls, tried in turn, got []",
+    ], got
