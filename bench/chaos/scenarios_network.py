@@ -190,7 +190,7 @@ def deploy_cycles(farm: ChaosFarm, size: Size) -> Result:
         producer.stop.set()
         sup.shutdown()
     unexpected = _unexpected_exits(sup.root / "var" / "log" / "supervisord.log")
-    notes.append(f"{cycles} deploys, {producer.note()}")
+    notes.append(f"deploys: {cycles}; {producer.note()}")
     if unexpected:
         notes.append(f"{unexpected} unexpected worker exits")
     result = verdict(farm, "deploy_cycles", t0, drained, notes, strict_started=True)
@@ -222,7 +222,7 @@ def _cuts(farm: ChaosFarm, size: Size, name: str, lose_commits: bool) -> Result:
     duration = 6.0 if size.short else 30.0
     keeper = Keeper(farm, size.workers)
     producer = Producer(farm, size.jobs, pause=duration / size.jobs)
-    match = PUBLISH if farm.backend == "rabbitmq" else b"COMMIT"
+    match = PUBLISH if farm.backend == "rabbitmq" else b"INSERT"     # a single dispatch: one autocommit INSERT
     flip = [False]
 
     def fault() -> None:
@@ -248,7 +248,7 @@ def _cuts(farm: ChaosFarm, size: Size, name: str, lose_commits: bool) -> Result:
             p.close()
     cuts = workers_proxy.stats.cut + (producer_proxy.stats.cut if producer_proxy is not workers_proxy else 0)
     rounds = faults.count if not lose_commits else (faults.count + 1) // 2
-    notes = [f"{rounds} cut rounds ({cuts} connections)"]
+    notes = [f"cuts: {rounds} rounds, {cuts} connections"]
     if lose_commits:
         notes.append(f"{producer_proxy.stats.replies_lost} replies lost")
     notes.append(producer.note())
@@ -287,7 +287,7 @@ def pg_terminate(farm: ChaosFarm, size: Size) -> Result:
         producer.stop.set()
         killer.end()
         farm.stop_workers()
-    notes = [f"{killer.count} rounds, {terminated[0]} backends terminated", producer.note(),
+    notes = [f"terminate: {killer.count} rounds, {terminated[0]} backends", producer.note(),
              f"worker exits {_codes(keeper.exits)}"]
     notes += [f"terminate failed: {killer.failures[0]}"] if killer.failures else []
     return verdict(farm, "pg_terminate", t0, drained, notes, allowed=killer.count * len(keeper.workers))
@@ -313,7 +313,7 @@ def rabbit_restart(farm: ChaosFarm, size: Size) -> Result:
     finally:
         producer.stop.set()
         farm.stop_workers()
-    notes = [f"{done} broker restarts", producer.note(), f"worker exits {_codes(keeper.exits)}"]
+    notes = [f"broker restarts: {done}", producer.note(), f"worker exits {_codes(keeper.exits)}"]
     bound = done * len(keeper.workers)
     return verdict(farm, "rabbit_restart", t0, drained, notes, allowed=bound)
 
