@@ -169,6 +169,7 @@ def deploy_cycles(farm: ChaosFarm, size: Size) -> Result:
     cycles = 6 if size.short else 20
     sup = Supervised(farm.manifest, farm.env())
     notes: list[str] = []
+    marks: list[float] = []         # when each deploy began
     producer = Producer(farm, None, pause=0.15 if size.short else 0.08, seconds=DEPLOY_JOB_SECONDS)
     try:
         sup.start(size.workers, connection="main", timeout=20)
@@ -176,6 +177,7 @@ def deploy_cycles(farm: ChaosFarm, size: Size) -> Result:
         sizes = [size.workers, size.workers + 1]
         for i in range(cycles):
             time.sleep(random.uniform(0.3, 1.0))        # let jobs be inside workers
+            marks.append(time.time())
             kind = i % 3
             if kind == 0:
                 sup.update(sizes[(i // 3 + 1) % 2], connection="main", timeout=20)
@@ -190,7 +192,9 @@ def deploy_cycles(farm: ChaosFarm, size: Size) -> Result:
         producer.stop.set()
         sup.shutdown()
     unexpected = _unexpected_exits(sup.root / "var" / "log" / "supervisord.log")
-    notes.append(f"deploys: {cycles}; {producer.note()}")
+    inside = _running_at(farm, marks)
+    notes.append(f"deploys: {len(marks)}, {sum(1 for n in inside if n)} of them with jobs running "
+                 f"({sum(inside)} jobs); {producer.note()}")
     if unexpected:
         notes.append(f"{unexpected} unexpected worker exits")
     result = verdict(farm, "deploy_cycles", t0, drained, notes, strict_started=True)
@@ -327,6 +331,16 @@ def _bounce_rabbit(down_for: float = 2.0) -> None:
     finally:
         ctl("start_app")
         ctl("await_startup")
+
+
+def _running_at(farm: ChaosFarm, moments: list[float]) -> list[int]:
+    """How many jobs were inside handle() (S written, its E not yet) at each moment."""
+    spans: dict[tuple[str, int], list[float]] = {}
+    for e in farm.ledger.events():
+        span = spans.setdefault((e.job_id, e.pid), [e.at, float("inf")])
+        if e.kind == "E":
+            span[1] = e.at
+    return [sum(1 for start, end in spans.values() if start <= t < end) for t in moments]
 
 
 def _unexpected_exits(log: Any) -> int:
