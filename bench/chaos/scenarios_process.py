@@ -25,8 +25,40 @@ class Keeper:
     def __init__(self, farm: ChaosFarm, n: int, *args: str) -> None:
         self.farm, self.n, self.args = farm, n, args
         self.exits: list[int] = []
-        self.seen: set[int] = set()
-        self.workers = [farm.worker(*args) for _ in range(n)]
+        self.started: dict[int, float] = {}
+        self.signalled: set[int] = set()     # a second TERM would abandon the job: never sent
+        self.workers = [self._start() for _ in range(n)]
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        p = self.farm.worker(*self.args)
+        self.started[p.pid] = time.monotonic()
+        return p
+
+    def settled(self, after: float = 1.0) -> list[subprocess.Popen[bytes]]:
+        """Workers up for `after` seconds at least (supervisord's startsecs=1: one that is still
+        importing has no signal handlers yet, and a TERM then ends it with -15, holding no job)."""
+        now = time.monotonic()
+        return [p for p in self.workers if p.poll() is None and now - self.started[p.pid] >= after
+                and p.pid not in self.signalled]
+
+    def signal(self, p: subprocess.Popen[bytes], sig: int) -> None:
+        self.signalled.add(p.pid)
+        p.send_signal(sig)
+
+    def stop(self, timeout: float = 60) -> list[int]:
+        """TERM each worker once (none twice) and wait; returns the exit codes of this stop."""
+        for p in self.workers:
+            if p.poll() is None and p.pid not in self.signalled:
+                self.signal(p, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        codes = []
+        for p in self.workers:
+            try:
+                codes.append(p.wait(max(0.1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes.append(p.wait(10))
+        return codes
 
     def tick(self) -> None:
         """Note the exits and start a worker for each one gone."""
@@ -35,7 +67,7 @@ class Keeper:
             if code is not None:
                 self.workers.remove(p)
                 self.exits.append(code)
-                self.workers.append(self.farm.worker(*self.args))
+                self.workers.append(self._start())
 
     def run_until(self, done: Callable[[], bool], timeout: float) -> bool:
         """Tick until `done()` or `timeout`; True when done."""
@@ -85,11 +117,16 @@ def _storm(farm: ChaosFarm, size: Size, sig: int, name: str) -> Result:
     inside = after_end = 0
     allowed: set[str] = set()
     signalled: list[subprocess.Popen[bytes]] = []
-    for _ in range(size.events):
+    sent = 0
+    while sent < size.events:
         time.sleep(rng.uniform(0.2, 0.6))
         keeper.tick()
-        victim = rng.choice(keeper.workers)
-        victim.send_signal(sig)
+        ready = keeper.settled()
+        if not ready:
+            continue
+        victim = rng.choice(ready)
+        sent += 1
+        keeper.signal(victim, sig)
         if sig == signal.SIGKILL:
             victim.wait(10)
             last = farm.ledger.last_job(victim.pid)
@@ -104,7 +141,7 @@ def _storm(farm: ChaosFarm, size: Size, sig: int, name: str) -> Result:
         keeper.tick()
     producer.join()
     drained = keeper.run_until(lambda: farm.wait_drained(0.5), DRAIN_TIMEOUT)
-    farm.stop_workers()
+    keeper.stop()
     t = farm.ledger.tally(farm.dispatched)
     notes = [] if drained else ["not drained"]
     if producer.error:
