@@ -24,6 +24,9 @@ ALL = BACKENDS
 SCENARIOS: dict[str, tuple[Scenario, tuple[str, ...]]] = {
     "sigkill_storm": (proc.sigkill_storm, ALL),
     "sigterm_storm": (proc.sigterm_storm, ALL),
+    "memory_recycling": (proc.memory_recycling, ALL),
+    "long_jobs_renewal": (proc.long_jobs_renewal, ALL),
+    "poison_mix": (proc.poison_mix, ALL),
 }
 try:                                   # engineer B's network scenarios, when merged
     from .scenarios_network import SCENARIOS as NETWORK   # type: ignore[attr-defined]

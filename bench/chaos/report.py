@@ -38,8 +38,8 @@ def print_table(results: Sequence[Result], out: TextIO | None = None) -> None:
              "ok" if r.ok else "FAIL", r.note] for r in results]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(heads)]
     for row in [heads, *rows]:
-        out.write("  ".join(c.rjust(w) if c[:1].isdigit() else c.ljust(w)
-                            for c, w in zip(row, widths)).rstrip() + "\n")
+        out.write("  ".join(c.rjust(w) if 2 <= i <= 8 else c.ljust(w)
+                            for i, (c, w) in enumerate(zip(row, widths))).rstrip() + "\n")
 
 
 def print_json(results: Sequence[Result], out: TextIO | None = None) -> None:

@@ -5,11 +5,13 @@ a worker that exits is started again (`Keeper`), so the farm keeps its size.
 """
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
 import threading
 import time
+import uuid
 from typing import Callable
 
 from .farm import ChaosFarm, Size
@@ -25,8 +27,40 @@ class Keeper:
     def __init__(self, farm: ChaosFarm, n: int, *args: str) -> None:
         self.farm, self.n, self.args = farm, n, args
         self.exits: list[int] = []
-        self.seen: set[int] = set()
-        self.workers = [farm.worker(*args) for _ in range(n)]
+        self.started: dict[int, float] = {}
+        self.signalled: set[int] = set()     # a second TERM would abandon the job: never sent
+        self.workers = [self._start() for _ in range(n)]
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        p = self.farm.worker(*self.args)
+        self.started[p.pid] = time.monotonic()
+        return p
+
+    def settled(self, after: float = 1.0) -> list[subprocess.Popen[bytes]]:
+        """Workers up for `after` seconds at least (supervisord's startsecs=1: one that is still
+        importing has no signal handlers yet, and a TERM then ends it with -15, holding no job)."""
+        now = time.monotonic()
+        return [p for p in self.workers if p.poll() is None and now - self.started[p.pid] >= after
+                and p.pid not in self.signalled]
+
+    def signal(self, p: subprocess.Popen[bytes], sig: int) -> None:
+        self.signalled.add(p.pid)
+        p.send_signal(sig)
+
+    def stop(self, timeout: float = 60) -> list[int]:
+        """TERM each worker once (none twice) and wait; returns the exit codes of this stop."""
+        for p in self.workers:
+            if p.poll() is None and p.pid not in self.signalled:
+                self.signal(p, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        codes = []
+        for p in self.workers:
+            try:
+                codes.append(p.wait(max(0.1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes.append(p.wait(10))
+        return codes
 
     def tick(self) -> None:
         """Note the exits and start a worker for each one gone."""
@@ -35,7 +69,7 @@ class Keeper:
             if code is not None:
                 self.workers.remove(p)
                 self.exits.append(code)
-                self.workers.append(self.farm.worker(*self.args))
+                self.workers.append(self._start())
 
     def run_until(self, done: Callable[[], bool], timeout: float) -> bool:
         """Tick until `done()` or `timeout`; True when done."""
@@ -85,11 +119,16 @@ def _storm(farm: ChaosFarm, size: Size, sig: int, name: str) -> Result:
     inside = after_end = 0
     allowed: set[str] = set()
     signalled: list[subprocess.Popen[bytes]] = []
-    for _ in range(size.events):
+    sent = 0
+    while sent < size.events:
         time.sleep(rng.uniform(0.2, 0.6))
         keeper.tick()
-        victim = rng.choice(keeper.workers)
-        victim.send_signal(sig)
+        ready = keeper.settled()
+        if not ready:
+            continue
+        victim = rng.choice(ready)
+        sent += 1
+        keeper.signal(victim, sig)
         if sig == signal.SIGKILL:
             victim.wait(10)
             last = farm.ledger.last_job(victim.pid)
@@ -104,7 +143,7 @@ def _storm(farm: ChaosFarm, size: Size, sig: int, name: str) -> Result:
         keeper.tick()
     producer.join()
     drained = keeper.run_until(lambda: farm.wait_drained(0.5), DRAIN_TIMEOUT)
-    farm.stop_workers()
+    keeper.stop()
     t = farm.ledger.tally(farm.dispatched)
     notes = [] if drained else ["not drained"]
     if producer.error:
@@ -130,3 +169,111 @@ def sigkill_storm(farm: ChaosFarm, size: Size) -> Result:
 def sigterm_storm(farm: ChaosFarm, size: Size) -> Result:
     """SIGTERM a random worker every 0.2-0.6 s under load: graceful, so 0 run twice, 0 lost."""
     return _storm(farm, size, signal.SIGTERM, "sigterm_storm")
+
+
+def _graceful_verdict(farm: ChaosFarm, keeper: Keeper, drained: bool, extra: list[str]) -> tuple[bool, list[str]]:
+    """0 run twice and every worker exit 0 (graceful paths)."""
+    codes = keeper.exits + keeper.stop()
+    t = farm.ledger.tally(farm.dispatched)
+    bad = sorted({c for c in codes if c != 0})
+    notes = ([] if drained else ["not drained"]) + extra
+    if bad:
+        notes.append(f"worker exits {bad}")
+    return drained and t.completed_twice == 0 and t.started_twice == 0 and not bad, notes
+
+
+def memory_recycling(farm: ChaosFarm, size: Size) -> Result:
+    """Jobs that each keep 4 MB in their worker, `--memory 80`: workers exit 0 after a few jobs
+    and are started again (as supervisord would); 0 lost, 0 run twice."""
+    rng = random.Random()
+    t0 = time.monotonic()
+    keeper = Keeper(farm, size.workers, "--memory", "80")
+    for start in range(0, size.jobs, 10):
+        farm.dispatch(min(10, size.jobs - start), kind="grow", mb=4, seconds=rng.choice(SHORT_JOBS[:4]))
+        keeper.tick()
+    drained = keeper.run_until(lambda: farm.wait_drained(0.5), DRAIN_TIMEOUT)
+    recycled = len(keeper.exits)
+    ok, notes = _graceful_verdict(farm, keeper, drained, [f"{recycled} recycles"])
+    return _result(farm, "memory_recycling", t0, ok and recycled > 0, "; ".join(notes))
+
+
+def long_jobs_renewal(farm: ChaosFarm, size: Size) -> Result:
+    """Jobs of 2-3x retry_after among short ones: renewal keeps each on its first worker (0
+    started twice), while a producer keeps the others busy."""
+    rng = random.Random()
+    t0 = time.monotonic()
+    long_s = farm.retry_after * (2 if size.short else 3)
+    long_ids = farm.dispatch(size.workers * 2, seconds=long_s)
+    keeper = Keeper(farm, size.workers + 1)
+    producer = Producer(farm, size.jobs // 2, rng, pause=0.2)
+    producer.start()
+    producer.join()
+    drained = keeper.run_until(lambda: farm.wait_drained(0.5), DRAIN_TIMEOUT)
+    ok, notes = _graceful_verdict(farm, keeper, drained, [f"{len(long_ids)} jobs of {long_s:g} s, retry_after {farm.retry_after:g} s"])
+    return _result(farm, "long_jobs_renewal", t0, ok and producer.error is None, "; ".join(notes))
+
+
+BAD_SHAPE = '{"v": 1, "job": 42, "queue": "default"}'
+
+
+def _outside_imports(job_id: str) -> str:
+    """A wire-format document naming a job outside `imports:` (stored, then failed by the worker)."""
+    return json.dumps({"v": 1, "id": job_id, "job": "os:system", "data": {"command": "true"},
+                       "queue": "default", "attempts": 0, "tries": 1, "backoff": 0, "timeout": 10,
+                       "max_exceptions": None, "retry_until": None,
+                       "dispatched_at": "2026-01-01T00:00:00+00:00"})
+
+
+def poison_mix(farm: ChaosFarm, size: Size) -> Result:
+    """Good jobs among poison: raising, timing out, malformed (a bad shape through `farmctl push`,
+    refused; an unparsable body written raw; a job outside `imports:`) and jobs that SIGKILL their
+    own worker every time. Every poison job ends in the failed table; a killer after at most
+    `tries` deaths of its worker."""
+    from farm import app
+    from farm.drivers.base import Outgoing
+
+    t0 = time.monotonic()
+    notes: list[str] = []
+    ok = True
+    bad = farm.farmctl("push", "--queue", "default", BAD_SHAPE)
+    if bad.returncode != 2 or "Traceback" in bad.stderr or farm.pending() != 0:
+        ok = False
+        notes.append(f"push of a bad shape: exit {bad.returncode}")
+    n_bad = max(2, size.jobs // 40)
+    good = farm.dispatch(size.jobs - 4 * n_bad, seconds=0.01)
+    raising = farm.dispatch(n_bad, kind="raise", tries=2)
+    hanging = farm.dispatch(n_bad, kind="ok", seconds=6, timeout=1, tries=2)
+    killers = farm.dispatch(n_bad, kind="kill", tries=3)
+    raw = [str(uuid.uuid4()) for _ in range(n_bad)]
+    app.queue("main").push([Outgoing(i, "default", "{not json " + i, time.time()) for i in raw])
+    outside = str(uuid.uuid4())
+    pushed = farm.farmctl("push", "--queue", "default", _outside_imports(outside))
+    if pushed.returncode != 0:
+        ok = False
+        notes.append(f"push of a job outside imports: exit {pushed.returncode}")
+    poison = set(raising + hanging + killers + raw + [outside])
+    keeper = Keeper(farm, size.workers, "--timeout", "30")
+    everyone = good + sorted(poison)
+
+    def settled() -> bool:
+        return set(good) <= farm.ledger.ended() and poison <= farm.failed_ids(sorted(poison))
+
+    drained = keeper.run_until(settled, 120 if size.short else 240)
+    deaths = sum(1 for c in keeper.exits if c == -signal.SIGKILL)
+    codes = keeper.stop()
+    failed = farm.failed_ids(sorted(poison))
+    killers_failed = len(set(killers) & failed)
+    notes.append(f"{len(killers)} killers: {killers_failed} failed after {deaths} worker deaths (bound {3 * len(killers)})")
+    if deaths > 3 * len(killers):
+        ok = False
+    if not drained:
+        missing = poison - failed
+        notes.append(f"not settled: {len(missing)} poison jobs not failed")
+    others = sorted({c for c in codes if c not in (0, -signal.SIGKILL)})
+    if others:
+        notes.append(f"worker exits {others}")
+    t = farm.ledger.tally(good)
+    if t.completed_twice or t.started_twice:
+        ok = False
+    return _result(farm, "poison_mix", t0, ok and drained and not others, "; ".join(notes),
+                   failed_ok=tuple(poison & failed), ids=everyone)
