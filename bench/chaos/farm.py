@@ -63,13 +63,17 @@ class ChaosFarm:
         self.logs.mkdir(exist_ok=True)
         shutil.copy(Path(__file__).with_name("chaosjobs.py"), self.workdir / "chaosjobs.py")
         self.manifest = self.workdir / "conf" / "farm.yaml"
-        self.manifest.write_text("imports: [chaosjobs]\ndefault: main\nconnections:\n"
-                                 + textwrap.indent(self._connection(), "  ") + self._pipeline() + extra)
-        if str(self.workdir) not in sys.path:
-            sys.path.insert(0, str(self.workdir))
-        import farm
+        try:
+            self.manifest.write_text("imports: [chaosjobs]\ndefault: main\nconnections:\n"
+                                     + textwrap.indent(self._connection(), "  ") + self._pipeline() + extra)
+            if str(self.workdir) not in sys.path:
+                sys.path.insert(0, str(self.workdir))
+            import farm
 
-        farm.configure(self.manifest)
+            farm.configure(self.manifest)
+        except BaseException:
+            self.close()                # a database or vhost made before the failure goes too
+            raise
 
     # -- setup -------------------------------------------------------------------------
     def _connection(self) -> str:

@@ -48,9 +48,11 @@ class Keeper:
         p.send_signal(sig)
 
     def stop(self, timeout: float = 60) -> list[int]:
-        """TERM each worker once (none twice) and wait; returns the exit codes of this stop."""
+        """TERM each worker once (none twice, none still starting: see settled) and wait;
+        returns the exit codes of this stop."""
         for p in self.workers:
             if p.poll() is None and p.pid not in self.signalled:
+                time.sleep(max(0.0, self.started[p.pid] + 1.0 - time.monotonic()))
                 self.signal(p, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         codes = []
@@ -183,13 +185,13 @@ def _graceful_verdict(farm: ChaosFarm, keeper: Keeper, drained: bool, extra: lis
 
 
 def memory_recycling(farm: ChaosFarm, size: Size) -> Result:
-    """Jobs that each keep 4 MB in their worker, `--memory 80`: workers exit 0 after a few jobs
+    """Jobs that each keep 6 MB in their worker, `--memory 80`: workers exit 0 after a few jobs
     and are started again (as supervisord would); 0 lost, 0 run twice."""
     rng = random.Random()
     t0 = time.monotonic()
     keeper = Keeper(farm, size.workers, "--memory", "80")
     for start in range(0, size.jobs, 10):
-        farm.dispatch(min(10, size.jobs - start), kind="grow", mb=4, seconds=rng.choice(SHORT_JOBS[:4]))
+        farm.dispatch(min(10, size.jobs - start), kind="grow", mb=6, seconds=rng.choice(SHORT_JOBS[1:4]))
         keeper.tick()
     drained = keeper.run_until(lambda: farm.wait_drained(0.5), DRAIN_TIMEOUT)
     recycled = len(keeper.exits)

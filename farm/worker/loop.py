@@ -88,18 +88,19 @@ class Worker:
                 self.heart.read_paused(role="fast" if self.store is self.queue else "durable")
             except FarmError:
                 pass                        # the heart reads them again within half a second
-        self.heart.start()
-        try:
-            with signals.installed(self.lifecycle):
-                reason = self._loop()
-        finally:
-            self._shut_down()
-        self.log.info("worker.stop", reason=reason.value, signal=self.lifecycle.stop_signal,
-                      done=self.done, seconds=round(time.monotonic() - self.lifecycle.started, 3))
-        if reason.recycles:
-            left = STARTSECS - (time.monotonic() - self.lifecycle.started)
-            if left > 0:
-                time.sleep(left)
+        with signals.late_stops() as late:      # a TERM outside the loop's handlers is noted, not fatal
+            self.heart.start()
+            try:
+                with signals.installed(self.lifecycle, late):
+                    reason = self._loop()
+            finally:
+                self._shut_down()
+            self.log.info("worker.stop", reason=reason.value, signal=self.lifecycle.stop_signal,
+                          done=self.done, seconds=round(time.monotonic() - self.lifecycle.started, 3))
+            if reason.recycles:
+                left = STARTSECS - (time.monotonic() - self.lifecycle.started)
+                if left > 0:
+                    late.wait_out(left)         # a TERM ends the wait: exit 0, not death by signal
         return reason.exit_code
 
     def _loop(self) -> StopReason:
