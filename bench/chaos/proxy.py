@@ -3,9 +3,9 @@
 Every connection a worker or producer opens to PostgreSQL, MariaDB or RabbitMQ goes through a
 `Proxy`. `cut_all()` drops every live connection at once (both sides see the socket shut down,
 as when a NAT or a load balancer forgets them) and keeps listening, so a client that reconnects
-gets through at once. `lose_reply(match)` arms a sharper fault: the next request that contains
-`match` (b"COMMIT": a transaction's end) reaches the server, which carries it out, but its
-reply is swallowed and that connection cut, so the client cannot know the outcome.
+gets through at once. `lose_reply(*matches)` arms a sharper fault: the next request that
+contains one of `matches` (b"INSERT": a dispatch's write) reaches the server, which carries it
+out, but its reply is swallowed and that connection cut, so the client cannot know the outcome.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class Proxy:
         self.pairs: set[_Pair] = set()
         self.lock = threading.Lock()
         self.closed = False
-        self.armed: bytes | None = None      # lose_reply() waiting for a request holding this
+        self.armed: tuple[bytes, ...] | None = None      # lose_reply() waiting for a request holding one
         self.stats = ProxyStats()
 
     def start(self) -> "Proxy":
@@ -93,11 +93,12 @@ class Proxy:
             pair.shutdown()
         return len(pairs)
 
-    def lose_reply(self, match: bytes | None = b"COMMIT") -> None:
-        """Arm: the next request containing `match` (any request if None) is delivered, its
-        reply swallowed, and its connection cut. One shot; arming again replaces the match."""
+    def lose_reply(self, *matches: bytes) -> None:
+        """Arm: the next request containing one of `matches` (any request if none given) is
+        delivered, its reply swallowed, and its connection cut. One shot; arming again replaces
+        the matches."""
         with self.lock:
-            self.armed = match if match is not None else b""
+            self.armed = matches or (b"",)
 
     def close(self) -> None:
         """Cut every connection and refuse new ones."""
@@ -160,6 +161,6 @@ class Proxy:
         if self.armed is None:
             return
         with self.lock:
-            if self.armed is not None and self.armed in data:
+            if self.armed is not None and any(m in data for m in self.armed):
                 self.armed = None
                 pair.doomed = True      # before the request is forwarded: its reply comes after

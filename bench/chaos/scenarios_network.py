@@ -30,6 +30,9 @@ JOB_SECONDS = (0.0, 0.005, 0.02, 0.05)          # short jobs: many acks per cut
 DEPLOY_JOB_SECONDS = (0.01, 0.05, 0.2, 0.5)     # longer: deploys land inside jobs
 SERVER_URL = {"postgresql": PG_URL, "mariadb": MY_URL, "rabbitmq": AMQP_URL}
 PUBLISH = b"\x00\x3c\x00\x28"       # AMQP method frame Basic.Publish (class 60, method 40)
+# the requests whose reply producer_through_cuts loses: a dispatch's write. psycopg prepares a
+# statement run 5 times on a connection; then only its name (_pg3_N) goes on the wire
+REQUEST = {"postgresql": (b"INSERT", b"_pg3_"), "mariadb": (b"INSERT",), "rabbitmq": (PUBLISH,)}
 
 
 class Producer(threading.Thread):
@@ -226,12 +229,12 @@ def _cuts(farm: ChaosFarm, size: Size, name: str, lose_commits: bool) -> Result:
     duration = 6.0 if size.short else 30.0
     keeper = Keeper(farm, size.workers)
     producer = Producer(farm, size.jobs, pause=duration / size.jobs)
-    match = PUBLISH if farm.backend == "rabbitmq" else b"INSERT"     # a single dispatch: one autocommit INSERT
+    match = REQUEST[farm.backend]
     flip = [False]
 
     def fault() -> None:
         if lose_commits and not flip[0]:
-            producer_proxy.lose_reply(match)    # the next commit's reply goes missing
+            producer_proxy.lose_reply(*match)    # the next dispatch write's reply goes missing
         else:
             producer_proxy.cut_all()
             if producer_proxy is not workers_proxy:
