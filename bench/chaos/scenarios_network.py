@@ -38,14 +38,18 @@ REQUEST = {"postgresql": (b"INSERT", b"_pg3_"), "mariadb": (b"INSERT",), "rabbit
 class Producer(threading.Thread):
     """Dispatches jobs one `farm.dispatch` each, `pause` apart, until `n` calls were made or
     `stop` is set. Returned ids go to farm.dispatched; a call that raises is counted and the id
-    it had made is kept in `raised_ids` (it may have been stored all the same)."""
+    it had made is kept in `raised_ids` (it may have been stored all the same). With `watch`
+    (a proxy only this producer uses), the ids of the calls during which that proxy swallowed a
+    reply are kept in `unknown_ids`: dispatches whose write's outcome the driver could not see."""
 
     def __init__(self, farm: ChaosFarm, n: int | None, pause: float, seconds: tuple[float, ...] = JOB_SECONDS,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, watch: Proxy | None = None) -> None:
         super().__init__(daemon=True)
         self.farm, self.n, self.pause, self.seconds = farm, n, pause, seconds
         self.stop = stop or threading.Event()
+        self.watch = watch
         self.raised_ids: list[str] = []
+        self.unknown_ids: list[str] = []
         self.errors: dict[str, int] = {}
         self.calls = 0
 
@@ -66,6 +70,7 @@ class Producer(threading.Thread):
             while not self.stop.is_set() and (self.n is None or self.calls < self.n):
                 made.clear()
                 self.calls += 1
+                lost_before = self.watch.stats.replies_lost if self.watch else 0
                 try:
                     job_id = farm_api.dispatch(self.farm.job(seconds=rng.choice(self.seconds)))
                     if job_id:
@@ -74,6 +79,8 @@ class Producer(threading.Thread):
                     self.raised_ids.extend(made[:1])
                     key = type(e).__name__
                     self.errors[key] = self.errors.get(key, 0) + 1
+                if self.watch and self.watch.stats.replies_lost != lost_before:
+                    self.unknown_ids.extend(made[:1])
                 time.sleep(self.pause * rng.uniform(0.5, 1.5))
         finally:
             module.new_id = original
@@ -86,6 +93,15 @@ class Producer(threading.Thread):
         ran = sum(1 for i in self.raised_ids if i in ended)
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.errors.items()))
         return f"{sum(self.errors.values())} dispatch raised ({kinds}), {ran} of them ran"
+
+    def unknown_twice(self) -> int:
+        """How many of the dispatches whose reply was lost ran twice (a retried write that
+        stored the job a second time)."""
+        ends: dict[str, int] = {}
+        for e in self.farm.ledger.events():
+            if e.kind == "E":
+                ends[e.job_id] = ends.get(e.job_id, 0) + 1
+        return sum(1 for i in set(self.unknown_ids) if ends.get(i, 0) >= 2)
 
 
 class Every(threading.Thread):
@@ -228,7 +244,7 @@ def _cuts(farm: ChaosFarm, size: Size, name: str, lose_commits: bool) -> Result:
     every = 1.5 if size.short else 3.0
     duration = 6.0 if size.short else 30.0
     keeper = Keeper(farm, size.workers)
-    producer = Producer(farm, size.jobs, pause=duration / size.jobs)
+    producer = Producer(farm, size.jobs, pause=duration / size.jobs, watch=producer_proxy if lose_commits else None)
     match = REQUEST[farm.backend]
     flip = [False]
 
@@ -256,12 +272,15 @@ def _cuts(farm: ChaosFarm, size: Size, name: str, lose_commits: bool) -> Result:
     cuts = workers_proxy.stats.cut + (producer_proxy.stats.cut if producer_proxy is not workers_proxy else 0)
     rounds = faults.count if not lose_commits else (faults.count + 1) // 2
     notes = [f"cuts: {rounds} rounds, {cuts} connections"]
+    again = producer.unknown_twice()
     if lose_commits:
-        notes.append(f"{producer_proxy.stats.replies_lost} replies lost")
+        notes.append(f"{producer_proxy.stats.replies_lost} replies lost, {again} of those jobs ran twice")
     notes.append(producer.note())
     notes.append(f"worker exits {_codes(keeper.exits)}")
     allowed = rounds * len(keeper.workers)
-    return verdict(farm, name, t0, drained, notes, allowed=allowed)
+    result = verdict(farm, name, t0, drained, notes, allowed=allowed)
+    # issue 17: on a database a dispatch whose reply was lost leaves its job stored once
+    return _failed(result) if again and farm.backend != "rabbitmq" else result
 
 
 def pg_terminate(farm: ChaosFarm, size: Size) -> Result:
