@@ -43,7 +43,13 @@ class Keeper:
         importing has no signal handlers yet, and a TERM then ends it with -15, holding no job)."""
         now = time.monotonic()
         return [p for p in self.workers if p.poll() is None and now - self.started[p.pid] >= after
-                and p.pid not in self.signalled]
+                and p.pid not in self.signalled and self.up(p)]
+
+    def up(self, p: subprocess.Popen[bytes]) -> bool:
+        """It has logged worker.start: past its imports, its stop signals handled (the TERM of a
+        worker still importing is Python's default: death by the signal, holding no job)."""
+        log = self.farm.log_of(p)
+        return log is not None and b"worker.start" in log.read_bytes()[:4096]
 
     def signal(self, p: subprocess.Popen[bytes], sig: int) -> None:
         self.signalled.add(p.pid)
@@ -55,6 +61,9 @@ class Keeper:
         for p in self.workers:
             if p.poll() is None and p.pid not in self.signalled:
                 time.sleep(max(0.0, self.started[p.pid] + 1.0 - time.monotonic()))
+                deadline = time.monotonic() + 30
+                while p.poll() is None and not self.up(p) and time.monotonic() < deadline:
+                    time.sleep(0.05)
                 self.signal(p, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         codes = []
