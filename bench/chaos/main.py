@@ -48,7 +48,7 @@ def run_one(name: str, backend: str, size: Size, keep: bool = False) -> Result:
     except Exception as e:
         return Result(name, backend, 0, 0, 0, 0, 0, round(time.monotonic() - t0, 1), ok=False,
                       note=f"harness error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                           + f" (logs: {workdir})")
+                           + (f" (logs: {workdir})" if keep else ""))
     finally:
         if farm is not None:
             farm.close()
