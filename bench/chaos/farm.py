@@ -57,6 +57,7 @@ class ChaosFarm:
         self.ledger = Ledger(self.workdir / "ledger.txt")
         self.logs = self.workdir / "logs"
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._logs: dict[int, Path] = {}
         self.dispatched: list[str] = []
         self._cleanup: list[Any] = []
         (self.workdir / "conf").mkdir(parents=True, exist_ok=True)
@@ -184,7 +185,12 @@ class ChaosFarm:
                                  cwd=self.workdir, env=self.env(), stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=err)
         self.procs.append(p)
+        self._logs[p.pid] = self.logs / f"worker-{n:03d}.log"
         return p
+
+    def log_of(self, p: subprocess.Popen[bytes]) -> Path | None:
+        """The log file of a worker this farm started."""
+        return self._logs.get(p.pid)
 
     def live(self) -> list[subprocess.Popen[bytes]]:
         """The workers still running."""

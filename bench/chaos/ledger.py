@@ -59,17 +59,10 @@ class Ledger:
         """Ids with at least one E."""
         return {e.job_id for e in self.events() if e.kind == "E"}
 
-    def open_job(self, pid: int) -> str | None:
-        """The job `pid` had started and not ended (S without E): read after the pid died, this
-        is the job a kill landed inside of; None when the kill fell between jobs."""
-        last: str | None = None
-        for e in self.events():
-            if e.pid == pid:
-                last = e.job_id if e.kind == "S" else None
-        return last
-
     def last_job(self, pid: int) -> tuple[str, str] | None:
-        """(kind, id) of the last line `pid` wrote, or None: after an E the ack may not be written."""
+        """(kind, id) of the last line `pid` wrote, or None. Read after the pid was SIGKILLed:
+        ("S", id) means the kill landed inside that job; ("E", id) that it may have landed
+        between the job's end and its ack."""
         found = None
         for e in self.events():
             if e.pid == pid:

@@ -48,7 +48,7 @@ def run_one(name: str, backend: str, size: Size, keep: bool = False) -> Result:
     except Exception as e:
         return Result(name, backend, 0, 0, 0, 0, 0, round(time.monotonic() - t0, 1), ok=False,
                       note=f"harness error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                           + f" (logs: {workdir})")
+                           + (f" (logs: {workdir})" if keep else ""))
     finally:
         if farm is not None:
             farm.close()
@@ -56,8 +56,15 @@ def run_one(name: str, backend: str, size: Size, keep: bool = False) -> Result:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:        # type: ignore[override]
+        """Bad usage: one line and exit status 2 (no usage block)."""
+        self.exit(2, f"scripts/chaos: {message}\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="scripts/chaos", description=__doc__.splitlines()[0])
+    """Run the chosen scenarios x backends, print the table; 1 if any broke a promise."""
+    ap = _Parser(prog="scripts/chaos", description=__doc__.splitlines()[0])
     ap.add_argument("--short", action="store_true", help="small sizes (a few minutes for everything)")
     ap.add_argument("--backend", action="append", choices=BACKENDS, help="repeatable; default: all")
     ap.add_argument("--scenario", action="append", help="repeatable; default: all")

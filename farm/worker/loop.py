@@ -77,7 +77,12 @@ class Worker:
         return [a.reserved for a in self.attempts()] + list(self.held) + list(self.runner.unacked)
 
     def run(self) -> int:
-        """Work until a stop reason; return the exit status."""
+        """Work until a stop reason; return the exit status. From here to the exit a TERM
+        outside the loop's handlers is noted, not fatal (signals.late_stops)."""
+        with signals.late_stops() as late:
+            return self._work(late)
+
+    def _work(self, late: signals.LateStops) -> int:
         o = self.options
         self.log.info("worker.start", connection=o.connection, queues=",".join(o.queues), pipeline=o.pipeline,
                       timeout=o.timeout, tries=o.tries, max_jobs=o.max_jobs or None,
@@ -88,19 +93,18 @@ class Worker:
                 self.heart.read_paused(role="fast" if self.store is self.queue else "durable")
             except FarmError:
                 pass                        # the heart reads them again within half a second
-        with signals.late_stops() as late:      # a TERM outside the loop's handlers is noted, not fatal
-            self.heart.start()
-            try:
-                with signals.installed(self.lifecycle, late):
-                    reason = self._loop()
-            finally:
-                self._shut_down()
-            self.log.info("worker.stop", reason=reason.value, signal=self.lifecycle.stop_signal,
-                          done=self.done, seconds=round(time.monotonic() - self.lifecycle.started, 3))
-            if reason.recycles:
-                left = STARTSECS - (time.monotonic() - self.lifecycle.started)
-                if left > 0:
-                    late.wait_out(left)         # a TERM ends the wait: exit 0, not death by signal
+        self.heart.start()
+        try:
+            with signals.installed(self.lifecycle, late):
+                reason = self._loop()
+        finally:
+            self._shut_down()
+        self.log.info("worker.stop", reason=reason.value, signal=self.lifecycle.stop_signal,
+                      done=self.done, seconds=round(time.monotonic() - self.lifecycle.started, 3))
+        if reason.recycles:
+            left = STARTSECS - (time.monotonic() - self.lifecycle.started)
+            if left > 0:
+                late.wait_out(left)         # a TERM ends the wait: exit 0, not death by signal
         return reason.exit_code
 
     def _loop(self) -> StopReason:
