@@ -77,7 +77,12 @@ class Worker:
         return [a.reserved for a in self.attempts()] + list(self.held) + self.runner.pending()
 
     def run(self) -> int:
-        """Work until a stop reason; return the exit status."""
+        """Work until a stop reason; return the exit status. From here to the exit a TERM
+        outside the loop's handlers is noted, not fatal (signals.late_stops)."""
+        with signals.late_stops() as late:
+            return self._work(late)
+
+    def _work(self, late: signals.LateStops) -> int:
         o = self.options
         self.log.info("worker.start", connection=o.connection, queues=",".join(o.queues), pipeline=o.pipeline,
                       timeout=o.timeout, tries=o.tries, max_jobs=o.max_jobs or None,
@@ -90,7 +95,7 @@ class Worker:
                 pass                        # the heart reads them again within half a second
         self.heart.start()
         try:
-            with signals.installed(self.lifecycle):
+            with signals.installed(self.lifecycle, late):
                 reason = self._loop()
         finally:
             self._shut_down()
@@ -99,7 +104,7 @@ class Worker:
         if reason.recycles:
             left = STARTSECS - (time.monotonic() - self.lifecycle.started)
             if left > 0:
-                time.sleep(left)
+                late.wait_out(left)         # a TERM ends the wait: exit 0, not death by signal
         return reason.exit_code
 
     def _loop(self) -> StopReason:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -32,8 +33,9 @@ def wakeup() -> Iterator[None]:
 
 
 @contextmanager
-def installed(lifecycle: Lifecycle) -> Iterator[None]:
-    """Handlers for the worker's lifetime; the previous ones come back after."""
+def installed(lifecycle: Lifecycle, late: "LateStops | None" = None) -> Iterator[None]:
+    """Handlers for the worker's loop; the previous ones come back after. A stop signal `late`
+    noted before the loop began is handed to the lifecycle first."""
 
     def handler(signum: int, frame: Any) -> None:
         if lifecycle.on_signal(signum):
@@ -41,10 +43,47 @@ def installed(lifecycle: Lifecycle) -> Iterator[None]:
 
     previous = {s: signal.signal(s, handler) for s in HANDLED}
     previous[signal.SIGALRM] = timeout.install()
+    if late is not None and late.got:
+        lifecycle.on_signal(late.got[0])
     try:
         with wakeup():
             yield
     finally:
         timeout.disarm()
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+class LateStops:
+    """Stop signals that come outside the loop's handlers: noted, never fatal."""
+
+    def __init__(self) -> None:
+        self.got: list[int] = []
+
+    def note(self, signum: int, frame: Any) -> None:
+        self.got.append(signum)
+
+    def wait_out(self, seconds: float) -> None:
+        """Sleep up to `seconds`; a stop signal ends the wait (a recycling exit waiting out
+        supervisord's startsecs, stopped by `supervisorctl stop`, still exits 0)."""
+        deadline = time.monotonic() + seconds
+        while not self.got and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(0.05, left))
+
+
+@contextmanager
+def late_stops() -> Iterator[LateStops]:
+    """For the worker's whole run: between its start, its loop, its shut-down and its exit a
+    TERM is noted instead of killing it by the default action (chaos memory_recycling: a
+    worker stopped while it waited out startsecs died with -15). Handlers come back after."""
+    late = LateStops()
+    previous = {s: signal.signal(s, late.note) for s in STOP_SIGNALS}
+    try:
+        yield late
+    finally:
         for s, h in previous.items():
             signal.signal(s, h)

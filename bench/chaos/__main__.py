@@ -1,0 +1,6 @@
+"""`python -m bench.chaos`: scripts/chaos."""
+import sys
+
+from .main import main
+
+sys.exit(main())
