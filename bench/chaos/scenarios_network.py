@@ -222,9 +222,9 @@ def deploy_cycles(farm: ChaosFarm, size: Size) -> Result:
 
 def connection_cuts(farm: ChaosFarm, size: Size) -> Result:
     """Every connection of the workers and the producer goes through one proxy, all cut every
-    ~3 s (1.5 s with --short) for the whole run. 0 lost; completed twice is measured and
-    allowed up to the in-flight bound (one per worker per cut); issue 17's goal on the
-    database drivers is 0."""
+    ~3 s (1.5 s with --short) for the whole run. 0 lost; on the database drivers 0 completed
+    twice (a lost ack is made again on reconnect); on RabbitMQ completed twice is measured and
+    allowed up to the in-flight bound (one per worker per cut)."""
     return _cuts(farm, size, "connection_cuts", lose_commits=False)
 
 
@@ -277,7 +277,9 @@ def _cuts(farm: ChaosFarm, size: Size, name: str, lose_commits: bool) -> Result:
         notes.append(f"{producer_proxy.stats.replies_lost} replies lost, {again} of those jobs ran twice")
     notes.append(producer.note())
     notes.append(f"worker exits {_codes(keeper.exits)}")
-    allowed = rounds * len(keeper.workers)
+    # issue 17: a database driver acks again on reconnect, so a cut costs no job run twice;
+    # RabbitMQ redelivers what a cut connection held: bounded by one per worker per cut
+    allowed = rounds * len(keeper.workers) if farm.backend == "rabbitmq" else 0
     result = verdict(farm, name, t0, drained, notes, allowed=allowed)
     # issue 17: on a database a dispatch whose reply was lost leaves its job stored once
     return _failed(result) if again and farm.backend != "rabbitmq" else result
@@ -316,7 +318,7 @@ def pg_terminate(farm: ChaosFarm, size: Size) -> Result:
     notes = [f"terminate: {killer.count} rounds, {terminated[0]} backends", producer.note(),
              f"worker exits {_codes(keeper.exits)}"]
     notes += [f"terminate failed: {killer.failures[0]}"] if killer.failures else []
-    return verdict(farm, "pg_terminate", t0, drained, notes, allowed=killer.count * len(keeper.workers))
+    return verdict(farm, "pg_terminate", t0, drained, notes)   # a killed ack is made again: 0 twice
 
 
 def rabbit_restart(farm: ChaosFarm, size: Size) -> Result:
