@@ -48,6 +48,10 @@ class AmqpQueue:
     """
 
     supports_notify = True
+    # a redelivered message may have died unstarted in a dead worker's prefetch, which the
+    # broker does not tell apart from a death inside the job: one more crash is allowed, so a
+    # healthy job hit by two kills in a SIGKILL storm is not failed (a killer: 3 or 4 deaths)
+    uncertain_deaths = 1
 
     def __init__(self, conn: Connection, store: Any = None) -> None:
         self.name = conn.name

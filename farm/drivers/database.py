@@ -85,7 +85,9 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
             # NORMAL in WAL survives any process crash; only an OS crash may lose the last commits.
             conn.execute("PRAGMA synchronous=NORMAL")
         elif self.dialect == "postgresql":
-            conn.execute(f"SET application_name = 'farm {os.getpid()} {role}'")
+            # the random tail makes the label this queue's own: dbretry ends an old session only
+            # when its label is ours, and pids repeat across containers
+            conn.execute(f"SET application_name = 'farm {os.getpid()} {role} {self.token[-12:]}'")
             if role in ("fast", "acks"):   # claims and acks: a server crash may rerun a job, a worker crash never
                 conn.execute("SET synchronous_commit = off")
         else:

@@ -114,7 +114,7 @@ class Runner:
         (or skip a job of a cancelled batch)."""
         assert attempt.doc is not None
         crashes = attempt.reserved.attempts - 1 - int(attempt.doc.get("attempts") or 0)
-        if crashes <= CRASHES_ALLOWED:
+        if crashes <= CRASHES_ALLOWED + getattr(self.queue, "uncertain_deaths", 0):
             # batches (farm/batches.py): a job of a cancelled batch is skipped, not run
             if "batch" in attempt.doc and batches.skipped(self, attempt):
                 return "skipped"

@@ -19,7 +19,7 @@ import pytest
 import farm
 from conftest import AMQP_URL
 from tcpproxy import Proxy, free_port
-from testjobs import KillsItsWorker, Record
+from testjobs import KillsItsWorker, KillsItsWorkerTwice, Record
 
 
 def rabbitmqctl(*args: str) -> str:
@@ -134,6 +134,37 @@ def test_issue17_a_job_that_kills_its_worker_every_time_is_failed_after_a_bounde
     assert entry.id == jid and "died" in entry.exception.splitlines()[0], entry.exception
     assert f.queue().counts()["default"]["ready"] == 0
     assert len(f.lines()) == deaths
+
+
+def test_sigkill_storm_a_job_requeued_unstarted_by_a_dead_worker_then_killed_inside_twice_still_runs(make_farm):
+    # Given a job held unstarted in the prefetch of a worker that is SIGKILLed (the broker marks
+    # it redelivered, as if it had died inside it), and which then kills its worker on its
+    # first two real starts
+    f = make_farm("amqp")
+    out = f.tmp / "twice.txt"
+    from test_amqp_hardening import hold_a_batch
+
+    p = f.worker("--sleep", "0.1")
+    job = KillsItsWorkerTwice(str(out))
+    hold_a_batch(f, p, [Record(str(f.out), "long", seconds=2)] + [job])
+    f.wait_for(lambda: f.lines(f.tmp / "out.txt.started"), what="the long job to start")
+    p.kill()
+    p.wait(10)
+    p.stderr.close()
+    # When workers keep being started for it, as supervisord would
+    codes = []
+    for _ in range(5):
+        w = f.worker("--stop-when-empty")
+        codes.append(w.wait(60))
+        w.stderr.close()
+        if codes[-1] != -signal.SIGKILL:
+            break
+    # Then it ran to its end on its third start: two deaths inside it and a requeue out of a
+    # dead worker's prefetch are not "killed too often" (RabbitMQ cannot tell the requeue from
+    # a death, so it allows one more)
+    assert codes == [-signal.SIGKILL, -signal.SIGKILL, 0], codes
+    assert [line.split()[0] for line in f.lines(out)] == ["done"]
+    assert f.store().failed() == []
 
 
 def test_issue17_urls_fail_over_from_a_closed_port_to_the_broker_and_a_dropped_worker_reconnects_through_the_list(make_farm):

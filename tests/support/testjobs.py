@@ -237,6 +237,23 @@ class KillsItsWorker(farm.Job):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class KillsItsWorkerTwice(farm.Job):
+    """SIGKILLs the worker running it on its first two starts (counted in `path`.starts), then
+    records `done` in `path`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def handle(self) -> None:
+        import signal
+
+        record(self.path + ".starts", f"start {self.attempts} {os.getpid()}")
+        with open(self.path + ".starts") as f:
+            if len(f.read().splitlines()) <= 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        record(self.path, f"done {self.attempts} {os.getpid()}")
+
+
 # -- jobs that record when things happened (tests/integration/test_worker_lifecycle.py) ----------
 
 
