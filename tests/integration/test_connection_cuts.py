@@ -221,6 +221,9 @@ def test_connection_cuts_a_job_whose_final_fail_was_lost_is_failed_on_reconnect_
     # having started once: it was never handed out again after retry_after
     assert [x.split()[0] for x in c.f.lines(ledger)] == ["start", "end"], c.f.lines(ledger)
     assert not c.stored([job_id])
+    # and `job.failed` is logged once, when the fail landed
+    log = (c.f.tmp / "w.log").read_text()
+    assert len([x for x in log.splitlines() if "job.failed" in x and job_id in x]) == 1, log
 
 
 @pytest.mark.parametrize("backend", NETWORKED)
@@ -299,3 +302,37 @@ def test_connection_cuts_every_two_seconds_lose_no_job_and_complete_none_twice_w
     assert not c.sql(f"SELECT uuid FROM {c.table}")
     for w in workers:
         assert w.poll() is None
+
+
+def test_connection_cuts_a_fail_cut_off_whose_job_another_worker_took_meanwhile_logs_job_lost_and_runs_no_failed_hook(cut):
+    from testjobs import Flaky
+
+    # Given a job with one try that raises on its first attempt only, and a worker through the
+    # proxy (retry_after 2 s) whose move of it to the failed table is dropped with its
+    # connection, after which the proxy refuses every connection
+    c = cut("postgresql", retry_after=2)
+    path = c.f.tmp / "flaky.txt"
+    job_id = farm.dispatch(Flaky(str(path), succeed_on=2), tries=1)
+    c.proxy.drop_request(f"INSERT INTO {c.failed_table}".encode())
+    threading.Thread(target=lambda: c.proxy.fired.wait(30) and c.proxy.close(), daemon=True).start()
+    log = c.f.tmp / "w.log"
+    w = c.worker(log)
+    assert c.proxy.fired.wait(30), "the fail never went out"
+    # When its reservation lapses and a second worker, on a direct connection, takes the job and
+    # runs it (it succeeds this time)
+    c.worker(c.f.tmp / "w2.log", via=False)
+    wait_until(lambda: c.f.lines(path)[-1:] == ["attempt 2"] and not c.stored([job_id]), 30,
+               "the second worker to run the job", explain=lambda: c.f.lines(path))
+    # Then the first worker ran no failed() hook for a fail that has not landed
+    assert c.f.lines(path) == ["attempt 1", "attempt 2"]
+    # and once it reaches the database again its fail matches nothing: it logs the job lost,
+    # not failed, and still runs no hook
+    c.proxy = Proxy(c.proxy.port, c.proxy.target)
+    c.proxy.start()
+    wait_until(lambda: "job.lost" in log.read_text(), 30, "job.lost", explain=log.read_text)
+    lost = [x for x in log.read_text().splitlines() if "job.lost" in x]
+    assert len(lost) == 1 and job_id in lost[0], lost
+    assert "job.failed" not in log.read_text(), log.read_text()
+    assert c.f.lines(path) == ["attempt 1", "attempt 2"]
+    assert not c.sql(f"SELECT id FROM {c.failed_table} WHERE id = ?", (job_id,))
+    assert w.poll() is None
