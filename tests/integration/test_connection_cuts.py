@@ -178,6 +178,40 @@ def test_connection_cuts_dispatch_whose_database_stays_unreachable_raises_that_t
     assert c.stored([job_id.group(1)]) == {job_id.group(1): 1}
 
 
+@pytest.mark.parametrize("how", ["dispatch", "dispatch_many"])
+def test_connection_cuts_a_unique_dispatch_whose_outcome_is_unknown_keeps_its_lock_so_no_second_copy_is_stored(cut, how):
+    from farm import app
+    from uniquejobs import OnlyOnce
+
+    # Given a producer whose commit of a unique job lands but whose reply is lost, and whose
+    # look-ups of the old session are then dropped until it gives up after one second (its
+    # lock store, the same database, is reachable again by then)
+    c = cut("postgresql")
+    farm.configure(c.via)
+    app.queue("main").push_retry = 1.0
+    # (the locks' upsert is `INSERT INTO <table>_locks`: not the pattern)
+    c.proxy.swallow_reply_after(f"INSERT INTO {c.table} (".encode() if how == "dispatch" else b"COMMIT\x00")
+    for _ in range(200):
+        c.proxy.drop_request(b"pg_stat_activity")
+    # When it dispatches the job (dispatch_many: two), and the outcome is unknown
+    keys = ["k"] if how == "dispatch" else ["k", "l"]
+    with pytest.raises(farm.DriverUnavailable) as e:
+        if how == "dispatch":
+            farm.dispatch(OnlyOnce(str(c.f.out), "k"))
+        else:
+            farm.dispatch_many([OnlyOnce(str(c.f.out), k) for k in keys])
+    assert c.proxy.fired_count > 1, str(e.value)
+    ids = e.value.unknown
+    assert len(ids) == len(keys), str(e.value)
+    with c.proxy.lock:
+        c.proxy.faults.clear()
+    # Then a second dispatch of the same jobs is refused as a duplicate: the locks were kept
+    assert [farm.dispatch(OnlyOnce(str(c.f.out), k)) for k in keys] == [None] * len(keys)
+    assert farm.dispatch_many([OnlyOnce(str(c.f.out), k) for k in keys]) == [None] * len(keys)
+    # and each job is stored once
+    assert sorted(r[0] for r in c.sql(f"SELECT uuid FROM {c.table}")) == sorted(ids)
+
+
 # -- the worker's acks, fails and releases --------------------------------------------------------
 
 def ack_pattern(c: Cut) -> bytes:
