@@ -346,3 +346,54 @@ def test_issue17_a_release_that_meets_a_delay_queue_of_the_other_type_stops_the_
     assert f.lines(path) == ["attempt 1"]
     counts = f.queue().counts()["default"]
     assert counts["ready"] == 1 and counts["failed"] == 0, counts
+
+
+class Silent:
+    """A listening socket that accepts connections and never says a word (a blackholed broker
+    that still completes TCP handshakes): only a timeout gets a client past it."""
+
+    def __init__(self) -> None:
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.port = self.server.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.held.append(self.server.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.server.close()
+        for s in self.held:
+            s.close()
+
+
+def test_issue17_urls_whose_first_broker_accepts_and_stays_silent_reach_the_next_within_seconds(make_farm):
+    # Given urls: a broker that accepts connections and never answers first, then the real one
+    f = make_farm("amqp")
+    real = re.search(r"    url: (\S+)\n", f.manifest.read_text()).group(1)
+    vhost = real.rsplit("/", 1)[1]
+    silent = Silent()
+    try:
+        reconfigure(f, f"    url: {real}\n", f"    urls: ['amqp://guest:guest@127.0.0.1:{silent.port}/{vhost}', '{real}']\n")
+        # When a job is dispatched (its connection made through the list)
+        started = time.monotonic()
+        farm.dispatch(Record(str(f.out), "through"))
+        dispatched = time.monotonic() - started
+        # and a worker runs it (its publisher and its consumer each through the list)
+        started = time.monotonic()
+        work = f.farmctl("work", "--stop-when-empty", timeout=120)
+        worked = time.monotonic() - started
+    finally:
+        silent.close()
+    print(f"\nsilent first url: dispatch {dispatched:.1f}s, worker run {worked:.1f}s")
+    # Then each got past the silent broker within a few seconds (pika's defaults: 10-15 s a connect)
+    assert work.returncode == 0, work.stderr
+    assert runs(f) == {"through": 1}
+    assert dispatched < 6, dispatched
+    assert worked < 12, worked
