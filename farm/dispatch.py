@@ -80,7 +80,7 @@ def dispatch_many(jobs: Iterable[Job], *, queue: str | None = None, delay: Any =
         done = set(stored)
         for job_id, took in taken.items():
             if job_id not in done:
-                took.give_up()
+                took.failed(e)      # kept if the chunk may be stored (`e.unknown`)
         if isinstance(e, FarmError):
             e.stored = stored       # type: ignore[attr-defined]
         raise

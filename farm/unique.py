@@ -89,11 +89,19 @@ class Taken:
 
     def give_up(self) -> None:
         """Its push failed (or, sync driver, it has run): free the lock. A push that failed
-        after all may have landed: then a copy can be stored beside it."""
+        after all may have landed: then a copy can be stored beside it (see `failed`)."""
         try:
             self.store.drop(self.key, self.expires)
         except FarmError:
             pass
+
+    def failed(self, error: BaseException) -> None:
+        """Its push raised `error`: free the lock, unless the error says the job may be stored
+        after all (DriverUnavailable's `unknown` names its id: a database reply lost with its
+        connection). That lock is kept, so no second copy is stored beside a job that landed;
+        it expires after unique_for."""
+        if self.out.id not in (getattr(error, "unknown", None) or ()):
+            self.give_up()
 
 
 def dispatch(job: Job, out: Outgoing, connection: str | None, seconds: float) -> str | None:
@@ -103,8 +111,8 @@ def dispatch(job: Job, out: Outgoing, connection: str | None, seconds: float) ->
         return None
     try:
         app.queue(connection).push([taken.out])
-    except BaseException:
-        taken.give_up()
+    except BaseException as e:
+        taken.failed(e)
         raise
     if taken.sync:
         taken.give_up()                 # the sync driver has run it already

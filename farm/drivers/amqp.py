@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from typing import Any, Callable, Sequence
+from urllib.parse import parse_qs, urlsplit
 
 import pika
 import pika.exceptions
@@ -57,8 +58,9 @@ class AmqpQueue:
         self.name = conn.name
         self.config = conn
         self.store = store
-        self.brokers = [_parameters(u, conn.heartbeat)        # `urls:` tried in turn, on every (re)connect
-                        for u in (conn.urls or [conn.url or "amqp://guest:guest@127.0.0.1:5672/%2F"])]
+        urls = conn.urls or [conn.url or "amqp://guest:guest@127.0.0.1:5672/%2F"]
+        self.brokers = [_parameters(u, conn.heartbeat, several=len(urls) > 1)   # `urls:` tried in turn,
+                        for u in urls]                                          # on every (re)connect
         self.params = self.brokers[0]
         self.queue_type = conn.queue_type
         self.prefetch = conn.prefetch or DEFAULT_PREFETCH     # the most a worker's basic.qos asks
@@ -426,10 +428,24 @@ class AmqpQueue:
             self._reset_publisher()
 
 
-def _parameters(url: str, heartbeat: int) -> pika.URLParameters:
+FAILOVER_SOCKET_TIMEOUT = 2.0    # seconds for a TCP connect, with `urls:` (pika: 10)
+FAILOVER_STACK_TIMEOUT = 3.0     # seconds for TCP + TLS + AMQP handshake, with `urls:` (pika: 15)
+
+
+def _parameters(url: str, heartbeat: int, several: bool = False) -> pika.URLParameters:
+    """The broker's pika parameters. With several `urls:`, short connect timeouts: a broker
+    that drops packets (or accepts and stays silent) would otherwise cost pika's 10-15 s on
+    every connect and reconnect before the next url is tried. A timeout the url's own query
+    string sets (`?socket_timeout=`, `?stack_timeout=`) is left as it is."""
     params = pika.URLParameters(url)
     params.heartbeat = heartbeat
     params.blocked_connection_timeout = 60
+    if several:
+        query = parse_qs(urlsplit(url).query)
+        if "socket_timeout" not in query:
+            params.socket_timeout = FAILOVER_SOCKET_TIMEOUT
+        if "stack_timeout" not in query:
+            params.stack_timeout = FAILOVER_STACK_TIMEOUT
     return params
 
 

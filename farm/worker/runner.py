@@ -20,6 +20,7 @@ from .timeout import hard_timeout
 
 BAD_PAYLOAD = "(bad payload)"   # the metrics' job label of a document that names no job we run
 CRASHES_ALLOWED = 2      # starts that ended with the worker dying, before the job is failed
+UNSETTLED = "unsettled"  # an outcome: the fail was cut off with its connection, made again on reconnect
 
 
 @dataclass
@@ -48,8 +49,9 @@ class Runner:
         self.current: Attempt | None = None
         self.unacked: list[Any] = []       # finished jobs whose ack failed: acked again later
         # a release or fail lost with its connection (database drivers: they match the worker's
-        # token, so a second one is harmless): made again before the next claim, renewed till then
-        self.unsettled: list[tuple[Any, Any]] = []
+        # token, so a second one is harmless): made again before the next claim, renewed till
+        # then; (job, verb, then): `then` gets the verb's result once it has landed
+        self.unsettled: list[tuple[Any, Any, Any]] = []
         self.counts: Any = None            # a farm.counts.Counts when the worker has a store to add to
         self.kept = 0                      # jobs acked with a retention (the heart prunes expired ones)
         self.store: Any = None             # the connection's store: middleware state, unique locks
@@ -210,26 +212,29 @@ class Runner:
             self.queue.ack(self.unacked[0])
             self.unacked.pop(0)
         while self.unsettled:
-            self.unsettled[0][1]()
-            self.unsettled.pop(0)
+            _, verb, then = self.unsettled[0]
+            result = verb()
+            self.unsettled.pop(0)       # landed: never made a third time, whatever `then` does
+            if then is not None:
+                then(result)
 
     def pending(self) -> list[Any]:
         """Finished jobs whose ack, release or fail is still to be made: renewed till then."""
-        return list(self.unacked) + [r for r, _ in self.unsettled]
+        return list(self.unacked) + [r for r, _, _ in self.unsettled]
 
-    def _again_later(self, r: Any, name: str, verb: Any) -> bool:
-        """Make `verb` now; if its connection drops and the driver allows it, keep it to be made
-        again (True: kept). Other errors, and drivers that cannot, raise as before."""
+    def _again_later(self, r: Any, name: str, verb: Any, then: Any = None) -> Any:
+        """Make `verb` now and return its result; if its connection drops and the driver allows
+        it, keep it to be made again (returns UNSETTLED; `then(result)` runs once it lands).
+        Other errors, and drivers that cannot, raise as before."""
         try:
-            verb()
-            return False
+            return verb()
         except DriverUnavailable as e:
             if not getattr(self.queue, "settles_again", False):
                 raise
-            self.unsettled.append((r, verb))
+            self.unsettled.append((r, verb, then))
             self.log.warning("job.ack_failed", id=r.id, error=str(e), settle=name,   # README's event list
                              detail="made again when it can be")
-            return True
+            return UNSETTLED
 
     def _own(self, attempt: Attempt) -> None:
         """Settle from the main thread, unless the watchdog got there first: it is settling the
@@ -260,10 +265,14 @@ class Runner:
                decided: retry.Decision | None = None) -> str:
         """Release, retry or fail an attempt that did not succeed; counted when it was."""
         outcome = self._settle(attempt, exc, release_delay, decided)
-        if self.counts is not None and outcome != "lost":
-            self.counts.add(attempt.reserved.queue, attempt.doc["job"], outcome,   # type: ignore[index]
-                            time.monotonic() - attempt.started)
+        self._count(attempt, outcome, time.monotonic() - attempt.started)
         return outcome
+
+    def _count(self, attempt: Attempt, outcome: str, seconds: float) -> None:
+        """Count a settled attempt: not one lost to another worker, nor one still unsettled
+        (counted when its fail lands)."""
+        if self.counts is not None and outcome not in ("lost", UNSETTLED):
+            self.counts.add(attempt.reserved.queue, attempt.doc["job"], outcome, seconds)   # type: ignore[index]
 
     def _settle(self, attempt: Attempt, exc: BaseException | None, release_delay: float | None,
                 decided: retry.Decision | None) -> str:
@@ -289,15 +298,31 @@ class Runner:
             exc = MaxAttemptsExceeded(f"released {r.attempts} times: {decision.reason}")
         if "batch" in doc:              # batches (farm/batches.py): a final failure counts, before
             self._count_failed(doc, r.id)   # the fail (idempotent per id), so no crash leaves it uncounted
-        failed: list[Any] = []
-        error = _describe(exc)
-        self._again_later(r, "fail", lambda: failed.append(self.queue.fail(r, body, error)))
-        if failed == [False]:
-            self.log.error("job.lost", id=r.id, job=doc["job"], queue=r.queue,
-                           detail="its reservation lapsed and another worker holds it; not failed here")
+        error, seconds, failing = _describe(exc), time.monotonic() - attempt.started, exc
+        # a fail cut off with its connection is made again on reconnect: its log line and hooks
+        # wait for it to land, and there is none if another worker took the job meanwhile
+        landed = self._again_later(
+            r, "fail", lambda: self.queue.fail(r, body, error),
+            then=lambda result: self._count(attempt, self._failed(attempt, failing, decision.reason, result, True),
+                                            seconds))
+        if landed is UNSETTLED:
+            return UNSETTLED
+        return self._failed(attempt, exc, decision.reason, landed)
+
+    def _failed(self, attempt: Attempt, exc: BaseException, reason: str, landed: Any, late: bool = False) -> str:
+        """After the fail: log it and run the hooks (unique lock, failed(), `failing`), or,
+        when the fail matched nothing (`landed` False), log the job lost and run none."""
+        job, r, doc = attempt.job, attempt.reserved, attempt.doc
+        assert job is not None and doc is not None
+        if landed is False:
+            detail = "its reservation lapsed and another worker holds it; not failed here"
+            if late:
+                detail = ("its reservation lapsed while the fail was cut off, and another worker took it; "
+                          "not failed here, no failed() or failing event")
+            self.log.error("job.lost", id=r.id, job=doc["job"], queue=r.queue, detail=detail)
             return "lost"
         self.log.error("job.failed", id=r.id, job=doc["job"], queue=r.queue, attempt=r.attempts,
-                       reason=decision.reason, error=_summary(exc))
+                       reason=reason, error=_summary(exc))
         if attempt.unique is not None:
             unique.release(self.store, attempt.unique, self.log)
         try:

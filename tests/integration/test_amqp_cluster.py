@@ -347,3 +347,84 @@ def test_issue17_on_quorum_queues_the_brokers_count_bounds_deaths_while_the_stor
         q.close()
     # Then the broker's count stands in for the store's: the deaths still add up
     assert d.deaths == d.delivery_count == 2
+
+
+@pytest.mark.parametrize("threads", [[], ["--concurrency", "2"]], ids=["one", "concurrency"])
+def test_issue17_a_release_that_meets_a_delay_queue_of_the_other_type_stops_the_worker_with_exit_2_and_hands_the_job_back(
+        make_farm, threads):
+    from farm.drivers.amqp_declare import queue_arguments
+    from testjobs import Flaky
+
+    # Given a classic connection, and a leftover quorum delay queue `default.delay.2000`
+    f = make_farm("amqp")
+    q = f.queue()
+    c = pika.BlockingConnection(q.params)
+    try:
+        c.channel().queue_declare("default.delay.2000", durable=True,
+                                  arguments=queue_arguments("quorum", "default", 2000))
+    finally:
+        c.close()
+    # When a worker runs a job that raises, whose retry waits 2 s in that delay queue
+    path = f.tmp / "flaky.txt"
+    farm.dispatch(Flaky(str(path)), tries=3, backoff=2)
+    work = f.farmctl("work", "--stop-when-empty", *threads, timeout=60)
+    # Then the worker stops with the one-line error naming the queue and the key, exit 2
+    assert work.returncode == 2, work
+    last = work.stderr.strip().splitlines()[-1]
+    assert "'default.delay.2000'" in last and "connections.main.queue_type" in last, work.stderr
+    assert "Traceback" not in work.stderr and "WorkerError" not in work.stderr, work.stderr
+    # and the job was handed back, not failed
+    assert f.lines(path) == ["attempt 1"]
+    counts = f.queue().counts()["default"]
+    assert counts["ready"] == 1 and counts["failed"] == 0, counts
+
+
+class Silent:
+    """A listening socket that accepts connections and never says a word (a blackholed broker
+    that still completes TCP handshakes): only a timeout gets a client past it."""
+
+    def __init__(self) -> None:
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.port = self.server.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.held.append(self.server.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.server.close()
+        for s in self.held:
+            s.close()
+
+
+def test_issue17_urls_whose_first_broker_accepts_and_stays_silent_reach_the_next_within_seconds(make_farm):
+    # Given urls: a broker that accepts connections and never answers first, then the real one
+    f = make_farm("amqp")
+    real = re.search(r"    url: (\S+)\n", f.manifest.read_text()).group(1)
+    vhost = real.rsplit("/", 1)[1]
+    silent = Silent()
+    try:
+        reconfigure(f, f"    url: {real}\n", f"    urls: ['amqp://guest:guest@127.0.0.1:{silent.port}/{vhost}', '{real}']\n")
+        # When a job is dispatched (its connection made through the list)
+        started = time.monotonic()
+        farm.dispatch(Record(str(f.out), "through"))
+        dispatched = time.monotonic() - started
+        # and a worker runs it (its publisher and its consumer each through the list)
+        started = time.monotonic()
+        work = f.farmctl("work", "--stop-when-empty", timeout=120)
+        worked = time.monotonic() - started
+    finally:
+        silent.close()
+    print(f"\nsilent first url: dispatch {dispatched:.1f}s, worker run {worked:.1f}s")
+    # Then each got past the silent broker within a few seconds (pika's defaults: 10-15 s a connect)
+    assert work.returncode == 0, work.stderr
+    assert runs(f) == {"through": 1}
+    assert dispatched < 6, dispatched
+    assert worked < 12, worked

@@ -178,6 +178,40 @@ def test_connection_cuts_dispatch_whose_database_stays_unreachable_raises_that_t
     assert c.stored([job_id.group(1)]) == {job_id.group(1): 1}
 
 
+@pytest.mark.parametrize("how", ["dispatch", "dispatch_many"])
+def test_connection_cuts_a_unique_dispatch_whose_outcome_is_unknown_keeps_its_lock_so_no_second_copy_is_stored(cut, how):
+    from farm import app
+    from uniquejobs import OnlyOnce
+
+    # Given a producer whose commit of a unique job lands but whose reply is lost, and whose
+    # look-ups of the old session are then dropped until it gives up after one second (its
+    # lock store, the same database, is reachable again by then)
+    c = cut("postgresql")
+    farm.configure(c.via)
+    app.queue("main").push_retry = 1.0
+    # (the locks' upsert is `INSERT INTO <table>_locks`: not the pattern)
+    c.proxy.swallow_reply_after(f"INSERT INTO {c.table} (".encode() if how == "dispatch" else b"COMMIT\x00")
+    for _ in range(200):
+        c.proxy.drop_request(b"pg_stat_activity")
+    # When it dispatches the job (dispatch_many: two), and the outcome is unknown
+    keys = ["k"] if how == "dispatch" else ["k", "l"]
+    with pytest.raises(farm.DriverUnavailable) as e:
+        if how == "dispatch":
+            farm.dispatch(OnlyOnce(str(c.f.out), "k"))
+        else:
+            farm.dispatch_many([OnlyOnce(str(c.f.out), k) for k in keys])
+    assert c.proxy.fired_count > 1, str(e.value)
+    ids = e.value.unknown
+    assert len(ids) == len(keys), str(e.value)
+    with c.proxy.lock:
+        c.proxy.faults.clear()
+    # Then a second dispatch of the same jobs is refused as a duplicate: the locks were kept
+    assert [farm.dispatch(OnlyOnce(str(c.f.out), k)) for k in keys] == [None] * len(keys)
+    assert farm.dispatch_many([OnlyOnce(str(c.f.out), k) for k in keys]) == [None] * len(keys)
+    # and each job is stored once
+    assert sorted(r[0] for r in c.sql(f"SELECT uuid FROM {c.table}")) == sorted(ids)
+
+
 # -- the worker's acks, fails and releases --------------------------------------------------------
 
 def ack_pattern(c: Cut) -> bytes:
@@ -221,6 +255,9 @@ def test_connection_cuts_a_job_whose_final_fail_was_lost_is_failed_on_reconnect_
     # having started once: it was never handed out again after retry_after
     assert [x.split()[0] for x in c.f.lines(ledger)] == ["start", "end"], c.f.lines(ledger)
     assert not c.stored([job_id])
+    # and `job.failed` is logged once, when the fail landed
+    log = (c.f.tmp / "w.log").read_text()
+    assert len([x for x in log.splitlines() if "job.failed" in x and job_id in x]) == 1, log
 
 
 @pytest.mark.parametrize("backend", NETWORKED)
@@ -299,3 +336,37 @@ def test_connection_cuts_every_two_seconds_lose_no_job_and_complete_none_twice_w
     assert not c.sql(f"SELECT uuid FROM {c.table}")
     for w in workers:
         assert w.poll() is None
+
+
+def test_connection_cuts_a_fail_cut_off_whose_job_another_worker_took_meanwhile_logs_job_lost_and_runs_no_failed_hook(cut):
+    from testjobs import Flaky
+
+    # Given a job with one try that raises on its first attempt only, and a worker through the
+    # proxy (retry_after 2 s) whose move of it to the failed table is dropped with its
+    # connection, after which the proxy refuses every connection
+    c = cut("postgresql", retry_after=2)
+    path = c.f.tmp / "flaky.txt"
+    job_id = farm.dispatch(Flaky(str(path), succeed_on=2), tries=1)
+    c.proxy.drop_request(f"INSERT INTO {c.failed_table}".encode())
+    threading.Thread(target=lambda: c.proxy.fired.wait(30) and c.proxy.close(), daemon=True).start()
+    log = c.f.tmp / "w.log"
+    w = c.worker(log)
+    assert c.proxy.fired.wait(30), "the fail never went out"
+    # When its reservation lapses and a second worker, on a direct connection, takes the job and
+    # runs it (it succeeds this time)
+    c.worker(c.f.tmp / "w2.log", via=False)
+    wait_until(lambda: c.f.lines(path)[-1:] == ["attempt 2"] and not c.stored([job_id]), 30,
+               "the second worker to run the job", explain=lambda: c.f.lines(path))
+    # Then the first worker ran no failed() hook for a fail that has not landed
+    assert c.f.lines(path) == ["attempt 1", "attempt 2"]
+    # and once it reaches the database again its fail matches nothing: it logs the job lost,
+    # not failed, and still runs no hook
+    c.proxy = Proxy(c.proxy.port, c.proxy.target)
+    c.proxy.start()
+    wait_until(lambda: "job.lost" in log.read_text(), 30, "job.lost", explain=log.read_text)
+    lost = [x for x in log.read_text().splitlines() if "job.lost" in x]
+    assert len(lost) == 1 and job_id in lost[0], lost
+    assert "job.failed" not in log.read_text(), log.read_text()
+    assert c.f.lines(path) == ["attempt 1", "attempt 2"]
+    assert not c.sql(f"SELECT id FROM {c.failed_table} WHERE id = ?", (job_id,))
+    assert w.poll() is None
