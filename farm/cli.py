@@ -98,6 +98,7 @@ def worker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.pass_context
 def work(ctx: click.Context, log_format: str, log_level: str, **flags: Any) -> None:
     """Run a worker."""
+    from .worker import signals
     from .worker.loop import Worker, connect
     from .worker.options import merge
 
@@ -126,7 +127,9 @@ def work(ctx: click.Context, log_format: str, log_level: str, **flags: Any) -> N
                                         concurrency=options.concurrency)
     else:
         worker = Worker(queue, store, options, registry, log, code=code)
-    ctx.exit(worker.run())
+    status = worker.run()
+    signals.exiting()
+    ctx.exit(status)
 
 
 def _limited(options: Any, manifest: Any, log: Log) -> Any:

@@ -87,3 +87,10 @@ def late_stops() -> Iterator[LateStops]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def exiting() -> None:
+    """The worker's run is over and the process exits next: a stop signal now could only turn
+    its own exit status into death by signal (chaos memory_recycling saw -15), so it is ignored."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)

@@ -24,6 +24,7 @@ from typing import Any
 
 from .. import events, middleware, waker
 from ..errors import Abandon, DriverUnavailable, FarmError, JobTimeout, UsageError
+from . import signals
 from .heart import GRACE
 from .lifecycle import StopReason
 from .loop import Worker, backoff
@@ -115,10 +116,11 @@ class ThreadedWorker(Worker):
             t.start()
 
     def run(self) -> int:
-        code = super().run()
-        deadline = time.monotonic() + EXIT_WAIT
-        for t in self.threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+        with signals.late_stops():          # a TERM while the threads are joined is noted, not fatal
+            code = super().run()
+            deadline = time.monotonic() + EXIT_WAIT
+            for t in self.threads:
+                t.join(max(0.0, deadline - time.monotonic()))
         if any(t.is_alive() for t in self.threads):     # stuck, or given back by a second signal
             for stream in (sys.stdout, sys.stderr):
                 try:
