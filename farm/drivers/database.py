@@ -56,6 +56,10 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         self._claims_pruned = 0.0                      # when expired schedule claims may be pruned next
         self._locks_pruned = 0.0                       # when expired locks (farm/locks.py) may be pruned next
         self.push_retry = dbretry.retry_seconds()     # a push that lost its connection: drivers/dbretry.py
+        # an ack of a job created less than `trace` seconds ago leaves a trace that push looks
+        # for (drivers/dbretry.py): the retry time and a minute of clock slack; SQLite: none
+        self.trace = self.push_retry + dbretry.CLOCK_SLACK if self.push_retry > 0 and self.dialect != "sqlite" else 0.0
+        self._traces_pruned = 0.0                      # when expired traces may be pruned next
         self._errors = dbapi.errors(self.target)
         self._any_error = dbapi.any_error(self.target)
         self._ensure_schema()
@@ -147,7 +151,8 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         if acks is None:
             if send is _settle or send is _poll:
                 return
-            acks = self._local.ack_pipeline = pgacks.PipelinedAcks(lambda: self._raw("acks"), self.config.table)
+            acks = self._local.ack_pipeline = pgacks.PipelinedAcks(lambda: self._raw("acks"), self.config.table,
+                                                                 self.trace)
         try:
             send(acks)
         except self._errors as e:
@@ -172,8 +177,10 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
             rows = list(self._lost_acks)
         if not rows:
             return
+        now = time.time()
+        traced = self.trace > 0 and self.dialect == "postgresql"
         with self._cursor("fast") as cur:
-            cur.execute(self.sql.ack_ids(rows), (self.token,))
+            cur.execute(self.sql.ack_ids(rows, self.trace), (self.token, now, now) if traced else (self.token,))
         with self._lock:
             del self._lost_acks[:len(rows)]
 
@@ -377,24 +384,30 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         self._successor.pop(self._predecessor.pop(row, None), None)
         after = self._successor.pop(row, None)
         start = None if after is None or after.handle in self._started else after.handle
+        if self.trace:
+            self._prune_traces()
         if self.dialect == "postgresql":     # pipelined: whether it matched is not known here
             self._pipelined(lambda acks: acks.send(int(row), self.token, start))
             wrote = start is not None
-        elif start is None:
-            with self._cursor("fast") as cur:
-                cur.execute(self.sql.ack, (row, self.token))
-            wrote = False
-        elif self.dialect == "mysql":       # one round trip, one commit
+        elif self.dialect == "mysql" and (start is not None or self.trace):   # one round trip, one commit
+            now = time.time()
+            trace = (now + self.trace, row, self.token, now - self.trace) if self.trace else ()
+            statement = ((self.sql.traced_ack_and_start if trace else self.sql.ack_and_start) if start is not None
+                         else self.sql.traced_ack)
             with self._cursor("fast") as cur:
                 try:
-                    cur.execute(self.sql.ack_and_start, (row, self.token, start, self.token))
+                    cur.execute(statement, trace + (row, self.token) + ((start, self.token) if start is not None else ()))
                     matched = []
                     while cur.nextset():
                         matched.append(cur.rowcount)
                 except BaseException:
                     _rollback_quietly(cur)
                     raise
-            wrote = matched[1] == 1         # DELETE, UPDATE, COMMIT after START TRANSACTION
+            wrote = start is not None and matched[-2] == 1      # the UPDATE, before the COMMIT
+        elif start is None:
+            with self._cursor("fast") as cur:
+                cur.execute(self.sql.ack, (row, self.token))
+            wrote = False
         else:
             with self._cursor("fast", tx=True) as cur:
                 cur.execute(self.sql.ack, (row, self.token))
@@ -402,6 +415,15 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
                 wrote = cur.rowcount == 1
         if wrote:                           # not when this worker's hold on it lapsed
             self._started.add(start)
+
+    def _prune_traces(self) -> None:
+        """Delete the expired locks (acked jobs' traces among them) once every `trace` seconds:
+        one indexed DELETE, so the table holds about `trace` seconds of acks."""
+        now = time.time()
+        if now >= self._traces_pruned:
+            self._traces_pruned = now + self.trace
+            with self._cursor("fast") as cur:
+                cur.execute(self.sql.prune_locks, (now - dbretry.CLOCK_SLACK,))
 
     def _ack_kept(self, job: Reserved) -> None:
         """A job with a `retention`: deleted and recorded as done in one transaction (the next

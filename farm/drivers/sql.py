@@ -155,6 +155,14 @@ class Queries:
                           f"WHERE id IN ({{ids}}) AND reserved_by = %s FOR UPDATE SKIP LOCKED)")
         self.ack = q(f"DELETE FROM {j} WHERE id = %s AND reserved_by = %s")
         self.ack_and_start = f"START TRANSACTION; {self.ack}; {self.start}; COMMIT"   # mysql only
+        # an acked job's trace (drivers/dbretry.py: a dispatch whose reply was lost looks for it),
+        # written with the DELETE when the job was created less than T seconds ago. MariaDB:
+        # the INSERT before the DELETE in one transaction, one round trip; parameters expires
+        # at, row, token, created after (PostgreSQL: pgacks.py and ack_ids)
+        self.trace = (f"INSERT IGNORE INTO {j}_locks (name, n, expires_at) SELECT CONCAT('acked:', uuid), 1, %s "
+                      f"FROM {j} WHERE id = %s AND reserved_by = %s AND created_at > %s")
+        self.traced_ack = f"START TRANSACTION; {self.trace}; {self.ack}; COMMIT"                  # mysql only
+        self.traced_ack_and_start = f"START TRANSACTION; {self.trace}; {self.ack}; {self.start}; COMMIT"
         self.release = q(f"UPDATE {j} SET available_at = %s, reserved_by = NULL, payload = %s "
                          "WHERE id = %s AND reserved_by = %s")
         self.give_back = q(f"UPDATE {j} SET available_at = %s, reserved_by = NULL, attempts = attempts - %s "
@@ -237,11 +245,14 @@ class Queries:
                     f"SET n = {c}.n + excluded.n, seconds = {c}.seconds + excluded.seconds")
         return self._q(sql)
 
-    def ack_ids(self, row_ids: list[int]) -> str:
+    def ack_ids(self, row_ids: list[int], trace: float = 0.0) -> str:
         """The ack of these rows at once, while this worker's token holds them (acks sent again
-        after a connection dropped)."""
-        return self._q(f"DELETE FROM {self.jobs} WHERE id IN ({', '.join(str(int(i)) for i in row_ids)}) "
-                       "AND reserved_by = %s")
+        after a connection dropped). PostgreSQL with `trace` seconds: each job created less
+        than that long ago leaves its trace (see traced_ack); parameters token, now, now."""
+        sql = f"DELETE FROM {self.jobs} WHERE id IN ({', '.join(str(int(i)) for i in row_ids)}) AND reserved_by = %s"
+        if trace > 0 and self.dialect == "postgresql":
+            sql = (f"WITH d AS ({sql} RETURNING uuid, created_at) " + pg_trace("d", self.jobs, trace, "%s", "%s"))
+        return self._q(sql)
 
     def renew_ids(self, row_ids: list[int]) -> str:
         """The renew statement for these rows (integers from our own claim, inlined: one
@@ -261,3 +272,12 @@ class Queries:
         if limit:
             sql += f" LIMIT {int(limit)}"
         return self._q(sql)
+
+
+def pg_trace(rows: str, jobs: str, seconds: float, now: str, now_again: str) -> str:
+    """PostgreSQL: the traces of the acked jobs in CTE `rows` (uuid, created_at) created less
+    than `seconds` before `now` (a parameter; `now_again` the same one where a driver numbers
+    each use), expiring `seconds` after it: an INSERT to follow the DELETE's CTE."""
+    t = float(seconds)
+    return (f"INSERT INTO {jobs}_locks (name, n, expires_at) SELECT 'acked:' || uuid, 1, CAST({now} AS float8) + {t!r} "
+            f"FROM {rows} WHERE created_at > CAST({now_again} AS float8) - {t!r} ON CONFLICT (name) DO NOTHING")

@@ -29,13 +29,13 @@ NETWORKED = ["postgresql", "mysql"]     # SQLite has no connection to cut
 class Cut:
     """A farm whose manifest `via` reaches its database through a proxy; `f.manifest` does not."""
 
-    def __init__(self, f, backend: str) -> None:
+    def __init__(self, f, backend: str, proxy: type[Proxy] = Proxy) -> None:
         from sqlalchemy.engine import make_url
 
         self.f, self.backend = f, backend
         url = PG_URL if backend == "postgresql" else MY_URL
         real = make_url(url)
-        self.proxy = Proxy(free_port(), (real.host or "127.0.0.1", real.port or (5432 if backend == "postgresql" else 3306)))
+        self.proxy = proxy(free_port(), (real.host or "127.0.0.1", real.port or (5432 if backend == "postgresql" else 3306)))
         self.proxy.start()
         self.via = f.tmp / "conf" / "via.yaml"
         self.via.write_text(f.manifest.read_text().replace(
@@ -88,8 +88,8 @@ class Cut:
 def cut(make_farm, request):
     made: list[Cut] = []
 
-    def make(backend: str, **kw) -> Cut:
-        c = Cut(make_farm(backend, **kw), backend)
+    def make(backend: str, proxy: type[Proxy] = Proxy, **kw) -> Cut:
+        c = Cut(make_farm(backend, **kw), backend, proxy)
         made.append(c)
         return c
 
@@ -176,6 +176,63 @@ def test_connection_cuts_dispatch_whose_database_stays_unreachable_raises_that_t
     assert "\n" not in text
     # and the job is there (its commit had landed), once
     assert c.stored([job_id.group(1)]) == {job_id.group(1): 1}
+
+
+class HeldProxy(Proxy):
+    """A proxy whose new connections wait (accepted, not yet forwarded) while `held` is clear."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        self.held = threading.Event()
+        self.held.set()
+        self.waiting = threading.Event()        # set once a new connection waits on the hold
+        super().__init__(port, target)
+
+    @property
+    def target(self) -> tuple[str, int]:        # read by the accepting thread before it connects
+        if not self.held.is_set():
+            self.waiting.set()
+            self.held.wait(30)
+        return self._target
+
+    @target.setter
+    def target(self, value: tuple[str, int]) -> None:
+        self._target = value
+
+
+@pytest.mark.parametrize("backend", NETWORKED)
+def test_connection_cuts_a_dispatch_whose_reply_was_lost_and_whose_job_already_ran_is_not_stored_again(
+        cut, backend):
+    from farm import app
+
+    # Given a producer through a proxy that loses the reply to its INSERT (which committed) and
+    # then holds the producer's reconnect, and a worker on a direct connection
+    c = cut(backend, proxy=HeldProxy)
+    farm.configure(c.via)
+    app.queue("main").durable_session()        # the producer's connection, open before the hold
+    c.proxy.held.clear()
+    c.proxy.swallow_reply_after(f"INSERT INTO {c.table}".encode())
+    c.worker(c.f.tmp / "w.log", via=False)
+
+    def release_once_acked() -> None:
+        try:        # the job ran and its row is gone (acked) while the producer waits to reconnect
+            c.proxy.waiting.wait(30)
+            wait_until(lambda: runs(c.f) and not c.sql(f"SELECT uuid FROM {c.table}"), 30,
+                       "the job to run and be acked", explain=lambda: (c.f.tmp / "w.log").read_text())
+        finally:
+            c.proxy.held.set()
+
+    watcher = threading.Thread(target=release_once_acked, daemon=True)
+    watcher.start()
+    # When it dispatches a job, and the worker runs and acks it before the producer looks it up
+    job_id = farm.dispatch(Record(str(c.f.out), "once"))
+    watcher.join(40)
+    # Then the reply was lost and the look-up waited for the ack, found the job's trace and
+    # did not store it again: it ran once
+    assert c.proxy.fired_count == 1 and c.proxy.waiting.is_set()
+    assert c.sql(f"SELECT n FROM {c.table}_locks WHERE name = ?", (f"acked:{job_id}",)) == [(1,)]
+    assert not c.stored([job_id])
+    c.drain()
+    assert runs(c.f) == {"once": 1}, c.f.lines()
 
 
 # -- the worker's acks, fails and releases --------------------------------------------------------
