@@ -39,7 +39,6 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
             raise FarmError(f"connection {conn.name!r}: {e}") from None
         self.dialect = self.target.dialect
         self.supports_notify = self.dialect == "postgresql"
-        self.sql = sql.Queries(self.dialect, conn.table, conn.failed_table)
         self.keeps_failed = conn.failed_table is not None     # `failed_table: null`: failed jobs are deleted
         self.token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._pid = os.getpid()
@@ -59,6 +58,7 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         # an ack of a job created less than `trace` seconds ago leaves a trace that push looks
         # for (drivers/dbretry.py): the retry time and a minute of clock slack; SQLite: none
         self.trace = self.push_retry + dbretry.CLOCK_SLACK if self.push_retry > 0 and self.dialect != "sqlite" else 0.0
+        self.sql = sql.Queries(self.dialect, conn.table, conn.failed_table, self.trace)
         self._traces_pruned = 0.0                      # when expired traces may be pruned next
         self._errors = dbapi.errors(self.target)
         self._any_error = dbapi.any_error(self.target)
@@ -151,8 +151,7 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         if acks is None:
             if send is _settle or send is _poll:
                 return
-            acks = self._local.ack_pipeline = pgacks.PipelinedAcks(lambda: self._raw("acks"), self.config.table,
-                                                                 self.trace)
+            acks = self._local.ack_pipeline = pgacks.PipelinedAcks(lambda: self._raw("acks"), self.config.table)
         try:
             send(acks)
         except self._errors as e:
@@ -177,10 +176,8 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
             rows = list(self._lost_acks)
         if not rows:
             return
-        now = time.time()
-        traced = self.trace > 0 and self.dialect == "postgresql"
         with self._cursor("fast") as cur:
-            cur.execute(self.sql.ack_ids(rows, self.trace), (self.token, now, now) if traced else (self.token,))
+            cur.execute(self.sql.ack_ids(rows), (self.token,))
         with self._lock:
             del self._lost_acks[:len(rows)]
 
@@ -294,6 +291,8 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         out: list[Reserved] = []
         now = time.time()
         until = now + self.retry_after
+        if self.trace and now >= self._traces_pruned:
+            self._prune_traces(now)
         for queue in queues:
             want = limit - len(out)
             if want <= 0:
@@ -304,10 +303,19 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
                     rows = cur.fetchall()
                     if rows:
                         ids = ", ".join(str(int(r[0])) for r in rows)
-                        cur.execute(self.sql.claim_update.format(ids=ids), (until, self.token))
+                        if self.trace:      # the claim and its traces: one round trip
+                            cur.execute(f"{self.sql.claim_update}; {self.sql.trace_claimed}".format(ids=ids),
+                                        (until, self.token, now, now))
+                            while cur.nextset():
+                                pass
+                        else:
+                            cur.execute(self.sql.claim_update.format(ids=ids), (until, self.token))
             else:
                 with self._cursor("fast") as cur:
-                    cur.execute(self.sql.claim_returning, (until, self.token, queue, now, want))
+                    if self.trace:          # PostgreSQL: the claim and its traces in one statement
+                        cur.execute(self.sql.claim_traced, (until, self.token, queue, now, want, now, now))
+                    else:
+                        cur.execute(self.sql.claim_returning, (until, self.token, queue, now, want))
                     rows = sorted(cur.fetchall())
                 if self.dialect == "sqlite":
                     rows = [(r[0], r[1], _utf8(r[2]), r[3]) for r in rows]
@@ -384,30 +392,24 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         self._successor.pop(self._predecessor.pop(row, None), None)
         after = self._successor.pop(row, None)
         start = None if after is None or after.handle in self._started else after.handle
-        if self.trace:
-            self._prune_traces()
         if self.dialect == "postgresql":     # pipelined: whether it matched is not known here
             self._pipelined(lambda acks: acks.send(int(row), self.token, start))
             wrote = start is not None
-        elif self.dialect == "mysql" and (start is not None or self.trace):   # one round trip, one commit
-            now = time.time()
-            trace = (now + self.trace, row, self.token, now - self.trace) if self.trace else ()
-            statement = ((self.sql.traced_ack_and_start if trace else self.sql.ack_and_start) if start is not None
-                         else self.sql.traced_ack)
+        elif start is None:
+            with self._cursor("fast") as cur:
+                cur.execute(self.sql.ack, (row, self.token))
+            wrote = False
+        elif self.dialect == "mysql":       # one round trip, one commit
             with self._cursor("fast") as cur:
                 try:
-                    cur.execute(statement, trace + (row, self.token) + ((start, self.token) if start is not None else ()))
+                    cur.execute(self.sql.ack_and_start, (row, self.token, start, self.token))
                     matched = []
                     while cur.nextset():
                         matched.append(cur.rowcount)
                 except BaseException:
                     _rollback_quietly(cur)
                     raise
-            wrote = start is not None and matched[-2] == 1      # the UPDATE, before the COMMIT
-        elif start is None:
-            with self._cursor("fast") as cur:
-                cur.execute(self.sql.ack, (row, self.token))
-            wrote = False
+            wrote = matched[1] == 1         # DELETE, UPDATE, COMMIT after START TRANSACTION
         else:
             with self._cursor("fast", tx=True) as cur:
                 cur.execute(self.sql.ack, (row, self.token))
@@ -416,14 +418,12 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         if wrote:                           # not when this worker's hold on it lapsed
             self._started.add(start)
 
-    def _prune_traces(self) -> None:
-        """Delete the expired locks (acked jobs' traces among them) once every `trace` seconds:
-        one indexed DELETE, so the table holds about `trace` seconds of acks."""
-        now = time.time()
-        if now >= self._traces_pruned:
-            self._traces_pruned = now + self.trace
-            with self._cursor("fast") as cur:
-                cur.execute(self.sql.prune_locks, (now - dbretry.CLOCK_SLACK,))
+    def _prune_traces(self, now: float) -> None:
+        """Delete the expired locks (claimed jobs' traces among them) once every `trace` seconds:
+        one indexed DELETE, so the table holds about two minutes of claims."""
+        self._traces_pruned = now + self.trace
+        with self._cursor("fast") as cur:
+            cur.execute(self.sql.prune_locks, (now - dbretry.CLOCK_SLACK,))
 
     def _ack_kept(self, job: Reserved) -> None:
         """A job with a `retention`: deleted and recorded as done in one transaction (the next

@@ -12,11 +12,13 @@ checked the same way if it too loses its connection. This goes on for `push_retr
 unknown, naming the ids.
 
 A job whose first commit landed and which a worker claimed, ran and acked (deleting its row)
-before the look-up would not be found there: so the ack of a job created less than T seconds
-ago (T = push_retry + CLOCK_SLACK, the producer's and the worker's clocks may differ) also
-writes `acked:<uuid>` into the locks table, expiring T seconds later, in the same transaction
-as its DELETE (sql.py, pgacks.py), and the look-up finds that trace. Expired traces are pruned
-by the acking workers every T seconds. With push_retry 0 nothing is written.
+before the look-up would not be found there: so the claim of a job created less than T seconds
+ago (T = push_retry + CLOCK_SLACK: the producer's and the worker's clocks may differ) also
+writes `claimed:<uuid>` into the locks table, expiring T seconds later, in the claim's own
+statement or transaction (one per claimed batch, sql.py), and the look-up finds that trace: a
+job claimed had landed. Written at the claim, not the ack: one statement per batch rather than
+one more per job. Expired traces are pruned by each claiming worker every T seconds. With
+push_retry 0 nothing is written.
 
 The look-up scans the jobs table for the uuids (there is no index on uuid: it would cost
 every job's insert and delete); it runs only after a cut.
@@ -120,12 +122,12 @@ def _finish(q: "DatabaseQueue", session: int) -> None:
 
 
 def _landed(q: "DatabaseQueue", items: Sequence[Outgoing]) -> bool:
-    """Whether the push landed: one of its ids in the jobs table, an acked job's trace in the
+    """Whether the push landed: one of its ids in the jobs table, a claimed job's trace in the
     locks table, the failed table or the done table (the push was one transaction: one is all)."""
     ids = [o.id for o in items]
     marks = ", ".join(["%s"] * len(ids))
     t = q.config.table
-    tables = [(t, "uuid", ids), (f"{t}_locks", "name", ["acked:" + i for i in ids]), (f"{t}_done", "id", ids)]
+    tables = [(t, "uuid", ids), (f"{t}_locks", "name", ["claimed:" + i for i in ids]), (f"{t}_done", "id", ids)]
     if q.keeps_failed:
         tables.append((q.config.failed_table, "id", ids))
     with q._cursor() as cur:

@@ -12,10 +12,6 @@ The start of the worker's next job rides on the same statement (a data-modifying
 goes alone when there is no ack before it: a job's start is written before it runs, at no
 extra round trip.
 
-With `trace` seconds, the DELETE also writes the acked job's trace (`acked:<uuid>` in the
-locks table, drivers/dbretry.py) when the job was created less than that long ago: one
-statement, CTE after CTE, so the row's delete and its trace commit together.
-
 So a job counts as done once its DELETE is on the socket. The acks whose reply has not been
 read are kept (`unconfirmed`): when the connection drops, the driver sends them again on a
 new connection (a DELETE matching the worker's token is harmless twice) before the worker
@@ -30,26 +26,20 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from .sql import pg_trace
-
 _ACK, _ACK_START, _START = b"farm_ack", b"farm_ack_start", b"farm_start"
 
 
 class PipelinedAcks:
-    def __init__(self, connect: Callable[[], Any], table: str, trace: float = 0.0) -> None:
+    def __init__(self, connect: Callable[[], Any], table: str) -> None:
         self._connect = connect          # a new psycopg connection, autocommit, set up
-        self._trace = trace > 0
         def start(param: str) -> str:
             return f"UPDATE {table} SET attempts = attempts + 1 WHERE id = {param} AND reserved_by = $2"
 
-        delete = f"DELETE FROM {table} WHERE id = $1 AND reserved_by = $2"
-        if self._trace:         # $3 (ack) or $4 (ack and start): now, by this worker's clock
-            ack = f"WITH done AS ({delete} RETURNING uuid, created_at) " + pg_trace("done", table, trace, "$3", "$3")
-            ack_start = (f"WITH done AS ({delete} RETURNING uuid, created_at), "
-                         f"traced AS ({pg_trace('done', table, trace, '$4', '$4')}) " + start("$3"))
-        else:
-            ack, ack_start = delete, f"WITH done AS ({delete}) " + start("$3")
-        self._statements = {_ACK: ack, _ACK_START: ack_start, _START: start("$1")}
+        self._statements = {
+            _ACK: f"DELETE FROM {table} WHERE id = $1 AND reserved_by = $2",
+            _ACK_START: f"WITH done AS (DELETE FROM {table} WHERE id = $1 AND reserved_by = $2) " + start("$3"),
+            _START: start("$1"),
+        }
         self._pg: Any = None
         self._sent: deque[int | None] = deque()     # per statement sent, unanswered: its acked row (None: a start)
 
@@ -66,11 +56,10 @@ class PipelinedAcks:
         """Put the ack (and the next job's start) on the socket; read whatever replies have
         come in meanwhile."""
         args = [b"%d" % row_id, token.encode()]
-        now = [repr(time.time()).encode()] if self._trace else []
         if start is None:
-            self._send(_ACK, args + now, row_id)
+            self._send(_ACK, args, row_id)
         else:
-            self._send(_ACK_START, args + [b"%d" % start] + now, row_id)
+            self._send(_ACK_START, args + [b"%d" % start], row_id)
 
     def start(self, row_id: int, token: str) -> None:
         """Put a job's start on the socket (a job no ack came before)."""

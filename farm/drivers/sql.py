@@ -118,7 +118,7 @@ CREATE TRIGGER {t}_notify AFTER INSERT ON {t} FOR EACH STATEMENT EXECUTE FUNCTIO
 class Queries:
     """SQL text for one dialect, written with %s and rewritten to ? for sqlite3."""
 
-    def __init__(self, dialect: str, jobs: str, failed: str | None) -> None:
+    def __init__(self, dialect: str, jobs: str, failed: str | None, trace: float = 0.0) -> None:
         self.dialect = dialect
         self.jobs, self.failed = jobs, failed         # failed None: `failed_table: null`, its queries unused
         self._q = (lambda s: s.replace("%s", "?")) if dialect == "sqlite" else (lambda s: s)
@@ -135,6 +135,17 @@ class Queries:
             f"WHERE id IN (SELECT id FROM {j} WHERE queue = %s AND available_at <= %s "
             f"ORDER BY available_at, id LIMIT %s{' FOR UPDATE SKIP LOCKED' if dialect == 'postgresql' else ''}) "
             f"RETURNING id, uuid, {'CAST(payload AS BLOB)' if dialect == 'sqlite' else 'payload'}, attempts")
+        # a claimed job's trace (drivers/dbretry.py: a dispatch whose reply was lost looks for it
+        # once the job may have run and gone), written with the claim when the job was created
+        # less than T seconds ago: `claimed:<uuid>` in the locks table, expiring T seconds on.
+        # One statement per claimed batch, in the claim's transaction. Parameters: now, now
+        # (after the claim's own; MariaDB: sent with the claim's UPDATE, one round trip)
+        t = float(trace)
+        self.claim_traced = (f"WITH c AS ({self.claim_returning[:self.claim_returning.rindex(' RETURNING ')]} "
+                             "RETURNING id, uuid, payload, attempts, created_at), "
+                             f"t AS ({pg_trace('c', j, t)}) SELECT id, uuid, payload, attempts FROM c")
+        self.trace_claimed = (f"INSERT IGNORE INTO {j}_locks (name, n, expires_at) SELECT CONCAT('claimed:', uuid), "
+                              f"1, %s + {t!r} FROM {j} WHERE id IN ({{ids}}) AND created_at > %s - {t!r}")
         # mariadb has no UPDATE ... RETURNING: select with SKIP LOCKED, then update, in one transaction
         self.claim_select = (f"SELECT id, uuid, payload, attempts FROM {j} WHERE queue = %s AND available_at <= %s "
                              "ORDER BY available_at, id LIMIT %s FOR UPDATE SKIP LOCKED")
@@ -155,14 +166,6 @@ class Queries:
                           f"WHERE id IN ({{ids}}) AND reserved_by = %s FOR UPDATE SKIP LOCKED)")
         self.ack = q(f"DELETE FROM {j} WHERE id = %s AND reserved_by = %s")
         self.ack_and_start = f"START TRANSACTION; {self.ack}; {self.start}; COMMIT"   # mysql only
-        # an acked job's trace (drivers/dbretry.py: a dispatch whose reply was lost looks for it),
-        # written with the DELETE when the job was created less than T seconds ago. MariaDB:
-        # the INSERT before the DELETE in one transaction, one round trip; parameters expires
-        # at, row, token, created after (PostgreSQL: pgacks.py and ack_ids)
-        self.trace = (f"INSERT IGNORE INTO {j}_locks (name, n, expires_at) SELECT CONCAT('acked:', uuid), 1, %s "
-                      f"FROM {j} WHERE id = %s AND reserved_by = %s AND created_at > %s")
-        self.traced_ack = f"START TRANSACTION; {self.trace}; {self.ack}; COMMIT"                  # mysql only
-        self.traced_ack_and_start = f"START TRANSACTION; {self.trace}; {self.ack}; {self.start}; COMMIT"
         self.release = q(f"UPDATE {j} SET available_at = %s, reserved_by = NULL, payload = %s "
                          "WHERE id = %s AND reserved_by = %s")
         self.give_back = q(f"UPDATE {j} SET available_at = %s, reserved_by = NULL, attempts = attempts - %s "
@@ -245,14 +248,11 @@ class Queries:
                     f"SET n = {c}.n + excluded.n, seconds = {c}.seconds + excluded.seconds")
         return self._q(sql)
 
-    def ack_ids(self, row_ids: list[int], trace: float = 0.0) -> str:
+    def ack_ids(self, row_ids: list[int]) -> str:
         """The ack of these rows at once, while this worker's token holds them (acks sent again
-        after a connection dropped). PostgreSQL with `trace` seconds: each job created less
-        than that long ago leaves its trace (see traced_ack); parameters token, now, now."""
-        sql = f"DELETE FROM {self.jobs} WHERE id IN ({', '.join(str(int(i)) for i in row_ids)}) AND reserved_by = %s"
-        if trace > 0 and self.dialect == "postgresql":
-            sql = (f"WITH d AS ({sql} RETURNING uuid, created_at) " + pg_trace("d", self.jobs, trace, "%s", "%s"))
-        return self._q(sql)
+        after a connection dropped)."""
+        return self._q(f"DELETE FROM {self.jobs} WHERE id IN ({', '.join(str(int(i)) for i in row_ids)}) "
+                       "AND reserved_by = %s")
 
     def renew_ids(self, row_ids: list[int]) -> str:
         """The renew statement for these rows (integers from our own claim, inlined: one
@@ -274,10 +274,9 @@ class Queries:
         return self._q(sql)
 
 
-def pg_trace(rows: str, jobs: str, seconds: float, now: str, now_again: str) -> str:
-    """PostgreSQL: the traces of the acked jobs in CTE `rows` (uuid, created_at) created less
-    than `seconds` before `now` (a parameter; `now_again` the same one where a driver numbers
-    each use), expiring `seconds` after it: an INSERT to follow the DELETE's CTE."""
+def pg_trace(rows: str, jobs: str, seconds: float) -> str:
+    """PostgreSQL: the traces of the claimed jobs in CTE `rows` (uuid, created_at) created less
+    than `seconds` before now (a parameter), expiring `seconds` after it (now again)."""
     t = float(seconds)
-    return (f"INSERT INTO {jobs}_locks (name, n, expires_at) SELECT 'acked:' || uuid, 1, CAST({now} AS float8) + {t!r} "
-            f"FROM {rows} WHERE created_at > CAST({now_again} AS float8) - {t!r} ON CONFLICT (name) DO NOTHING")
+    return (f"INSERT INTO {jobs}_locks (name, n, expires_at) SELECT 'claimed:' || uuid, 1, CAST(%s AS float8) + {t!r} "
+            f"FROM {rows} WHERE created_at > CAST(%s AS float8) - {t!r} ON CONFLICT (name) DO NOTHING")

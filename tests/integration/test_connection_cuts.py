@@ -229,7 +229,7 @@ def test_connection_cuts_a_dispatch_whose_reply_was_lost_and_whose_job_already_r
     # Then the reply was lost and the look-up waited for the ack, found the job's trace and
     # did not store it again: it ran once
     assert c.proxy.fired_count == 1 and c.proxy.waiting.is_set()
-    assert c.sql(f"SELECT n FROM {c.table}_locks WHERE name = ?", (f"acked:{job_id}",)) == [(1,)]
+    assert c.sql(f"SELECT n FROM {c.table}_locks WHERE name = ?", (f"claimed:{job_id}",)) == [(1,)]
     assert not c.stored([job_id])
     c.drain()
     assert runs(c.f) == {"once": 1}, c.f.lines()
