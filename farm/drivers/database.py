@@ -55,7 +55,7 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         self._claims_pruned = 0.0                      # when expired schedule claims may be pruned next
         self._locks_pruned = 0.0                       # when expired locks (farm/locks.py) may be pruned next
         self.push_retry = dbretry.retry_seconds()     # a push that lost its connection: drivers/dbretry.py
-        # an ack of a job created less than `trace` seconds ago leaves a trace that push looks
+        # a claim of a job created less than `trace` seconds ago leaves a trace that push looks
         # for (drivers/dbretry.py): the retry time and a minute of clock slack; SQLite: none
         self.trace = self.push_retry + dbretry.CLOCK_SLACK if self.push_retry > 0 and self.dialect != "sqlite" else 0.0
         self.sql = sql.Queries(self.dialect, conn.table, conn.failed_table, self.trace)
@@ -420,7 +420,7 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
 
     def _prune_traces(self, now: float) -> None:
         """Delete the expired locks (claimed jobs' traces among them) once every `trace` seconds:
-        one indexed DELETE, so the table holds about two minutes of claims."""
+        one indexed DELETE, so the table holds a few minutes of claims."""
         self._traces_pruned = now + self.trace
         with self._cursor("fast") as cur:
             cur.execute(self.sql.prune_locks, (now - dbretry.CLOCK_SLACK,))

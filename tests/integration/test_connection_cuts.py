@@ -235,6 +235,32 @@ def test_connection_cuts_a_dispatch_whose_reply_was_lost_and_whose_job_already_r
     assert runs(c.f) == {"once": 1}, c.f.lines()
 
 
+@pytest.mark.parametrize("backend", NETWORKED)
+def test_connection_cuts_a_claim_leaves_a_trace_only_while_a_dispatch_may_retry_and_expired_ones_are_pruned(
+        cut, backend, monkeypatch):
+    # Given the locks table holding a trace that expired long ago
+    c = cut(backend)
+    c.sql(f"INSERT INTO {c.table}_locks (name, n, expires_at) VALUES ('claimed:old', 1, 1.0)")
+    farm.configure(c.f.manifest)
+    names = lambda: {r[0].decode() if isinstance(r[0], bytes) else r[0]      # noqa: E731
+                     for r in c.sql(f"SELECT name FROM {c.table}_locks")}
+    # When a job runs under workers whose dispatches never retry (FARM_DISPATCH_RETRY_SECONDS=0)
+    quiet = farm.dispatch(Record(str(c.f.out), "quiet"))
+    monkeypatch.setenv("FARM_DISPATCH_RETRY_SECONDS", "0")
+    c.drain()
+    # Then its claim wrote nothing, and nothing was pruned
+    assert names() == {"claimed:old"}
+    # When a job runs under the default (10 s)
+    monkeypatch.delenv("FARM_DISPATCH_RETRY_SECONDS")
+    traced = farm.dispatch(Record(str(c.f.out), "traced"))
+    c.drain()
+    # Then its claim left its trace, expiring about 70 s on, and the expired trace is gone
+    assert names() == {f"claimed:{traced}"}, quiet
+    (expires,) = c.sql(f"SELECT expires_at FROM {c.table}_locks")[0]
+    assert 60 < expires - time.time() <= 70
+    assert runs(c.f) == {"quiet": 1, "traced": 1}
+
+
 # -- the worker's acks, fails and releases --------------------------------------------------------
 
 def ack_pattern(c: Cut) -> bytes:
