@@ -39,7 +39,6 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
             raise FarmError(f"connection {conn.name!r}: {e}") from None
         self.dialect = self.target.dialect
         self.supports_notify = self.dialect == "postgresql"
-        self.sql = sql.Queries(self.dialect, conn.table, conn.failed_table)
         self.keeps_failed = conn.failed_table is not None     # `failed_table: null`: failed jobs are deleted
         self.token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._pid = os.getpid()
@@ -56,6 +55,11 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         self._claims_pruned = 0.0                      # when expired schedule claims may be pruned next
         self._locks_pruned = 0.0                       # when expired locks (farm/locks.py) may be pruned next
         self.push_retry = dbretry.retry_seconds()     # a push that lost its connection: drivers/dbretry.py
+        # a claim of a job created less than `trace` seconds ago leaves a trace that push looks
+        # for (drivers/dbretry.py): the retry time and a minute of clock slack; SQLite: none
+        self.trace = self.push_retry + dbretry.CLOCK_SLACK if self.push_retry > 0 and self.dialect != "sqlite" else 0.0
+        self.sql = sql.Queries(self.dialect, conn.table, conn.failed_table, self.trace)
+        self._traces_pruned = 0.0                      # when expired traces may be pruned next
         self._errors = dbapi.errors(self.target)
         self._any_error = dbapi.any_error(self.target)
         self._ensure_schema()
@@ -289,6 +293,8 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         out: list[Reserved] = []
         now = time.time()
         until = now + self.retry_after
+        if self.trace and now >= self._traces_pruned:
+            self._prune_traces(now)
         for queue in queues:
             want = limit - len(out)
             if want <= 0:
@@ -299,10 +305,19 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
                     rows = cur.fetchall()
                     if rows:
                         ids = ", ".join(str(int(r[0])) for r in rows)
-                        cur.execute(self.sql.claim_update.format(ids=ids), (until, self.token))
+                        if self.trace:      # the claim and its traces: one round trip
+                            cur.execute(f"{self.sql.claim_update}; {self.sql.trace_claimed}".format(ids=ids),
+                                        (until, self.token, now, now))
+                            while cur.nextset():
+                                pass
+                        else:
+                            cur.execute(self.sql.claim_update.format(ids=ids), (until, self.token))
             else:
                 with self._cursor("fast") as cur:
-                    cur.execute(self.sql.claim_returning, (until, self.token, queue, now, want))
+                    if self.trace:          # PostgreSQL: the claim and its traces in one statement
+                        cur.execute(self.sql.claim_traced, (until, self.token, queue, now, want, now, now))
+                    else:
+                        cur.execute(self.sql.claim_returning, (until, self.token, queue, now, want))
                     rows = sorted(cur.fetchall())
                 if self.dialect == "sqlite":
                     rows = [(r[0], r[1], _utf8(r[2]), r[3]) for r in rows]
@@ -404,6 +419,13 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
                 wrote = cur.rowcount == 1
         if wrote:                           # not when this worker's hold on it lapsed
             self._started.add(start)
+
+    def _prune_traces(self, now: float) -> None:
+        """Delete the expired locks (claimed jobs' traces among them) once every `trace` seconds:
+        one indexed DELETE, so the table holds a few minutes of claims."""
+        self._traces_pruned = now + self.trace
+        with self._cursor("fast") as cur:
+            cur.execute(self.sql.prune_locks, (now - dbretry.CLOCK_SLACK,))
 
     def _ack_kept(self, job: Reserved) -> None:
         """A job with a `retention`: deleted and recorded as done in one transaction (the next

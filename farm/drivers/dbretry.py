@@ -11,9 +11,14 @@ checked the same way if it too loses its connection. This goes on for `push_retr
 (FARM_DISPATCH_RETRY_SECONDS, 10 by default); then DriverUnavailable says the outcome is
 unknown, naming the ids.
 
-The window left open: a job whose first commit landed and which a worker claimed, ran and
-acked (deleting its row) between that commit and the look-up is not found, and is stored a
-second time. The look-up runs right after the reconnect, before anything else on it.
+A job whose first commit landed and which a worker claimed, ran and acked (deleting its row)
+before the look-up would not be found there: so the claim of a job created less than T seconds
+ago (T = push_retry + CLOCK_SLACK: the producer's and the worker's clocks may differ) also
+writes `claimed:<uuid>` into the locks table, expiring T seconds later, in the claim's own
+statement or transaction (one per claimed batch, sql.py), and the look-up finds that trace: a
+job claimed had landed. Written at the claim, not the ack: one statement per batch rather than
+one more per job. Expired traces are pruned by each claiming worker every T seconds. With
+push_retry 0 nothing is written.
 
 The look-up scans the jobs table for the uuids (there is no index on uuid: it would cost
 every job's insert and delete); it runs only after a cut.
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
 
 DEFAULT_SECONDS = 10.0
 GONE_WAIT = 5.0         # seconds to wait for a terminated session to be gone
+CLOCK_SLACK = 60.0      # seconds a producer's clock (jobs' created_at) may differ from a worker's
 
 
 def retry_seconds() -> float:
@@ -116,16 +122,17 @@ def _finish(q: "DatabaseQueue", session: int) -> None:
 
 
 def _landed(q: "DatabaseQueue", items: Sequence[Outgoing]) -> bool:
-    """Whether the push landed: one of its ids in the jobs table, the failed table or the done
-    table (the push was one transaction: one is all)."""
+    """Whether the push landed: one of its ids in the jobs table, a claimed job's trace in the
+    locks table, the failed table or the done table (the push was one transaction: one is all)."""
     ids = [o.id for o in items]
     marks = ", ".join(["%s"] * len(ids))
-    tables = [(q.config.table, "uuid"), (f"{q.config.table}_done", "id")]
+    t = q.config.table
+    tables = [(t, "uuid", ids), (f"{t}_locks", "name", ["claimed:" + i for i in ids]), (f"{t}_done", "id", ids)]
     if q.keeps_failed:
-        tables.append((q.config.failed_table, "id"))
+        tables.append((q.config.failed_table, "id", ids))
     with q._cursor() as cur:
-        for table, column in tables:
-            cur.execute(f"SELECT 1 FROM {table} WHERE {column} IN ({marks}) LIMIT 1", ids)
+        for table, column, keys in tables:
+            cur.execute(f"SELECT 1 FROM {table} WHERE {column} IN ({marks}) LIMIT 1", keys)
             if cur.fetchone() is not None:
                 return True
     return False

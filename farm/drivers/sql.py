@@ -118,7 +118,7 @@ CREATE TRIGGER {t}_notify AFTER INSERT ON {t} FOR EACH STATEMENT EXECUTE FUNCTIO
 class Queries:
     """SQL text for one dialect, written with %s and rewritten to ? for sqlite3."""
 
-    def __init__(self, dialect: str, jobs: str, failed: str | None) -> None:
+    def __init__(self, dialect: str, jobs: str, failed: str | None, trace: float = 0.0) -> None:
         self.dialect = dialect
         self.jobs, self.failed = jobs, failed         # failed None: `failed_table: null`, its queries unused
         self._q = (lambda s: s.replace("%s", "?")) if dialect == "sqlite" else (lambda s: s)
@@ -135,6 +135,17 @@ class Queries:
             f"WHERE id IN (SELECT id FROM {j} WHERE queue = %s AND available_at <= %s "
             f"ORDER BY available_at, id LIMIT %s{' FOR UPDATE SKIP LOCKED' if dialect == 'postgresql' else ''}) "
             f"RETURNING id, uuid, {'CAST(payload AS BLOB)' if dialect == 'sqlite' else 'payload'}, attempts")
+        # a claimed job's trace (drivers/dbretry.py: a dispatch whose reply was lost looks for it
+        # once the job may have run and gone), written with the claim when the job was created
+        # less than T seconds ago: `claimed:<uuid>` in the locks table, expiring T seconds on.
+        # One statement per claimed batch, in the claim's transaction. Parameters: now, now
+        # (after the claim's own; MariaDB: sent with the claim's UPDATE, one round trip)
+        t = float(trace)
+        self.claim_traced = (f"WITH c AS ({self.claim_returning[:self.claim_returning.rindex(' RETURNING ')]} "
+                             "RETURNING id, uuid, payload, attempts, created_at), "
+                             f"t AS ({pg_trace('c', j, t)}) SELECT id, uuid, payload, attempts FROM c")
+        self.trace_claimed = (f"INSERT IGNORE INTO {j}_locks (name, n, expires_at) SELECT CONCAT('claimed:', uuid), "
+                              f"1, %s + {t!r} FROM {j} WHERE id IN ({{ids}}) AND created_at > %s - {t!r}")
         # mariadb has no UPDATE ... RETURNING: select with SKIP LOCKED, then update, in one transaction
         self.claim_select = (f"SELECT id, uuid, payload, attempts FROM {j} WHERE queue = %s AND available_at <= %s "
                              "ORDER BY available_at, id LIMIT %s FOR UPDATE SKIP LOCKED")
@@ -261,3 +272,11 @@ class Queries:
         if limit:
             sql += f" LIMIT {int(limit)}"
         return self._q(sql)
+
+
+def pg_trace(rows: str, jobs: str, seconds: float) -> str:
+    """PostgreSQL: the traces of the claimed jobs in CTE `rows` (uuid, created_at) created less
+    than `seconds` before now (a parameter), expiring `seconds` after it (now again)."""
+    t = float(seconds)
+    return (f"INSERT INTO {jobs}_locks (name, n, expires_at) SELECT 'claimed:' || uuid, 1, CAST(%s AS float8) + {t!r} "
+            f"FROM {rows} WHERE created_at > CAST(%s AS float8) - {t!r} ON CONFLICT (name) DO NOTHING")

@@ -29,13 +29,13 @@ NETWORKED = ["postgresql", "mysql"]     # SQLite has no connection to cut
 class Cut:
     """A farm whose manifest `via` reaches its database through a proxy; `f.manifest` does not."""
 
-    def __init__(self, f, backend: str) -> None:
+    def __init__(self, f, backend: str, proxy: type[Proxy] = Proxy) -> None:
         from sqlalchemy.engine import make_url
 
         self.f, self.backend = f, backend
         url = PG_URL if backend == "postgresql" else MY_URL
         real = make_url(url)
-        self.proxy = Proxy(free_port(), (real.host or "127.0.0.1", real.port or (5432 if backend == "postgresql" else 3306)))
+        self.proxy = proxy(free_port(), (real.host or "127.0.0.1", real.port or (5432 if backend == "postgresql" else 3306)))
         self.proxy.start()
         self.via = f.tmp / "conf" / "via.yaml"
         self.via.write_text(f.manifest.read_text().replace(
@@ -88,8 +88,8 @@ class Cut:
 def cut(make_farm, request):
     made: list[Cut] = []
 
-    def make(backend: str, **kw) -> Cut:
-        c = Cut(make_farm(backend, **kw), backend)
+    def make(backend: str, proxy: type[Proxy] = Proxy, **kw) -> Cut:
+        c = Cut(make_farm(backend, **kw), backend, proxy)
         made.append(c)
         return c
 
@@ -210,6 +210,89 @@ def test_connection_cuts_a_unique_dispatch_whose_outcome_is_unknown_keeps_its_lo
     assert farm.dispatch_many([OnlyOnce(str(c.f.out), k) for k in keys]) == [None] * len(keys)
     # and each job is stored once
     assert sorted(r[0] for r in c.sql(f"SELECT uuid FROM {c.table}")) == sorted(ids)
+
+
+class HeldProxy(Proxy):
+    """A proxy whose new connections wait (accepted, not yet forwarded) while `held` is clear."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        self.held = threading.Event()
+        self.held.set()
+        self.waiting = threading.Event()        # set once a new connection waits on the hold
+        super().__init__(port, target)
+
+    @property
+    def target(self) -> tuple[str, int]:        # read by the accepting thread before it connects
+        if not self.held.is_set():
+            self.waiting.set()
+            self.held.wait(30)
+        return self._target
+
+    @target.setter
+    def target(self, value: tuple[str, int]) -> None:
+        self._target = value
+
+
+@pytest.mark.parametrize("backend", NETWORKED)
+def test_connection_cuts_a_dispatch_whose_reply_was_lost_and_whose_job_already_ran_is_not_stored_again(
+        cut, backend):
+    from farm import app
+
+    # Given a producer through a proxy that loses the reply to its INSERT (which committed) and
+    # then holds the producer's reconnect, and a worker on a direct connection
+    c = cut(backend, proxy=HeldProxy)
+    farm.configure(c.via)
+    app.queue("main").durable_session()        # the producer's connection, open before the hold
+    c.proxy.held.clear()
+    c.proxy.swallow_reply_after(f"INSERT INTO {c.table}".encode())
+    c.worker(c.f.tmp / "w.log", via=False)
+
+    def release_once_acked() -> None:
+        try:        # the job ran and its row is gone (acked) while the producer waits to reconnect
+            c.proxy.waiting.wait(30)
+            wait_until(lambda: runs(c.f) and not c.sql(f"SELECT uuid FROM {c.table}"), 30,
+                       "the job to run and be acked", explain=lambda: (c.f.tmp / "w.log").read_text())
+        finally:
+            c.proxy.held.set()
+
+    watcher = threading.Thread(target=release_once_acked, daemon=True)
+    watcher.start()
+    # When it dispatches a job, and the worker runs and acks it before the producer looks it up
+    job_id = farm.dispatch(Record(str(c.f.out), "once"))
+    watcher.join(40)
+    # Then the reply was lost and the look-up waited for the ack, found the job's trace and
+    # did not store it again: it ran once
+    assert c.proxy.fired_count == 1 and c.proxy.waiting.is_set()
+    assert c.sql(f"SELECT n FROM {c.table}_locks WHERE name = ?", (f"claimed:{job_id}",)) == [(1,)]
+    assert not c.stored([job_id])
+    c.drain()
+    assert runs(c.f) == {"once": 1}, c.f.lines()
+
+
+@pytest.mark.parametrize("backend", NETWORKED)
+def test_connection_cuts_a_claim_leaves_a_trace_only_while_a_dispatch_may_retry_and_expired_ones_are_pruned(
+        cut, backend, monkeypatch):
+    # Given the locks table holding a trace that expired long ago
+    c = cut(backend)
+    c.sql(f"INSERT INTO {c.table}_locks (name, n, expires_at) VALUES ('claimed:old', 1, 1.0)")
+    farm.configure(c.f.manifest)
+    names = lambda: {r[0].decode() if isinstance(r[0], bytes) else r[0]      # noqa: E731
+                     for r in c.sql(f"SELECT name FROM {c.table}_locks")}
+    # When a job runs under workers whose dispatches never retry (FARM_DISPATCH_RETRY_SECONDS=0)
+    quiet = farm.dispatch(Record(str(c.f.out), "quiet"))
+    monkeypatch.setenv("FARM_DISPATCH_RETRY_SECONDS", "0")
+    c.drain()
+    # Then its claim wrote nothing, and nothing was pruned
+    assert names() == {"claimed:old"}
+    # When a job runs under the default (10 s)
+    monkeypatch.delenv("FARM_DISPATCH_RETRY_SECONDS")
+    traced = farm.dispatch(Record(str(c.f.out), "traced"))
+    c.drain()
+    # Then its claim left its trace, expiring about 70 s on, and the expired trace is gone
+    assert names() == {f"claimed:{traced}"}, quiet
+    (expires,) = c.sql(f"SELECT expires_at FROM {c.table}_locks")[0]
+    assert 60 < expires - time.time() <= 70
+    assert runs(c.f) == {"quiet": 1, "traced": 1}
 
 
 # -- the worker's acks, fails and releases --------------------------------------------------------
