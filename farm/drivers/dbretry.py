@@ -95,17 +95,11 @@ def push_again(q: "DatabaseQueue", items: Sequence[Outgoing], session: int | Non
 
 def _finish(q: "DatabaseQueue", session: int) -> None:
     """Make sure the old session can no longer commit: terminate it and wait until it is gone.
-    Only a session that is ours by its label (PostgreSQL: this process's application_name) or
-    user (MariaDB): behind a pooler the id may name someone else's session."""
+    Only a session that is ours by its label (PostgreSQL: this queue's application_name, its pid
+    and a random token) or user (MariaDB): behind a pooler the id may name someone else's session.
+    One that outlives GONE_WAIT raises DriverUnavailable: pushing again could store it twice."""
+    mine, kill = _MINE[q.dialect], _KILL[q.dialect]
     with q._cursor() as cur:
-        if q.dialect == "postgresql":
-            mine = ("SELECT pid FROM pg_stat_activity WHERE pid = %s AND pid <> pg_backend_pid() "
-                    "AND application_name = current_setting('application_name')")
-            kill = "SELECT pg_terminate_backend(%s)"
-        else:
-            mine = ("SELECT ID FROM information_schema.PROCESSLIST WHERE ID = %s AND ID <> CONNECTION_ID() "
-                    "AND USER = SUBSTRING_INDEX(USER(), '@', 1)")
-            kill = "KILL CONNECTION %s"
         cur.execute(mine, (session,))
         if cur.fetchone() is None:
             return                  # gone already (or not ours to end)
@@ -119,6 +113,19 @@ def _finish(q: "DatabaseQueue", session: int) -> None:
             if cur.fetchone() is None:
                 return
             time.sleep(0.01)
+    # still there: it might yet commit, so nothing may be pushed again (the caller tries again,
+    # and in the end says the outcome is unknown)
+    raise DriverUnavailable(f"connection {q.name!r}: the old session {session} was still there "
+                            f"{GONE_WAIT:g}s after it was ended")
+
+
+_MINE = {   # the old session, if it is still there and ours (by its label or user)
+    "postgresql": ("SELECT pid FROM pg_stat_activity WHERE pid = %s AND pid <> pg_backend_pid() "
+                   "AND application_name = current_setting('application_name')"),
+    "mysql": ("SELECT ID FROM information_schema.PROCESSLIST WHERE ID = %s AND ID <> CONNECTION_ID() "
+              "AND USER = SUBSTRING_INDEX(USER(), '@', 1)"),
+}
+_KILL = {"postgresql": "SELECT pg_terminate_backend(%s)", "mysql": "KILL CONNECTION %s"}
 
 
 def _landed(q: "DatabaseQueue", items: Sequence[Outgoing]) -> bool:

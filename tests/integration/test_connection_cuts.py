@@ -212,6 +212,41 @@ def test_connection_cuts_a_unique_dispatch_whose_outcome_is_unknown_keeps_its_lo
     assert sorted(r[0] for r in c.sql(f"SELECT uuid FROM {c.table}")) == sorted(ids)
 
 
+
+def test_connection_cuts_a_dispatch_whose_old_session_will_not_end_is_not_pushed_again(cut, monkeypatch):
+    from farm import app
+    from farm.drivers import dbretry
+
+    # Given a producer whose old server session is still there and cannot be ended (as when
+    # the server never saw the cut): a session of its own label that pg_terminate_backend
+    # does not reach (the kill made a no-op for the test)
+    import psycopg
+
+    c = cut("postgresql")
+    farm.configure(c.via)
+    q = app.queue("main")
+    q.push_retry = 1.0
+    monkeypatch.setattr(dbretry, "GONE_WAIT", 0.2)
+    monkeypatch.setitem(dbretry._KILL, "postgresql", "SELECT %s")
+    with q._cursor() as cur:
+        cur.execute("SELECT current_setting('application_name')")
+        (label,) = cur.fetchone()
+    with psycopg.connect(pg_conninfo(), autocommit=True, application_name=label) as old:
+        session = old.info.backend_pid
+        # When a push that was sent on it is retried
+        from farm.drivers.base import Outgoing
+
+        item = Outgoing(id="00000000-0000-4000-8000-00000000beef", queue="default",
+                        body=f'{{"v": 1, "id": "00000000-0000-4000-8000-00000000beef", "job": "x:y"}}',
+                        available_at=time.time())
+        with pytest.raises(farm.DriverUnavailable) as e:
+            dbretry.push_again(q, [item], session, farm.DriverUnavailable("connection 'main': cut"))
+    # Then nothing was pushed again (the old session might yet commit): the outcome is unknown
+    assert "may or may not be stored" in str(e.value) and "\n" not in str(e.value)
+    assert e.value.unknown == [item.id]
+    assert not c.stored([item.id])
+
+
 class HeldProxy(Proxy):
     """A proxy whose new connections wait (accepted, not yet forwarded) while `held` is clear."""
 
