@@ -237,7 +237,7 @@ def test_connection_cuts_a_dispatch_whose_old_session_will_not_end_is_not_pushed
         from farm.drivers.base import Outgoing
 
         item = Outgoing(id="00000000-0000-4000-8000-00000000beef", queue="default",
-                        body=f'{{"v": 1, "id": "00000000-0000-4000-8000-00000000beef", "job": "x:y"}}',
+                        body='{"v": 1, "id": "00000000-0000-4000-8000-00000000beef", "job": "x:y"}',
                         available_at=time.time())
         with pytest.raises(farm.DriverUnavailable) as e:
             dbretry.push_again(q, [item], session, farm.DriverUnavailable("connection 'main': cut"))
