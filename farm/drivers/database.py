@@ -46,6 +46,7 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         self._opened: list[Any] = []
         self._lock = threading.Lock()
         self._lost_acks: list[int] = []      # rows whose ack may not have landed (pgacks): acked again
+        self._pipelines: list[pgacks.PipelinedAcks] = []     # every thread's, for renew()
         self._poll = 0.01
         # a job's start is written before it runs (see sql.Queries.start): these jobs' starts
         # are, and a claimed job's successor in its batch gets its start written with its ack
@@ -71,6 +72,7 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
             self._pid = os.getpid()
             self._local = threading.local()
             self._opened = []
+            self._pipelines = []
         conn = self._local.__dict__.get(role)
         if conn is None:
             try:
@@ -109,7 +111,10 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
             if conn is not None:
                 _close_quietly(conn)
             if r == "acks":
-                state.pop("ack_pipeline", None)
+                acks = state.pop("ack_pipeline", None)
+                with self._lock:
+                    if acks in self._pipelines:
+                        self._pipelines.remove(acks)
 
     @contextmanager
     def _cursor(self, role: str = "durable", tx: bool = False) -> Iterator[Any]:
@@ -154,6 +159,8 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
             if send is _settle or send is _poll:
                 return
             acks = self._local.ack_pipeline = pgacks.PipelinedAcks(lambda: self._raw("acks"), self.config.table)
+            with self._lock:
+                self._pipelines.append(acks)     # renew() keeps their unanswered acks' rows held
         try:
             send(acks)
         except self._errors as e:
@@ -360,13 +367,33 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
             raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)}") from e
 
     def renew(self, jobs: Sequence[Reserved]) -> None:
-        """Push on the reservations of the jobs held, and only those (by primary key)."""
+        """Push on the reservations of the jobs held, and only those (by primary key), and of
+        the finished ones whose ack is not known to have landed: lost in a cut, or sent on a
+        pipeline whose reply has not come (a stalled connection must not let them lapse)."""
         with self._lock:
-            rows = [j.handle for j in jobs] + self._lost_acks     # held, and finished but not surely acked
+            rows = [j.handle for j in jobs] + self._lost_acks + self._unanswered()
         if not rows:
             return
         with self._cursor("renew") as cur:
             cur.execute(self.sql.renew_ids(rows), (time.time() + self.retry_after, self.token))
+
+    def has_unsettled(self) -> bool:
+        """Finished jobs whose ack is not known to have landed (the heart renews them too)."""
+        with self._lock:
+            return bool(self._lost_acks) or bool(self._unanswered())
+
+    def _unanswered(self) -> list[int]:
+        """Rows acked on any thread's pipeline with no reply yet (read from the heart's thread:
+        a deque mutated meanwhile is read again)."""
+        rows: list[int] = []
+        for acks in self._pipelines:
+            for _ in range(3):
+                try:
+                    rows += acks.unconfirmed()
+                    break
+                except RuntimeError:        # deque mutated during iteration
+                    continue
+        return rows
 
     def starting(self, job: Reserved) -> bool:
         """Write the job's start before it runs (unless its predecessor's ack did): a death

@@ -76,7 +76,8 @@ class Heart(threading.Thread):
         w = self.worker
         self.watchdog(now)
         held = w.holding()
-        if held and self.due("renew", self.renew_every, now):
+        unsettled = getattr(w.queue, "has_unsettled", None)      # database: acks not known to have landed
+        if (held or (unsettled is not None and unsettled())) and self.due("renew", self.renew_every, now):
             w.queue.renew(held)
         if self.due("rss", RSS_EVERY, now):
             self.rss_mb = rss_mb(self.proc)

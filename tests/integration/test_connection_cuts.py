@@ -356,6 +356,24 @@ def test_connection_cuts_a_finished_job_whose_ack_was_lost_is_acked_on_reconnect
     assert w.poll() is None
 
 
+def test_connection_cuts_a_finished_job_whose_pipelined_ack_stalls_unanswered_is_kept_reserved(cut):
+    # Given a PostgreSQL worker through the proxy (retry_after 2 s) whose pipelined ack goes
+    # into a stalled connection: no reply, no FIN, as behind a NAT that dropped its state
+    c = cut("postgresql", retry_after=2)
+    job_id = farm.dispatch(Record(str(c.f.out), "once"))
+    c.proxy.stall_request(ack_pattern(c))
+    c.worker(c.f.tmp / "w.log")
+    assert c.proxy.fired.wait(30), "the ack never went out"
+    wait_until(lambda: runs(c.f), 10, "the job to run")
+    # When another worker looks for work for three times retry_after
+    c.worker(c.f.tmp / "other.log", via=False)
+    time.sleep(6)
+    # Then the finished job's reservation was renewed while its ack is unanswered, so it was
+    # not handed out again: it ran once, and its row is still this worker's
+    assert runs(c.f) == {"once": 1}, c.f.lines()
+    assert c.stored([job_id]) == {job_id: 1}
+
+
 @pytest.mark.parametrize("backend", NETWORKED)
 def test_connection_cuts_a_job_whose_final_fail_was_lost_is_failed_on_reconnect_and_not_run_again(cut, backend):
     # Given a job with one try that raises, and a worker through the proxy (retry_after 3 s)

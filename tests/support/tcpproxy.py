@@ -66,6 +66,12 @@ class Proxy:
         with self.lock:
             self.faults.append(("drop", pattern))
 
+    def stall_request(self, pattern: bytes) -> None:
+        """The next request carrying `pattern`, and everything after it on that connection,
+        never reaches the server, and the connection stays open: a stalled network, no FIN."""
+        with self.lock:
+            self.faults.append(("stall", pattern))
+
     def cut(self) -> int:
         """Cut every open connection (new ones are still accepted); how many were cut."""
         with self.lock:
@@ -121,6 +127,11 @@ class Proxy:
                     return
                 if kind == "swallow":
                     link.swallow_next = True
+                if kind == "stall":
+                    self._went_off()
+                    while link.client.recv(65536):      # read and dropped, never answered
+                        pass
+                    return
                 link.upstream.sendall(data)
         except OSError:
             pass
