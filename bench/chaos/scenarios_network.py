@@ -259,14 +259,8 @@ def _cuts(farm: ChaosFarm, size: Size, name: str, lose_commits: bool) -> Result:
 
     faults = Every(every / 2 if lose_commits else every, fault)
     try:
-        producer.start()
-        faults.start()
-        keeper.run_until(lambda: not producer.is_alive(), duration * 4 + 60)
-        drained = drain(farm, keeper)
+        drained = _under_faults(farm, keeper, producer, faults, duration)
     finally:
-        producer.stop.set()
-        faults.end()
-        farm.stop_workers()
         for p in {workers_proxy, producer_proxy}:
             p.close()
     cuts = workers_proxy.stats.cut + (producer_proxy.stats.cut if producer_proxy is not workers_proxy else 0)
@@ -283,6 +277,20 @@ def _cuts(farm: ChaosFarm, size: Size, name: str, lose_commits: bool) -> Result:
     result = verdict(farm, name, t0, drained, notes, allowed=allowed)
     # issue 17: on a database a dispatch whose reply was lost leaves its job stored once
     return _failed(result) if again and farm.backend != "rabbitmq" else result
+
+
+def _under_faults(farm: ChaosFarm, keeper: Keeper, producer: Producer, faults: Every, duration: float) -> bool:
+    """The producer and the faults run until the producer is done, then the queue is drained
+    (True: it was); the producer, the faults and the workers are stopped whatever happens."""
+    try:
+        producer.start()
+        faults.start()
+        keeper.run_until(lambda: not producer.is_alive(), duration * 4 + 60)
+        return drain(farm, keeper)
+    finally:
+        producer.stop.set()
+        faults.end()
+        farm.stop_workers()
 
 
 def pg_terminate(farm: ChaosFarm, size: Size) -> Result:
@@ -306,15 +314,7 @@ def pg_terminate(farm: ChaosFarm, size: Size) -> Result:
     keeper = Keeper(farm, size.workers)
     producer = Producer(farm, size.jobs, pause=duration / size.jobs)
     killer = Every(1.0 if size.short else 2.0, terminate)
-    try:
-        producer.start()
-        killer.start()
-        keeper.run_until(lambda: not producer.is_alive(), duration * 4 + 60)
-        drained = drain(farm, keeper)
-    finally:
-        producer.stop.set()
-        killer.end()
-        farm.stop_workers()
+    drained = _under_faults(farm, keeper, producer, killer, duration)
     notes = [f"terminate: {killer.count} rounds, {terminated[0]} backends", producer.note(),
              f"worker exits {_codes(keeper.exits)}"]
     notes += [f"terminate failed: {killer.failures[0]}"] if killer.failures else []

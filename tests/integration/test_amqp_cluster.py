@@ -11,7 +11,6 @@ import socket
 import threading
 import subprocess
 import time
-from collections import Counter
 
 import pika
 import pytest
@@ -19,6 +18,7 @@ import pytest
 import farm
 from conftest import AMQP_URL
 from tcpproxy import Proxy, free_port
+from test_amqp_hardening import hold_a_batch, runs, stop
 from testjobs import KillsItsWorker, KillsItsWorkerTwice, Record
 
 
@@ -54,16 +54,6 @@ def queue_types(f) -> dict[str, tuple[str, str]]:
                       "--no-table-headers")
     rows = [line.split("\t") for line in out.splitlines() if line.strip()]
     return {r[0]: (r[1], r[2]) for r in rows}
-
-
-def runs(f) -> Counter:
-    return Counter(line.split()[0] for line in f.lines())
-
-
-def stop(p, timeout: float = 30) -> tuple[int, str]:
-    p.send_signal(signal.SIGTERM)
-    code = p.wait(timeout)
-    return code, p.stderr.read()
 
 
 def test_issue17_quorum_queues_run_jobs_and_a_delayed_job_dead_letters_at_least_once(make_farm):
@@ -142,8 +132,6 @@ def test_sigkill_storm_a_job_requeued_unstarted_by_a_dead_worker_then_killed_ins
     # first two real starts
     f = make_farm("amqp")
     out = f.tmp / "twice.txt"
-    from test_amqp_hardening import hold_a_batch
-
     p = f.worker("--sleep", "0.1")
     job = KillsItsWorkerTwice(str(out))
     hold_a_batch(f, p, [Record(str(f.out), "long", seconds=2)] + [job])
