@@ -158,10 +158,6 @@ class Worker:
             self._run(reserved)
         except (Abandon, DriverUnavailable):
             raise
-        except UsageError:              # e.g. amqp QueueTypeMismatch on a release: the worker stops
-            self.runner.current = None  # with its one-line error (exit 2); the job is handed back
-            self.held.insert(0, reserved)   # with the held ones, not failed
-            raise
         except Exception as e:          # the last line of defence: one job's trouble, not the worker's
             self.runner.last_resort(reserved, e)
         self.done += 1

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import events, middleware, waker
-from ..errors import Abandon, DriverUnavailable, FarmError, JobTimeout, UsageError
+from ..errors import Abandon, DriverUnavailable, FarmError, JobTimeout
 from . import signals
 from .heart import GRACE
 from .lifecycle import StopReason
@@ -225,9 +225,6 @@ class ThreadedWorker(Worker):
                 attempt = None
         except (Abandon, DriverUnavailable):
             raise
-        except UsageError:                  # the worker stops (exit 2): handed back, not failed
-            self.held.insert(0, reserved)
-            raise
         except Exception as e:
             self.runner.last_resort(reserved, e)
             attempt = None
@@ -271,9 +268,6 @@ class ThreadedWorker(Worker):
             self.runner.conclude(attempt, exc)
         except (Abandon, DriverUnavailable):
             raise
-        except UsageError:                      # the worker stops (exit 2): handed back, not failed
-            self.held.insert(0, attempt.reserved)
-            raise
         except Exception as e:                  # one job's trouble, not the worker's
             self.runner.last_resort(attempt.reserved, e)
         self.done += 1
@@ -304,9 +298,6 @@ class ThreadedWorker(Worker):
             try:
                 self.runner.settle(a, JobTimeout(f"the job ran past its timeout of {a.timeout:g}s"))
             except (Abandon, DriverUnavailable):
-                raise
-            except UsageError:
-                self.held.insert(0, a.reserved)
                 raise
             except Exception as e:
                 self.runner.last_resort(a.reserved, e)

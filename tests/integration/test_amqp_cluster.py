@@ -337,36 +337,6 @@ def test_issue17_on_quorum_queues_the_brokers_count_bounds_deaths_while_the_stor
     assert d.deaths == d.delivery_count == 2
 
 
-@pytest.mark.parametrize("threads", [[], ["--concurrency", "2"]], ids=["one", "concurrency"])
-def test_issue17_a_release_that_meets_a_delay_queue_of_the_other_type_stops_the_worker_with_exit_2_and_hands_the_job_back(
-        make_farm, threads):
-    from farm.drivers.amqp_declare import queue_arguments
-    from testjobs import Flaky
-
-    # Given a classic connection, and a leftover quorum delay queue `default.delay.2000`
-    f = make_farm("amqp")
-    q = f.queue()
-    c = pika.BlockingConnection(q.params)
-    try:
-        c.channel().queue_declare("default.delay.2000", durable=True,
-                                  arguments=queue_arguments("quorum", "default", 2000))
-    finally:
-        c.close()
-    # When a worker runs a job that raises, whose retry waits 2 s in that delay queue
-    path = f.tmp / "flaky.txt"
-    farm.dispatch(Flaky(str(path)), tries=3, backoff=2)
-    work = f.farmctl("work", "--stop-when-empty", *threads, timeout=60)
-    # Then the worker stops with the one-line error naming the queue and the key, exit 2
-    assert work.returncode == 2, work
-    last = work.stderr.strip().splitlines()[-1]
-    assert "'default.delay.2000'" in last and "connections.main.queue_type" in last, work.stderr
-    assert "Traceback" not in work.stderr and "WorkerError" not in work.stderr, work.stderr
-    # and the job was handed back, not failed
-    assert f.lines(path) == ["attempt 1"]
-    counts = f.queue().counts()["default"]
-    assert counts["ready"] == 1 and counts["failed"] == 0, counts
-
-
 class Silent:
     """A listening socket that accepts connections and never says a word (a blackholed broker
     that still completes TCP handshakes): only a timeout gets a client past it."""
