@@ -253,14 +253,14 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         """Store the items in one transaction. A lost connection is not the end of it: the push
         is looked up and stored again if it did not land, for `push_retry` seconds
         (drivers/dbretry.py); after that DriverUnavailable says whether it may be stored."""
-        session = None
+        session, started = None, time.monotonic()
         try:
             session = self.durable_session()
             self.insert(items)
         except DriverUnavailable as e:
             if self.dialect == "sqlite" or self.push_retry <= 0:     # no reply to lose: not stored
                 raise
-            dbretry.push_again(self, items, session, e)
+            dbretry.push_again(self, items, session, e, started)
 
     def durable_session(self) -> int | None:
         """The server's id of this thread's durable connection (opened if need be)."""

@@ -68,11 +68,15 @@ def session_of(conn: Any, dialect: str) -> int | None:
 
 
 def push_again(q: "DatabaseQueue", items: Sequence[Outgoing], session: int | None,
-               first: DriverUnavailable) -> None:
+               first: DriverUnavailable, started: float | None = None) -> None:
     """After a push lost its connection (`session`: the server session it was sent on, None
-    if it never got one): return once the items are stored, once; raise DriverUnavailable
-    naming them if the database stays away for q.push_retry seconds."""
+    if it never got one; `started`: when it was first sent, monotonic): return once the items
+    are stored, once; raise DriverUnavailable naming them if the database stays away for
+    q.push_retry seconds. Never pushed again more than q.push_retry seconds after it was first
+    sent: a reply that hung that long (a black-holed connection) may belong to a job that ran
+    and whose claim's trace has expired since, so only a look-up is safe then."""
     deadline = time.monotonic() + q.push_retry
+    resend_by = (started if started is not None else time.monotonic()) + q.push_retry
     sent = session is not None
     error: DriverUnavailable = first
     pause = 0.02
@@ -82,6 +86,8 @@ def push_again(q: "DatabaseQueue", items: Sequence[Outgoing], session: int | Non
                 _finish(q, session)
             if sent and _landed(q, items):
                 return
+            if sent and time.monotonic() > resend_by:
+                break                   # not found, but too late to push it again safely
             session = q.durable_session()
             sent = True
             q.insert(items)

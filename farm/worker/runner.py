@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import batches, chains, events, middleware, payload, unique
 from ..errors import Abandon, DriverUnavailable, FarmError, MaxAttemptsExceeded, PayloadError, SkipRetry
+from ..drivers.base import Reserved
 from ..jobs import Job, instantiate, job_name, option
 from ..log import Log
 from . import retry
@@ -302,12 +303,23 @@ class Runner:
         # a fail cut off with its connection is made again on reconnect: its log line and hooks
         # wait for it to land, and there is none if another worker took the job meanwhile
         landed = self._again_later(
-            r, "fail", lambda: self.queue.fail(r, body, error),
+            r, "fail", lambda: self._fail(r, body, error),
             then=lambda result: self._count(attempt, self._failed(attempt, failing, decision.reason, result, True),
                                             seconds))
         if landed is UNSETTLED:
             return UNSETTLED
         return self._failed(attempt, exc, decision.reason, landed)
+
+    def _fail(self, r: Reserved, body: str, error: str) -> bool:
+        """Move the job to the failed table. A fail that matched nothing may be one made again
+        after a cut whose first commit landed (only its reply was lost): the failed table says."""
+        landed = self.queue.fail(r, body, error)
+        if landed is False and self.store is not None and getattr(self.store, "keeps_failed", True):
+            try:
+                return bool(self.store.failed([r.id]))
+            except FarmError:
+                return False
+        return landed
 
     def _failed(self, attempt: Attempt, exc: BaseException, reason: str, landed: Any, late: bool = False) -> str:
         """After the fail: log it and run the hooks (unique lock, failed(), `failing`), or,

@@ -247,6 +247,30 @@ def test_connection_cuts_a_dispatch_whose_old_session_will_not_end_is_not_pushed
     assert not c.stored([item.id])
 
 
+
+def test_connection_cuts_a_dispatch_whose_reply_hung_past_the_retry_time_is_looked_up_but_not_pushed_again(cut):
+    from farm import app
+    from farm.drivers import dbretry
+    from farm.drivers.base import Outgoing
+
+    # Given a push first sent a minute ago whose reply never came (a black-holed connection),
+    # and which the look-up does not find (its job may have run, its claim's trace expired)
+    c = cut("postgresql")
+    farm.configure(c.via)
+    q = app.queue("main")
+    q.push_retry = 1.0
+    job_id = "00000000-0000-4000-8000-0000000000aa"
+    item = Outgoing(id=job_id, queue="default", body='{"v": 1, "id": "%s", "job": "x:y"}' % job_id,
+                    available_at=time.time())
+    # When the driver retries it (its old session long gone)
+    with pytest.raises(farm.DriverUnavailable) as e:
+        dbretry.push_again(q, [item], 2 ** 30, farm.DriverUnavailable("connection 'main': cut"),
+                           started=time.monotonic() - 60)
+    # Then it was not pushed again: the outcome is unknown, and nothing is stored twice
+    assert "may or may not be stored" in str(e.value) and e.value.unknown == [job_id]
+    assert not c.stored([job_id])
+
+
 class HeldProxy(Proxy):
     """A proxy whose new connections wait (accepted, not yet forwarded) while `held` is clear."""
 
@@ -394,6 +418,28 @@ def test_connection_cuts_a_job_whose_final_fail_was_lost_is_failed_on_reconnect_
     # and `job.failed` is logged once, when the fail landed
     log = (c.f.tmp / "w.log").read_text()
     assert len([x for x in log.splitlines() if "job.failed" in x and job_id in x]) == 1, log
+
+
+def test_connection_cuts_a_final_fail_whose_commit_landed_but_whose_reply_was_lost_runs_its_hooks(cut):
+    # Given a job with one try that raises, and a PostgreSQL worker through the proxy whose
+    # fail commits but loses the reply to its COMMIT
+    backend = "postgresql"
+    c = cut(backend, retry_after=3)
+    ledger = c.f.tmp / "ledger.txt"
+    job_id = farm.dispatch(Ledger(str(ledger), "boom", how="raise"), tries=1)
+    c.proxy.swallow_reply_after(b"COMMIT\x00")
+    c.worker(c.f.tmp / "w.log")
+    # When it runs the job and fails it
+    assert c.proxy.fired.wait(30), "the COMMIT never went out"
+    wait_until(lambda: "job.failed" in (c.f.tmp / "w.log").read_text() or "job.lost" in (c.f.tmp / "w.log").read_text(),
+               20, "the fail to be settled", explain=lambda: (c.f.tmp / "w.log").read_text())
+    # Then the fail made again matched nothing, but the failed table holds the job: it landed,
+    # so `job.failed` is logged and the hooks ran, and nothing says it was lost
+    log = (c.f.tmp / "w.log").read_text()
+    assert "job.lost" not in log, log
+    assert len([x for x in log.splitlines() if "job.failed " in x and job_id in x]) == 1, log
+    assert c.sql(f"SELECT id FROM {c.failed_table} WHERE id = ?", (job_id,))
+    assert [x.split()[0] for x in c.f.lines(ledger)] == ["start", "end"], c.f.lines(ledger)
 
 
 @pytest.mark.parametrize("backend", NETWORKED)
