@@ -237,7 +237,10 @@ def memory_recycling(farm: ChaosFarm, size: Size) -> Result:
     t0 = time.monotonic()
     keeper = Keeper(farm, size.workers, "--memory", "80")
     for start in range(0, size.jobs, 10):
-        farm.dispatch(min(10, size.jobs - start), kind="grow", mb=6, seconds=rng.choice(SHORT_JOBS[1:4]))
+        # a worker samples its RSS once a second: with --short the jobs last long enough that
+        # every worker lives through a few samples (a 1.6 s drain in CI saw no recycle at all)
+        seconds = 0.1 if size.short else rng.choice(SHORT_JOBS[1:4])
+        farm.dispatch(min(10, size.jobs - start), kind="grow", mb=6, seconds=seconds)
         keeper.tick()
     drained = keeper.run_until(lambda: farm.wait_drained(0.5), DRAIN_TIMEOUT)
     recycled = len(keeper.exits)
