@@ -25,11 +25,11 @@ every job's insert and delete); it runs only after a cut.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..errors import DriverUnavailable, UsageError
+from ..errors import DriverUnavailable
+from ..knobs import seconds_from_env
 from .base import Outgoing
 
 if TYPE_CHECKING:
@@ -43,16 +43,7 @@ CLOCK_SLACK = 60.0      # seconds a producer's clock (jobs' created_at) may diff
 def retry_seconds() -> float:
     """How long a push whose connection dropped keeps trying: $FARM_DISPATCH_RETRY_SECONDS,
     else 10 s (0: never, the first error is raised as it was)."""
-    raw = os.environ.get("FARM_DISPATCH_RETRY_SECONDS", "").strip()
-    if not raw:
-        return DEFAULT_SECONDS
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = float("nan")
-    if not 0 <= seconds < 1e9:
-        raise UsageError(f"FARM_DISPATCH_RETRY_SECONDS must be a number of seconds, 0 or more, not {raw!r}")
-    return seconds
+    return seconds_from_env("FARM_DISPATCH_RETRY_SECONDS", DEFAULT_SECONDS, zero=True)
 
 
 def session_of(conn: Any, dialect: str) -> int | None:

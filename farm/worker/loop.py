@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from .. import payload, waker
 from ..counts import Counts
+from ..knobs import seconds_from_env
 from ..errors import Abandon, DriverUnavailable, FarmError, UsageError
 from ..log import Log
 from . import signals
@@ -276,16 +277,7 @@ class Worker:
 def give_up_seconds() -> float:
     """How long a worker waits out a database or broker that is gone before it exits 1:
     $FARM_GIVE_UP_SECONDS, read at start (the tests shorten it), else GIVE_UP_SECONDS."""
-    raw = os.environ.get("FARM_GIVE_UP_SECONDS", "").strip()
-    if not raw:
-        return GIVE_UP_SECONDS
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = float("nan")
-    if not 0 < seconds < 1e9:
-        raise UsageError(f"FARM_GIVE_UP_SECONDS must be a number of seconds above 0, not {raw!r}")
-    return seconds
+    return seconds_from_env("FARM_GIVE_UP_SECONDS", GIVE_UP_SECONDS, zero=False)
 
 
 def backoff(failures: int, give_up: float = GIVE_UP_SECONDS) -> float | None:
