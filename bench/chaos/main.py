@@ -18,6 +18,7 @@ from typing import Callable
 from . import scenarios_process as proc
 from .farm import BACKENDS, FULL, SHORT, ChaosFarm, Size
 from .report import Result, print_json, print_table
+from .scenarios_network import SCENARIOS as NETWORK
 
 Scenario = Callable[[ChaosFarm, Size], Result]
 ALL = BACKENDS
@@ -28,12 +29,7 @@ SCENARIOS: dict[str, tuple[Scenario, tuple[str, ...]]] = {
     "long_jobs_renewal": (proc.long_jobs_renewal, ALL),
     "poison_mix": (proc.poison_mix, ALL),
 }
-try:                                   # engineer B's network scenarios, when merged
-    from .scenarios_network import SCENARIOS as NETWORK   # type: ignore[attr-defined]
-
-    SCENARIOS.update(NETWORK)
-except ImportError:
-    pass
+SCENARIOS.update(NETWORK)
 
 
 def run_one(name: str, backend: str, size: Size, keep: bool = False) -> Result:

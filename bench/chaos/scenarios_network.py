@@ -1,4 +1,4 @@
-"""Network and deploy faults (engineer B): deploys under supervisord, connections cut, backends
+"""Network and deploy faults: deploys under supervisord, connections cut, backends
 terminated, the broker stopped, and a producer dispatching through it all.
 
 Every scenario is `(farm: ChaosFarm, size: Size) -> Result`. A producer thread in this process

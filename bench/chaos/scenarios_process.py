@@ -1,4 +1,4 @@
-"""Process faults (engineer A): workers killed, stopped, recycled; long jobs; poison jobs.
+"""Process faults: workers killed, stopped, recycled; long jobs; poison jobs.
 
 Every scenario is `(farm: ChaosFarm, size: Size) -> Result`. The harness plays supervisord:
 a worker that exits is started again (`Keeper`), so the farm keeps its size.

@@ -30,7 +30,7 @@ CASES = [("sigkill_storm", b) for b in ("sqlite", "postgresql", "mariadb", "rabb
     ("sigterm_storm", "postgresql"), ("sigterm_storm", "rabbitmq"),
     ("memory_recycling", "sqlite"), ("long_jobs_renewal", "mariadb"),
     ("poison_mix", "sqlite"), ("poison_mix", "postgresql"), ("poison_mix", "rabbitmq"),
-] + [   # network and deploy (engineer B), ~70 s together
+] + [   # network and deploy, ~70 s together
     ("deploy_cycles", "postgresql"), ("connection_cuts", "postgresql"), ("connection_cuts", "rabbitmq"),
     ("producer_through_cuts", "mariadb"), ("pg_terminate", "postgresql"), ("rabbit_restart", "rabbitmq"),
 ]
