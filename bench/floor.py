@@ -99,7 +99,8 @@ class Db:
                  f"payload {text} NOT NULL, attempts INTEGER NOT NULL, available_at {double} NOT NULL, "
                  f"reserved_by VARCHAR(64), created_at {double} NOT NULL)"
                  + (" ENGINE=InnoDB" if self.dialect == "mysql" else ""))
-        self.run(f"CREATE INDEX {t}_queue_available ON {t} (queue, available_at)")
+        last = ", id" if self.dialect == "postgresql" else ""      # as farm/drivers/sql.py claim_index
+        self.run(f"CREATE INDEX {t}_queue_available ON {t} (queue, available_at{last})")
 
     def empty(self) -> None:
         self.run(("DELETE FROM " if self.dialect == "sqlite" else "TRUNCATE TABLE ") + self.table)

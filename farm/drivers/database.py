@@ -196,7 +196,7 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
             return
         import sqlalchemy as sa
 
-        md, *_ = sql.tables(self.config.table, self.config.failed_table)
+        md, *_ = sql.tables(self.config.table, self.config.failed_table, self.dialect)
         table = self.config.table
         engine = dbapi.sqlalchemy_engine(self.target)
         try:
@@ -209,6 +209,8 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
                         if self.dialect == "postgresql" and not c.exec_driver_sql(
                                 "SELECT 1 FROM pg_trigger WHERE tgname = %(t)s", {"t": f"{table}_notify"}).first():
                             c.exec_driver_sql(sql.PG_NOTIFY.format(t=table))
+                        if self.dialect == "postgresql":   # a table made before the claim index had `id`
+                            c.exec_driver_sql(sql.PG_UPGRADE_CLAIM_INDEX.format(t=table, ix=sql.pg_claim_index(table)))
                     return
                 except sa.exc.DBAPIError as e:
                     if attempt < 5 and not e.connection_invalidated and not _is_refused(e.orig):
@@ -232,6 +234,7 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         probes.append(f"SELECT 1 FROM {t}_locks WHERE 1 = 0")      # farm/locks.py
         if self.dialect == "postgresql":
             probes.append(f"SELECT 1 / COUNT(*) FROM pg_trigger WHERE tgname = '{t}_notify'")
+            probes.append(f"SELECT 1 / COUNT(*) FROM pg_class WHERE relname = '{sql.pg_claim_index(t)}'")
         try:
             with self._cursor() as cur:
                 for probe in probes:
@@ -797,7 +800,7 @@ def ddl(conn: Connection) -> str:
         raise FarmError(f"connection {conn.name!r}: {e}") from None
     dialect = {"sqlite": sqlite.dialect, "postgresql": postgresql.psycopg.dialect,
                "mysql": mysql.pymysql.dialect}[name]()
-    md, *_ = sql.tables(conn.table, conn.failed_table)
+    md, *_ = sql.tables(conn.table, conn.failed_table, name)
     out = []
     for table in md.sorted_tables:
         out.append(str(CreateTable(table).compile(dialect=dialect)).strip() + ";")

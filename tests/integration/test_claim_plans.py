@@ -1,0 +1,80 @@
+"""The claim stays an index walk however large the backlog (issue 19): no sort of the queue.
+
+A backlog dispatched with `dispatch_many` shares one `available_at`, so only an index that
+ends in the primary key gives `ORDER BY available_at, id` without sorting every ready row.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from conftest import DB_BACKENDS
+from farm.drivers import sql
+from farm.drivers.base import Outgoing
+
+
+def _backlog(q, n: int) -> None:
+    at = time.time() - 1
+    body = '{"v": 1, "job": "testjobs:Record", "data": {}}'
+    for start in range(0, n, 5000):
+        q.push([Outgoing(id=str(uuid.uuid4()), queue="default", body=body, available_at=at)
+                for _ in range(min(5000, n - start))])
+
+
+def _plan(q, backend: str) -> str:
+    now = time.time()
+    with q._cursor("durable") as cur:
+        if backend == "postgresql":
+            cur.execute(f"ANALYZE {q.sql.jobs}")
+            cur.execute("EXPLAIN " + q.sql.claim_returning, (now + 60, "tok", "default", now, 100))
+        elif backend == "mysql":
+            cur.execute(f"ANALYZE TABLE {q.sql.jobs}")
+            cur.fetchall()
+            cur.execute("EXPLAIN " + q.sql.claim_select, ("default", now, 100))
+        else:
+            cur.execute(f"ANALYZE {q.sql.jobs}")
+            cur.execute("EXPLAIN QUERY PLAN " + q.sql.claim_returning, (now + 60, "tok", "default", now, 100))
+        return "\n".join(" ".join(str(c) for c in row) for row in cur.fetchall())
+
+
+@pytest.mark.parametrize("backend", DB_BACKENDS)
+def test_a_claim_behind_a_backlog_with_one_available_at_sorts_nothing(make_farm, backend):
+    # Given 20,000 queued jobs that became available at the same instant (one dispatch_many)
+    f = make_farm(backend)
+    q = f.queue()
+    _backlog(q, 20000)
+    # When the database plans the claim of the next 100
+    plan = _plan(q, backend)
+    # Then it walks the index in order: no sort (PostgreSQL "Sort"/"Incremental Sort", SQLite's
+    # temp B-tree, MariaDB's filesort) and no scan of the whole table
+    assert "Sort" not in plan and "TEMP B-TREE" not in plan and "filesort" not in plan, plan
+    assert "Seq Scan" not in plan and "SCAN " not in plan.replace("COVERING INDEX", ""), plan
+    # and a claim takes them in order of id
+    got = q.reserve(["default"], 100, 0)
+    assert [j.handle for j in got] == sorted(j.handle for j in got)
+    assert len(got) == 100
+
+
+def test_a_postgresql_table_made_before_the_claim_index_gets_it_when_opened(make_farm):
+    # Given a jobs table with the index of earlier versions, (queue, available_at) only
+    f = make_farm("postgresql")
+    q = f.queue()
+    t = q.sql.jobs
+    with q._cursor("durable") as cur:
+        cur.execute(f"DROP INDEX {sql.pg_claim_index(t)}")
+        cur.execute(f"CREATE INDEX {t}_queue_available ON {t} (queue, available_at)")
+    from farm import app
+
+    app._close_all()
+    # When the queue is opened again (any worker or producer)
+    q = f.queue()
+    _backlog(q, 10)
+    # Then the claim index is there and the old one is gone
+    with q._cursor("durable") as cur:
+        cur.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s", (t,))
+        indexes = dict(cur.fetchall())
+    assert f"{t}_queue_available" not in indexes
+    assert "(queue, available_at, id)" in indexes[sql.pg_claim_index(t)]
+    assert len(q.reserve(["default"], 100, 0)) == 10
