@@ -199,9 +199,6 @@ class Queries:
         self.insert_failed = q(f"INSERT INTO {f} (id, connection, queue, payload, exception, failed_at) "
                                "VALUES (%s, %s, %s, %s, %s, %s)")
         self.delete_failed = q(f"DELETE FROM {f} WHERE id = %s")
-        # the next job to become claimable: a delayed one falling due or a reservation lapsing
-        # (an idle PostgreSQL reserve() sleeps until then; NOTIFY only wakes it for a push)
-        self.next_available = q(f"SELECT MIN(available_at) FROM {j} WHERE queue = %s")
         self.counts = q(
             f"SELECT queue, "
             "SUM(CASE WHEN available_at <= %s THEN 1 ELSE 0 END), "
@@ -273,6 +270,20 @@ class Queries:
             sql += (f"ON CONFLICT (minute, queue, job, outcome, le) DO UPDATE "
                     f"SET n = {c}.n + excluded.n, seconds = {c}.seconds + excluded.seconds")
         return self._q(sql)
+
+    def ready_in(self, n_queues: int) -> str:
+        """One row: for each of n queues (parameters queue, now in turn) whether it has a job to
+        claim; each EXISTS is one probe of the claim index."""
+        probe = f"EXISTS (SELECT 1 FROM {self.jobs} WHERE queue = %s AND available_at <= %s)"
+        return self._q("SELECT " + ", ".join([probe] * n_queues))
+
+    def next_available_in(self, n_queues: int) -> str:
+        """One row: for each of n queues (parameter: the queue) when its next job becomes
+        claimable (a delayed one falling due or a reservation lapsing; NULL when empty). Each is
+        a min() the index answers from its first entry; an idle PostgreSQL reserve() sleeps
+        until the soonest, NOTIFY only wakes it for a push."""
+        probe = f"(SELECT MIN(available_at) FROM {self.jobs} WHERE queue = %s)"
+        return self._q("SELECT " + ", ".join([probe] * n_queues))
 
     def ack_ids(self, row_ids: list[int]) -> str:
         """The ack of these rows at once, while this worker's token holds them (acks sent again

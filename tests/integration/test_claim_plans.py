@@ -78,3 +78,46 @@ def test_a_postgresql_table_made_before_the_claim_index_gets_it_when_opened(make
     assert f"{t}_queue_available" not in indexes
     assert "(queue, available_at, id)" in indexes[sql.pg_claim_index(t)]
     assert len(q.reserve(["default"], 100, 0)) == 10
+
+
+def _push(q, queue: str, n: int, delay: float = 0.0) -> None:
+    at = time.time() + delay
+    q.push([Outgoing(id=str(uuid.uuid4()), queue=queue, body="{}", available_at=at) for _ in range(n)])
+
+
+@pytest.mark.parametrize("backend", DB_BACKENDS)
+def test_many_queues_are_claimed_in_priority_order_past_the_empty_ones(make_farm, backend):
+    # Given twelve queues in priority order, jobs on three of them and a delayed one on a fourth
+    f = make_farm(backend)
+    q = f.queue()
+    queues = [f"q{i}" for i in range(12)]
+    _push(q, "q11", 3)
+    _push(q, "q5", 2)
+    _push(q, "q0", 1)
+    _push(q, "q3", 1, delay=3600)
+    # When a worker claims from all twelve at once
+    got = q.reserve(queues, 100, 0)
+    # Then it has every ready job, the earlier queues' first, and not the delayed one
+    assert [j.queue for j in got] == ["q0", "q5", "q5", "q11", "q11", "q11"]
+    # and with q0 empty, a batch that q5 does not fill goes on to q11
+    for j in got:
+        q.ack(j)
+    _push(q, "q5", 1)
+    _push(q, "q11", 2)
+    assert [j.queue for j in q.reserve(queues, 2, 0)] == ["q5", "q11"]
+
+
+@pytest.mark.parametrize("backend", DB_BACKENDS)
+def test_an_idle_claim_on_many_queues_wakes_for_the_soonest_delayed_job(make_farm, backend):
+    # Given twelve queues, empty but for a job on the eleventh falling due in 0.6 s
+    f = make_farm(backend)
+    q = f.queue()
+    queues = [f"q{i}" for i in range(12)]
+    _push(q, "q10", 1, delay=0.6)
+    _push(q, "q2", 1, delay=3600)
+    # When a worker waits up to 5 s for work
+    started = time.monotonic()
+    got = q.reserve(queues, 10, 5)
+    # Then it has the job soon after it fell due, not at the end of the wait
+    assert [j.queue for j in got] == ["q10"]
+    assert time.monotonic() - started < 2.5
