@@ -236,10 +236,13 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
             probes.append(f"SELECT 1 / COUNT(*) FROM pg_trigger WHERE tgname = '{t}_notify'")
             probes.append(f"SELECT 1 / COUNT(*) FROM pg_class WHERE relname = '{sql.pg_claim_index(t)}'")
         try:
-            with self._cursor() as cur:
+            # on a connection of its own, closed after: a worker never needs its durable one
+            # unless a job is released, fails or dispatches (connections per worker: README)
+            with self._cursor("probe") as cur:
                 for probe in probes:
                     cur.execute(probe)
                     cur.fetchall()
+            self._drop("probe")
             return True
         except DriverUnavailable:
             raise
@@ -365,19 +368,27 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
             self._poll = min(self._poll * 1.5, max(remaining, 0.01), 1.0)
 
     def _listen(self, timeout: float) -> None:
-        conn = self._local.__dict__.get("listener")
+        """LISTEN on the claims' own connection (one connection fewer per worker): a NOTIFY
+        that came while a claim ran was read by psycopg and only sets a flag, so the wait ends
+        at once; one that comes while waiting makes the socket readable."""
+        state = self._local.__dict__
         try:
-            if conn is None:
-                conn = self._raw("listener")
+            conn = self._raw("fast")
+            if state.get("listening") is not conn:
+                conn.add_notify_handler(lambda _: state.__setitem__("notified", True))
                 conn.execute(f'LISTEN "{self.config.table}"')
+                state["listening"] = conn
                 return      # a push may have come before LISTEN: let the caller claim again
+            if state.pop("notified", False):
+                return
             if waker.wait(timeout, [conn.fileno()]):
                 pg = conn.pgconn            # drain what has come, without waiting for more
                 pg.consume_input()
                 while pg.notifies() is not None:
                     pass
+            state.pop("notified", None)
         except self._errors as e:
-            self._drop("listener")
+            self._drop("fast")
             raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)}") from e
 
     def renew(self, jobs: Sequence[Reserved]) -> None:

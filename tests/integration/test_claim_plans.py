@@ -121,3 +121,36 @@ def test_an_idle_claim_on_many_queues_wakes_for_the_soonest_delayed_job(make_far
     # Then it has the job soon after it fell due, not at the end of the wait
     assert [j.queue for j in got] == ["q10"]
     assert time.monotonic() - started < 2.5
+
+
+def test_an_idle_postgresql_worker_holds_two_connections_and_wakes_on_notify(make_farm):
+    import psycopg
+
+    import farm
+    from conftest import pg_conninfo
+    from testjobs import Stamp
+
+    # Given one idle PostgreSQL worker that has run no job (LISTEN rides on its claims'
+    # connection; the one for releases and failures is not opened until needed)
+    f = make_farm("postgresql")
+    p = f.worker("--sleep", "3")
+    f.wait_for(lambda: f.store().workers(), timeout=20, what="a heartbeat")
+
+    def held() -> list[str]:
+        with psycopg.connect(pg_conninfo(), autocommit=True) as admin:
+            rows = admin.execute("SELECT application_name FROM pg_stat_activity WHERE application_name LIKE %s",
+                                 (f"farm {p.pid} %",)).fetchall()
+        return sorted(r[0].split()[2] for r in rows)
+
+    # Then it holds two: claims (and LISTEN) and the heart's
+    assert held() == ["fast", "renew"]
+    # and a job dispatched to it starts within milliseconds, not at its next poll (up to 1 s)
+    lags = []
+    for i in range(8):
+        time.sleep(0.25)
+        sent = time.time()
+        farm.dispatch(Stamp(str(f.out), str(i)))
+        f.wait_for(lambda: len(f.lines()) == i + 1, timeout=10, what=f"job {i}")
+        lags.append(float(f.lines()[-1].split()[1]) - sent)
+    assert sorted(lags)[4] < 0.15, lags
+    assert len(held()) <= 4
