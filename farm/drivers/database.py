@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 from .. import counts, waker
 from ..errors import DriverUnavailable, FarmError, SerializationError
 from ..manifest import Connection
-from . import dbapi, dbretry, pgacks, sql
+from . import dbapi, dbretry, pgacks, pgtidy, sql
 from .base import FailedJob, Outgoing, Reserved, done_info
 from .batchstore import DatabaseBatches
 
@@ -61,6 +61,7 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         self.trace = self.push_retry + dbretry.CLOCK_SLACK if self.push_retry > 0 and self.dialect != "sqlite" else 0.0
         self.sql = sql.Queries(self.dialect, conn.table, conn.failed_table, self.trace)
         self._traces_pruned = 0.0                      # when expired traces may be pruned next
+        self._vacuum: pgtidy.Vacuum | None = None      # PostgreSQL: tidy()
         self._errors = dbapi.errors(self.target)
         self._any_error = dbapi.any_error(self.target)
         self._ensure_schema()
@@ -390,6 +391,25 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         except self._errors as e:
             self._drop("fast")
             raise DriverUnavailable(f"connection {self.name!r}: {_first_line(e)}") from e
+
+    def tidy(self) -> str | None:
+        """PostgreSQL: start a VACUUM of the jobs table (and its locks) once their dead rows pile
+        up (drivers/pgtidy.py). The heart calls it every half minute; the last run's error comes
+        back once, for the log."""
+        if self.dialect != "postgresql":
+            return None
+        if self._vacuum is None:
+            def connect() -> Any:
+                conn = dbapi.connect(self.target)
+                conn.execute(f"SET application_name = 'farm {os.getpid()} vacuum {self.token[-12:]}'")
+                return conn
+            self._vacuum = pgtidy.Vacuum(connect, f"farm vacuum {self.config.table}")
+        error, self._vacuum.error = self._vacuum.error, None
+        with self._cursor("renew") as cur:
+            tables = pgtidy.overgrown(cur, [self.config.table, f"{self.config.table}_locks"])
+        if tables:
+            self._vacuum.start(tables)
+        return error
 
     def renew(self, jobs: Sequence[Reserved]) -> None:
         """Push on the reservations of the jobs held, and only those (by primary key), and of

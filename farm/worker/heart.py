@@ -25,6 +25,7 @@ RSS_EVERY = 1.0
 COUNTS_EVERY = 5.0   # seconds between adds of the job counts to the store (farm/counts.py)
 PAUSE_EVERY = 0.5    # seconds between reads of the paused queues (farmctl pause): taken within a second
 DONE_EVERY = 60.0    # seconds between prunes of expired done jobs, once this worker has kept one
+TIDY_EVERY = 30.0    # seconds between looks at the jobs table's dead rows (PostgreSQL: drivers/pgtidy.py)
 
 
 def rss_mb(proc: psutil.Process) -> float:
@@ -49,7 +50,7 @@ class Heart(threading.Thread):
         self.host = socket.gethostname()
         self.last = {"renew": 0.0, "beat": 0.0, "stamp": 0.0, "rss": 0.0, "counts": time.monotonic()}
         self.rss_mb = rss_mb(self.proc)
-        self.last.update(pause=0.0, done=0.0)
+        self.last.update(pause=0.0, done=0.0, tidy=0.0)
         self.beat_paused = False
 
     def run(self) -> None:
@@ -87,6 +88,11 @@ class Heart(threading.Thread):
                 w.lifecycle.restart_requested = True
         if w.store is not None and self.due("pause", PAUSE_EVERY, now):
             self.read_paused()
+        tidy = getattr(w.queue, "tidy", None)
+        if tidy is not None and self.due("tidy", TIDY_EVERY, now):
+            error = tidy()
+            if error:
+                w.log.warning("worker.vacuum", error=error)
         if w.runner.kept and self.due("done", DONE_EVERY, now):
             done_by = w.queue if hasattr(w.queue, "prune_done") else w.store
             done_by.prune_done(time.time())

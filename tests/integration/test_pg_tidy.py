@@ -1,0 +1,64 @@
+"""PostgreSQL: the workers vacuum the jobs table once its dead rows pile up (drivers/pgtidy.py).
+
+The test server runs with autovacuum off, as some do: without this the table and its claim
+index grow with every job ever run and claims slow down with them.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+import psycopg
+
+from conftest import pg_conninfo
+from farm.drivers import pgtidy
+from farm.drivers.base import Outgoing
+
+
+def _stats(table: str) -> tuple[int, int]:
+    with psycopg.connect(pg_conninfo(), autocommit=True) as db:
+        row = db.execute("SELECT n_dead_tup, vacuum_count FROM pg_stat_user_tables WHERE relname = %s",
+                         (table,)).fetchone()
+    return row or (0, 0)
+
+
+def _churn(q, n: int) -> None:
+    """n jobs dispatched, claimed, started and acked: three dead row versions each."""
+    at = time.time() - 1
+    for start in range(0, n, 5000):
+        q.push([Outgoing(id=str(uuid.uuid4()), queue="default", body="{}", available_at=at)
+                for _ in range(min(5000, n - start))])
+    while jobs := q.reserve(["default"], 500, 0):
+        for j in jobs:
+            q.starting(j)
+            q.ack(j)
+    q.close()
+
+
+def test_a_worker_vacuums_a_jobs_table_full_of_dead_rows(make_farm):
+    # Given a jobs table through which 12,000 jobs went (36,000 dead rows, none live)
+    f = make_farm("postgresql")
+    q = f.queue()
+    table = q.sql.jobs
+    _churn(q, 12000)
+    f.wait_for(lambda: _stats(table)[0] >= pgtidy.DEAD_ROWS, timeout=20, what="the dead rows in the statistics")
+    assert _stats(table)[1] == 0
+    # When an idle worker starts on it
+    f.worker("--sleep", "1")
+    # Then within a few seconds one VACUUM has run and the dead rows are gone
+    f.wait_for(lambda: _stats(table)[1] >= 1, timeout=20, what="a VACUUM of the jobs table")
+    assert _stats(table)[0] < pgtidy.DEAD_ROWS
+
+
+def test_a_table_with_few_dead_rows_is_left_to_autovacuum(make_farm):
+    # Given a jobs table with a few hundred dead rows
+    f = make_farm("postgresql")
+    q = f.queue()
+    _churn(q, 300)
+    f.wait_for(lambda: _stats(q.sql.jobs)[0] > 0, timeout=20, what="the dead rows in the statistics")
+    # When the heart's check runs
+    q = f.queue()
+    assert q.tidy() is None
+    # Then no VACUUM is started
+    assert q._vacuum.thread is None
+    assert _stats(q.sql.jobs)[1] == 0
