@@ -97,6 +97,14 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
             conn.execute(f"SET application_name = 'farm {os.getpid()} {role} {self.token[-12:]}'")
             if role in ("fast", "acks"):   # claims and acks: a server crash may rerun a job, a worker crash never
                 conn.execute("SET synchronous_commit = off")
+            if role in ("fast", "acks", "renew"):
+                # a worker's statements are index walks (a claim down the claim index, the rest by
+                # primary key) whatever the statistics say. A VACUUM of a drained table leaves
+                # reltuples 0; with no ANALYZE after the next million (autovacuum off or behind)
+                # PostgreSQL then took a bitmap scan + sort for each claim and a sequential scan
+                # under FOR UPDATE for each renew, which held the acks' rows for minutes
+                conn.execute("SET enable_seqscan = off")
+                conn.execute("SET enable_bitmapscan = off")
         else:
             with conn.cursor() as cur:
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")

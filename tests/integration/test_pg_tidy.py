@@ -62,3 +62,32 @@ def test_a_table_with_few_dead_rows_is_left_to_autovacuum(make_farm):
     # Then no VACUUM is started
     assert q._vacuum.thread is None
     assert _stats(q.sql.jobs)[1] == 0
+
+
+def test_worker_statements_walk_indexes_even_when_the_statistics_say_the_table_is_empty(make_farm):
+    # Given a jobs table vacuumed while drained (reltuples 0) and 20,000 jobs queued since,
+    # with no ANALYZE after them (autovacuum off or behind)
+    f = make_farm("postgresql")
+    q = f.queue()
+    table = q.sql.jobs
+    _churn(q, 2000)
+    with psycopg.connect(pg_conninfo(), autocommit=True) as db:
+        db.execute(f"VACUUM (ANALYZE) {table}")
+        assert db.execute("SELECT reltuples FROM pg_class WHERE relname = %s", (table,)).fetchone()[0] == 0
+    q = f.queue()
+    at = time.time() - 1
+    for _ in range(4):
+        q.push([Outgoing(id=str(uuid.uuid4()), queue="default", body="{}", available_at=at) for _ in range(5000)])
+    held = q.reserve(["default"], 100, 0)
+    now = time.time()
+    # When a worker's connections plan its claim and its renew
+    with q._cursor("fast") as cur:
+        cur.execute("EXPLAIN " + q.sql.claim_returning, (now + 60, "tok", "default", now, 100))
+        claim = "\n".join(r[0] for r in cur.fetchall())
+    with q._cursor("renew") as cur:
+        cur.execute("EXPLAIN " + q.sql.renew_ids([j.handle for j in held]), (now + 60, q.token))
+        renew = "\n".join(r[0] for r in cur.fetchall())
+    # Then both walk an index: no scan of the table, no bitmap of the whole queue, no sort
+    for plan in (claim, renew):
+        assert "Seq Scan" not in plan and "Bitmap" not in plan and "Sort" not in plan, plan
+    assert "queue_available_id" in claim, claim
