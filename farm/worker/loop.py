@@ -17,6 +17,7 @@ from .heart import Heart
 from .lifecycle import Lifecycle, StopReason
 from .options import WorkerOptions
 from .runner import Attempt, Runner
+from .weights import Rotation
 
 GIVE_UP_SECONDS = 71.5      # of backoff before exiting for the process manager: 12 failures (.5, 1, 2, 4, 8, ...)
 BATCH_SECONDS = 0.05        # claim about this much work at once: many no-op jobs, one slow job
@@ -63,6 +64,7 @@ class Worker:
         if hasattr(queue, "every_queue"):            # amqp: one consumer whatever is paused
             queue.every_queue = tuple(options.queues)
         self.paused: frozenset[str] = frozenset()    # queues paused across the farm (the heart reads them)
+        self.rotation = Rotation(options.queues, options.weights) if options.weights else None
         if store is not None and hasattr(store, "add_counts"):
             self.runner.counts = Counts()     # the heart adds them to the store (farm/counts.py)
         self.heart = Heart(self)
@@ -85,7 +87,7 @@ class Worker:
 
     def _work(self, late: signals.LateStops) -> int:
         o = self.options
-        self.log.info("worker.start", connection=o.connection, queues=",".join(o.queues), pipeline=o.pipeline,
+        self.log.info("worker.start", connection=o.connection, queues=o.queue_flag, pipeline=o.pipeline,
                       timeout=o.timeout, tries=o.tries, max_jobs=o.max_jobs or None,
                       max_time=o.max_time or None, memory=o.memory or None,
                       concurrency=o.concurrency if o.concurrency > 1 else None, code=self.code or None)
@@ -145,7 +147,7 @@ class Worker:
             self.runner.ack_again()
         if not self.held:
             wait = 0.0 if self.options.stop_when_empty else min(self.options.sleep, 1.0)
-            self.held = self.queue.reserve(queues, self.batch.size(), wait)
+            self.held = self.queue.reserve(self.claim_order(queues), self.batch.size(), wait)
             self.failures = 0
             self.taking()               # a queue paused while we waited: its jobs go back now
             if self.lifecycle.stop_signal is not None:
@@ -184,6 +186,12 @@ class Worker:
             self.queue.give_back(back)      # held (and renewed) until it is done
             self.held = [r for r in self.held if r.queue not in paused]
         return tuple(q for q in self.options.queues if q not in paused)
+
+    def claim_order(self, live: tuple[str, ...]) -> tuple[str, ...]:
+        """The order to claim from `live` (the queues `taking` gave) in this claim: as listed,
+        or for a weighted worker the one its rotation gives next (farm/worker/weights.py).
+        Called once per claim: each call is one pick."""
+        return live if self.rotation is None else self.rotation.order(live)
 
     def _run(self, reserved: Any) -> None:
         attempt = self.runner.prepare(reserved)

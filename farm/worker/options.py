@@ -5,8 +5,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .. import queuespec
 from ..errors import UsageError
 from ..manifest import Manifest
+from .weights import WEIGHTED_BATCH
 
 DEFAULT_TRIES = 1
 DEFAULT_TIMEOUT = 60.0
@@ -16,6 +18,7 @@ DEFAULT_TIMEOUT = 60.0
 class WorkerOptions:
     connection: str
     queues: tuple[str, ...] = ("default",)
+    weights: tuple[int, ...] = ()  # one per queue: a weighted worker (farm/worker/weights.py); (): strict order
     pipeline: str | None = None
     max_jobs: int = 0              # 0: no limit
     max_time: float = 0            # seconds; 0: no limit
@@ -35,7 +38,16 @@ class WorkerOptions:
 
     @property
     def prefetch_limit(self) -> int:
-        return self.prefetch or 100
+        """The most jobs one claim takes. A weighted worker claims a few at a time by default, so
+        each pick of its rotation is a few jobs and the shares per job follow the weights."""
+        if self.prefetch:
+            return self.prefetch
+        return WEIGHTED_BATCH if self.weights else 100
+
+    @property
+    def queue_flag(self) -> str:
+        """`--queue` as written: `a,b`, or `a:6,b:3` for a weighted worker."""
+        return queuespec.flag(self.queues, self.weights)
 
 
 def merge(manifest: Manifest, flags: dict[str, Any]) -> WorkerOptions:
@@ -44,7 +56,7 @@ def merge(manifest: Manifest, flags: dict[str, Any]) -> WorkerOptions:
     pipeline_name = flags.get("pipeline")
     if pipeline_name:
         p = manifest.pipeline(pipeline_name)
-        values.update(connection=p.connection, queues=p.queues, pipeline=p.name, max_jobs=p.max_jobs,
+        values.update(connection=p.connection, queues=p.queues, weights=p.weights, pipeline=p.name, max_jobs=p.max_jobs,
                       max_time=p.max_time, sleep=p.sleep, memory=p.memory, rest=p.rest, prefetch=p.prefetch,
                       concurrency=p.concurrency)
         if p.retention is not None:
@@ -52,7 +64,9 @@ def merge(manifest: Manifest, flags: dict[str, Any]) -> WorkerOptions:
         for name in ("timeout", "tries", "backoff"):
             if getattr(p, name) is not None:
                 values[name] = getattr(p, name)
-    values.update({k: v for k, v in flags.items() if v is not None and k != "pipeline"})
+    values.update({k: v for k, v in flags.items() if v is not None and k not in ("pipeline", "queues")})
+    if flags.get("queues") is not None:          # --queue: (names, weights), weights () when strict
+        values["queues"], values["weights"] = flags["queues"]
     values.setdefault("connection", manifest.default)
     conn = manifest.connection(values["connection"])
     if conn.driver == "sync":
