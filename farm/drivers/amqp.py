@@ -149,15 +149,16 @@ class AmqpQueue:
     def _consumer_for(self, queues: Sequence[str], qos: int) -> Consumer:
         # a worker asking for some of its queues only (others paused: farmctl pause) keeps one
         # consumer for them all and stops consuming the paused ones, handing back what they had
-        # buffered; restarting the consumer would void the deliveries of the jobs running now
+        # buffered; restarting the consumer would void the deliveries of the jobs running now.
+        # Keyed on the set of queues: a weighted worker passes them in a new order each claim
         every = list(self.every_queue) if set(queues) <= set(self.every_queue) else list(queues)
         c = self._consumer
-        if c is None or c.queues != every:
+        if c is None or set(c.queues) != set(every):
             if c is not None:
                 c.stop()
             c = self._consumer = Consumer(self.brokers, every, qos, self.prefetch, self.buffer_wait,
                                           self._hand_back, self.queue_type, self.name)
-        if c.active != list(queues):
+        if set(c.active) != set(queues):
             with c.lock:
                 try:
                     buffered = c.only(queues)
@@ -180,7 +181,7 @@ class AmqpQueue:
                 c.connected()
                 self._hand_back(c, c.follow(wanted))     # before consuming: the count applies at once
                 c.consuming()
-                got = c.wait_for(limit, self._deadline(c, queues, wait))
+                got = c.wait_for(limit, self._deadline(c, queues, wait), queues)
             except PIKA_ERRORS as e:
                 c.lost()
                 raise DriverUnavailable(f"connection {self.name!r}: {describe_error(e)}") from e
