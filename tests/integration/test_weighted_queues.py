@@ -6,6 +6,8 @@ Each job records its queue as it runs, so the file is the order the worker ran t
 from __future__ import annotations
 
 import itertools
+import json
+import signal
 from collections import Counter
 
 import pytest
@@ -85,3 +87,53 @@ def test_a_plain_list_keeps_strict_priority_order(make_farm, backend):
 def runs(order: list[str]) -> list[tuple[str, int]]:
     """`critical critical low` as [("critical", 2), ("low", 1)]: the order, readably."""
     return [(name, len(list(group))) for name, group in itertools.groupby(order)]
+
+
+PIPELINE = "pipelines:\n  w:\n    queues: {critical: 6, default: 3, low: 1}\n"
+
+
+def test_a_paused_queue_of_a_weighted_pipeline_is_left_out_and_the_rest_keep_their_ratio(make_farm):
+    # Given a weighted pipeline with 400 jobs on each queue, and critical paused
+    f = make_farm("sqlite", extra=PIPELINE)
+    fill(f, 400)
+    f.farmctl("pause", "critical", check=True)
+    # When its worker drains what it may take
+    p = f.worker("--pipeline", "w", "--stop-when-empty", "--log-level", "warning")
+    assert finished(p) == 0, p.stderr.read()
+    # Then no critical job ran, and default and low ran 3:1 while both had jobs
+    order = ran(f)
+    assert Counter(order) == {"default": 400, "low": 400}
+    window = while_all_non_empty(order, 400)
+    assert abs(Counter(window)["low"] / len(window) - 0.25) <= 0.025, runs(window)
+
+
+def test_status_shows_a_weighted_workers_queues_as_names_and_its_weights_beside_them(make_farm):
+    # Given a worker of a weighted pipeline
+    f = make_farm("sqlite", extra=PIPELINE)
+    p = f.worker("--pipeline", "w", "--sleep", "0.1", "--log-level", "warning")
+    try:
+        # When status --json lists it
+        def worker():
+            doc = json.loads(f.farmctl("status", "--json", check=True).stdout)
+            return doc["workers"][0] if doc["workers"] else None
+        w = f.wait_for(worker, what="the worker's heartbeat")
+        # Then `queues` is the list of names (the contract) and `weights` maps them to weights
+        assert w["queues"] == ["critical", "default", "low"]
+        assert w["weights"] == WEIGHTS
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert finished(p) == 0
+
+
+def test_a_weighted_worker_with_threads_keeps_the_shares(make_farm):
+    # Given 1,000 jobs on each queue, When a worker with 8 job threads drains them
+    f = make_farm("sqlite")
+    fill(f, PER_QUEUE)
+    p = f.worker("--queue", "critical:6,default:3,low:1", "--concurrency", "8", "--stop-when-empty",
+                 "--log-level", "warning")
+    assert finished(p) == 0, p.stderr.read()
+    # Then the shares hold too (a claim is the free threads plus a batch: 10 to 20 jobs)
+    window = while_all_non_empty(ran(f), PER_QUEUE)
+    for name, n in Counter(window).items():
+        expected = WEIGHTS[name] / sum(WEIGHTS.values())
+        assert abs(n / len(window) - expected) <= 0.1 * expected, (name, runs(window))
