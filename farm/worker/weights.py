@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-WEIGHTED_BATCH = 10     # most jobs a weighted worker claims at once: each pick is a few jobs, not 100
+WEIGHTED_BATCH = 20     # most jobs a weighted worker claims at once: each pick is a few jobs, not 100
 
 
 class Rotation:

@@ -132,7 +132,7 @@ def test_a_weighted_worker_with_threads_keeps_the_shares(make_farm):
     p = f.worker("--queue", "critical:6,default:3,low:1", "--concurrency", "8", "--stop-when-empty",
                  "--log-level", "warning")
     assert finished(p) == 0, p.stderr.read()
-    # Then the shares hold too (a claim is the free threads plus a batch: 10 to 20 jobs)
+    # Then the shares hold too (a claim is the free threads plus a batch: up to 27 jobs)
     window = while_all_non_empty(ran(f), PER_QUEUE)
     for name, n in Counter(window).items():
         expected = WEIGHTS[name] / sum(WEIGHTS.values())

@@ -120,7 +120,7 @@ def test_the_flag_beats_the_pipeline_weights_both_ways(tmp_path):
 
 def test_a_weighted_worker_claims_a_few_jobs_at_a_time_unless_told_otherwise(tmp_path):
     m = manifest.load(_manifest(tmp_path, "{critical: 6, low: 1}"))
-    assert merge(m, {"pipeline": "w"}).prefetch_limit == 10
+    assert merge(m, {"pipeline": "w"}).prefetch_limit == 20
     assert merge(m, {"pipeline": "w", "prefetch": 50}).prefetch_limit == 50
     assert merge(m, {"queues": parse_flag("a,b")}).prefetch_limit == 100
 
