@@ -60,7 +60,7 @@ class Listener:
         if self.rotation is None or "--queue" not in self.command:
             return self.command
         cmd = list(self.command)
-        cmd[cmd.index("--queue") + 1] = ",".join(self.rotation.order(self.live))
+        cmd[cmd.index("--queue") + 1] = ",".join(self.rotation.next_order(self.live))
         return cmd
 
     def on_signal(self, signum: int, frame: Any) -> None:

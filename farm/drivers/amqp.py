@@ -68,6 +68,7 @@ class AmqpQueue:
         self.slots = 1                   # jobs the worker runs at once (--concurrency)
         self.longest_job = 60.0          # the longest a job may run; the worker sets it (timeout, stop window)
         self.every_queue: tuple[str, ...] = ()   # the worker's queues, paused ones included (it sets them)
+        self.window = 0      # a weighted worker's whole batch (it sets it): each claim asks a share of it
         self._publisher: pika.BlockingConnection | None = None
         self._channels: dict[str, Any] = {}
         self._declared: set[str] = set()
@@ -171,7 +172,9 @@ class AmqpQueue:
     def reserve(self, queues: Sequence[str], limit: int, wait: float) -> list[Reserved]:
         """Up to `limit` jobs. The consumer's basic.qos follows `limit` (the worker's batch: 1
         for slow jobs, up to 100 for no-op ones), at most the connection's `prefetch`."""
-        wanted = max(1, min(limit, self.prefetch), min(self.slots, self.prefetch))   # running jobs are unacked
+        # running jobs are unacked; a weighted worker's claims ask 100, 50, 17... in turn: basic.qos
+        # follows its whole batch, or every turn would hand back the buffers (farm/worker/weights.py)
+        wanted = max(1, min(max(limit, self.window), self.prefetch), min(self.slots, self.prefetch))
         c = self._consumer_for(queues, wanted)
         with c.lock:
             if c.error:                  # say so once (the worker logs it), then reconnect

@@ -226,6 +226,8 @@ class Consumer:
         one the caller passed: a weighted worker's changes every claim; default: as consumed);
         none at `deadline` or a signal."""
         order = [q for q in order if q in self.buffers] if order is not None else self.queues
+        if order and not self.buffers[order[0]]:
+            self.pump(0)        # what the broker sent while jobs ran waits in the socket until read
         while True:
             if self.buffered():
                 refill = self._refilling(order)

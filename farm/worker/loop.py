@@ -5,6 +5,7 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
 from typing import Any, Callable
 
 from .. import payload, waker
@@ -147,7 +148,7 @@ class Worker:
             self.runner.ack_again()
         if not self.held:
             wait = 0.0 if self.options.stop_when_empty else min(self.options.sleep, 1.0)
-            self.held = self.queue.reserve(self.claim_order(queues), self.batch.size(), wait)
+            self.held = self.claim(queues, self.batch.size(), wait)
             self.failures = 0
             self.taking()               # a queue paused while we waited: its jobs go back now
             if self.lifecycle.stop_signal is not None:
@@ -187,11 +188,18 @@ class Worker:
             self.held = [r for r in self.held if r.queue not in paused]
         return tuple(q for q in self.options.queues if q not in paused)
 
-    def claim_order(self, live: tuple[str, ...]) -> tuple[str, ...]:
-        """The order to claim from `live` (the queues `taking` gave) in this claim: as listed,
-        or for a weighted worker the one its rotation gives next (farm/worker/weights.py).
-        Called once per claim: each call is one pick."""
-        return live if self.rotation is None else self.rotation.order(live)
+    def claim(self, live: tuple[str, ...], size: int, wait: float) -> list[Any]:
+        """Reserve up to `size` jobs of `live` (the queues `taking` gave), in priority order;
+        a weighted worker's rotation gives the order and the size of each claim, and is
+        told what came of it (farm/worker/weights.py)."""
+        if self.rotation is None:
+            return self.queue.reserve(live, size, wait)
+        order = self.rotation.order(live)
+        if hasattr(self.queue, "window"):       # amqp: basic.qos follows the batch, not this claim's share
+            self.queue.window = size
+        got = self.queue.reserve(order, self.rotation.limit(order[0], size), wait)
+        self.rotation.took(order, Counter(r.queue for r in got))
+        return got
 
     def _run(self, reserved: Any) -> None:
         attempt = self.runner.prepare(reserved)

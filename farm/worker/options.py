@@ -8,7 +8,6 @@ from typing import Any
 from .. import queuespec
 from ..errors import UsageError
 from ..manifest import Manifest
-from .weights import WEIGHTED_BATCH
 
 DEFAULT_TRIES = 1
 DEFAULT_TIMEOUT = 60.0
@@ -38,11 +37,7 @@ class WorkerOptions:
 
     @property
     def prefetch_limit(self) -> int:
-        """The most jobs one claim takes. A weighted worker claims a few at a time by default, so
-        each pick of its rotation is a few jobs and the shares per job follow the weights."""
-        if self.prefetch:
-            return self.prefetch
-        return WEIGHTED_BATCH if self.weights else 100
+        return self.prefetch or 100
 
     @property
     def queue_flag(self) -> str:

@@ -118,13 +118,6 @@ def test_the_flag_beats_the_pipeline_weights_both_ways(tmp_path):
     assert (weighted.queues, weighted.weights, weighted.queue_flag) == (("x", "y"), (2, 1), "x:2,y:1")
 
 
-def test_a_weighted_worker_claims_a_few_jobs_at_a_time_unless_told_otherwise(tmp_path):
-    m = manifest.load(_manifest(tmp_path, "{critical: 6, low: 1}"))
-    assert merge(m, {"pipeline": "w"}).prefetch_limit == 20
-    assert merge(m, {"pipeline": "w", "prefetch": 50}).prefetch_limit == 50
-    assert merge(m, {"queues": parse_flag("a,b")}).prefetch_limit == 100
-
-
 # -- the rotation ----------------------------------------------------------------------------
 def test_the_rotation_gives_each_queue_its_share_of_picks_within_one_over_any_run():
     r = Rotation(list(WEIGHTS), list(WEIGHTS.values()))
@@ -147,7 +140,8 @@ def test_the_rotation_is_smooth_and_deterministic():
 
 def test_the_order_is_the_head_then_the_rest_by_weight():
     r = Rotation(["low", "critical", "default"], [1, 6, 3])
-    orders = [r.order() for _ in range(10)]
+    assert r.order() == r.order() == ("critical", "default", "low")      # looking takes no turn
+    orders = [r.next_order() for _ in range(10)]
     assert orders[0] == ("critical", "default", "low")
     assert orders[1] == ("default", "critical", "low")
     assert ("low", "critical", "default") in orders
@@ -157,12 +151,52 @@ def test_the_order_is_the_head_then_the_rest_by_weight():
 def test_a_paused_queue_is_left_out_and_the_others_keep_their_ratio():
     r = Rotation(list(WEIGHTS), list(WEIGHTS.values()))
     live = ("default", "low")                       # critical paused (farmctl pause critical)
-    orders = [r.order(live) for _ in range(400)]
+    orders = [r.next_order(live) for _ in range(400)]
     assert all("critical" not in o and len(o) == 2 for o in orders)
     assert Counter(o[0] for o in orders) == {"default": 300, "low": 100}
     # resumed: critical takes part again, and its picks catch up to no more than its weight
     heads = Counter(r.pick() for _ in range(1000))
     assert all(abs(heads[n] - 100 * w) <= 2 for n, w in WEIGHTS.items()), heads
+
+
+def test_a_claim_is_sized_by_its_heads_weight():
+    r = Rotation(list(WEIGHTS), list(WEIGHTS.values()))
+    assert [r.limit(n, 100) for n in WEIGHTS] == [100, 50, 17]
+    assert [r.limit(n, 1) for n in WEIGHTS] == [1, 1, 1]
+
+
+def claims(r: Rotation, size: int, jobs: int, short: dict[int, int] | None = None) -> Counter[str]:
+    """Drive the rotation as a worker does over a backlog of every queue: claim, credit."""
+    seen: Counter[str] = Counter()
+    n = 0
+    while sum(seen.values()) < jobs:
+        order = r.order()
+        got = min(r.limit(order[0], size), (short or {}).get(n, size))
+        r.took(order, {order[0]: got})
+        seen[order[0]] += got
+        n += 1
+    return seen
+
+
+def test_shares_per_job_hold_with_claims_sized_by_weight_and_some_short():
+    # full claims: 100/50/17 a round, so 6:3:1 within a claim of each queue
+    seen = claims(Rotation(list(WEIGHTS), list(WEIGHTS.values())), 100, 10_000)
+    assert all(abs(seen[n] / sum(seen.values()) - w / 10) <= 0.005 for n, w in WEIGHTS.items()), seen
+    # every third claim short (3 jobs): credited per job, the shares do not drift
+    seen = claims(Rotation(list(WEIGHTS), list(WEIGHTS.values())), 100, 10_000, {i: 3 for i in range(0, 10**4, 3)})
+    assert all(abs(seen[n] / sum(seen.values()) - w / 10) <= 0.01 for n, w in WEIGHTS.items()), seen
+
+
+def test_a_queue_found_empty_keeps_no_credit_for_the_time_it_had_nothing():
+    # Given low empty for 100 claims (each came from the next queue of the order)
+    r = Rotation(list(WEIGHTS), list(WEIGHTS.values()))
+    for _ in range(100):
+        order = r.order()
+        served = next(n for n in order if n != "low")
+        r.took(order, {served: r.limit(order[0], 10)})
+    # When it has jobs again, Then it gets its share from then on, not a burst that pays it back
+    seen = claims(r, 10, 1000)
+    assert abs(seen["low"] / sum(seen.values()) - 0.1) <= 0.02, seen
 
 
 def test_a_rotation_needs_one_positive_weight_per_queue():
