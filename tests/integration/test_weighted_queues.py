@@ -142,3 +142,14 @@ def test_a_weighted_worker_with_threads_keeps_the_shares(make_farm):
     for name, n in Counter(window).items():
         expected = WEIGHTS[name] / sum(WEIGHTS.values())
         assert abs(n / len(window) - expected) <= 0.1 * expected, (name, runs(window))
+
+
+def test_listen_hands_each_child_the_next_order_of_the_rotation(make_farm):
+    # Given 4 jobs on a and 2 on b, When `listen --queue a:2,b:1` runs them one child each
+    f = make_farm("sqlite")
+    farm.dispatch_many([Record(str(f.out), "a") for _ in range(4)], queue="a")
+    farm.dispatch_many([Record(str(f.out), "b") for _ in range(2)], queue="b")
+    cp = f.farmctl("listen", "--queue", "a:2,b:1", "--stop-when-empty", "--log-level", "warning", timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    # Then they ran in the rotation's order (each child would take a first if it were strict)
+    assert ran(f) == ["a", "b", "a", "a", "b", "a"]
