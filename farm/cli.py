@@ -45,13 +45,17 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     ctx.meta["farm.verbose"] = verbose
 
 
-def _csv(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+def _queues(ctx: click.Context, param: click.Parameter,
+            value: str | None) -> tuple[tuple[str, ...], tuple[int, ...]] | None:
+    """`--queue a,b` (strict priority) or `--queue a:6,b:3` (weighted): (names, weights)."""
     if value is None:
         return None
-    items = tuple(v.strip() for v in value.split(",") if v.strip())
-    if not items:
-        raise click.BadParameter("expected a comma-separated list of queue names")
-    return items
+    from .queuespec import parse_flag
+
+    try:
+        return parse_flag(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def _backoff(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
@@ -68,7 +72,8 @@ def _backoff(ctx: click.Context, param: click.Parameter, value: str | None) -> t
 def worker_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--connection", help="The connection to work (default: the manifest's default)."),
-        click.option("--queue", "queues", callback=_csv, metavar="A,B", help="Queues in priority order."),
+        click.option("--queue", "queues", callback=_queues, metavar="A,B|A:6,B:3",
+                     help="Queues in priority order, or each with a weight (a:6,b:3): taken in proportion."),
         click.option("--pipeline", help="Take the options of this pipeline in the manifest."),
         click.option("--max-jobs", type=click.IntRange(min=0), help="Exit 0 after this many jobs."),
         click.option("--max-time", type=click.FloatRange(min=0), help="Exit 0 after this many seconds."),

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from . import kubeconf
+from . import kubeconf, queuespec
 from .errors import ManifestError
 from .kubeconf import Kubernetes, Scale
 
@@ -41,7 +41,8 @@ class Connection:
 class Pipeline:
     name: str
     connection: str
-    queues: tuple[str, ...] = ("default",)
+    queues: tuple[str, ...] = ("default",)    # the names, whatever the form (status, metrics, KEDA use them)
+    weights: tuple[int, ...] = ()     # `queues:` as a mapping: one weight per name; (): strict priority order
     numprocs: int = 1
     max_jobs: int = 0
     max_time: float = 0
@@ -61,6 +62,13 @@ class Pipeline:
     stop_wait: float | None = None    # seconds a stop may wait for a job; default: longest timeout + 30
     scale: Scale | None = None        # Kubernetes: a KEDA ScaledObject scales its Deployment min..max
     env_templates: tuple[tuple[str, str], ...] = ()   # `environment:` values holding ${VAR}, as written
+
+    @property
+    def queue_args(self) -> list[str]:
+        """Rendered worker commands name the weights of a weighted pipeline (`--queue a:6,b:3`),
+        so a change of weights changes the program and `supervisorctl update` restarts it; a
+        strict pipeline's command stays `--pipeline P` alone."""
+        return ["--queue", queuespec.flag(self.queues, self.weights)] if self.weights else []
 
 
 @dataclass(frozen=True)
@@ -213,6 +221,8 @@ class _Reader:
                 name = str(knode.value)
                 child = f"{key}.{name}" if key else name
                 self.lines[child] = knode.start_mark.line + 1
+                if name in out and key.endswith(".queues"):    # YAML keeps the last silently
+                    self.problem(key, f"queue {name!r} is listed twice")
                 out[name] = self.value(vnode, child)
             return out
         if isinstance(node, yaml.SequenceNode):
@@ -537,9 +547,9 @@ class _Builder:
                 self.r.problem(f"{key}.drain", f"not a five-field cron expression: {drain!r}")
             timeout = self._number(spec, key, "timeout", None, minimum=1, optional=True)
             self._amqp_timeout(key, timeout, connections.get(str(conn)))
+            queues, weights = self._queues(spec.get("queues", ["default"]), f"{key}.queues")
             out[name] = Pipeline(
-                name=name, connection=str(conn),
-                queues=tuple(self._str_list(spec.get("queues", ["default"]), f"{key}.queues")) or ("default",),
+                name=name, connection=str(conn), queues=queues, weights=weights,
                 numprocs=self._number(spec, key, "numprocs", 1, integer=True, minimum=1),
                 max_jobs=self._number(spec, key, "max_jobs", 0, integer=True),
                 max_time=self._number(spec, key, "max_time", 0),
@@ -561,6 +571,17 @@ class _Builder:
                 env_templates=self._templates(spec.get("environment"), f"{key}.environment"),
             )
         return out
+
+    def _queues(self, value: Any, key: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """A list of names (strict priority) or a mapping of name to positive integer weight."""
+        if isinstance(value, dict):         # a weight given as ${VAR}: a number once substituted
+            value = {k: _decimal(v, True) if isinstance(v, str) and f"{key}.{k}" in self.r.substituted else v
+                     for k, v in value.items()}
+        try:
+            return queuespec.from_manifest(value)
+        except ValueError as e:
+            self.r.problem(key, str(e))
+            return ("default",), ()
 
     def _amqp_timeout(self, key: str, timeout: float | None, c: Connection | None) -> None:
         """RabbitMQ takes back a job unacked past its consumer_timeout, so a job must end sooner."""

@@ -24,6 +24,7 @@ from ..errors import FarmError
 from ..log import Log
 from ..worker import signals
 from ..worker.options import WorkerOptions, merge
+from ..worker.weights import Rotation
 
 PASSED_ON = ("connection", "queues", "timeout", "tries", "backoff", "memory", "prefetch")
 
@@ -49,6 +50,18 @@ class Listener:
         self.stops = 0
         self.child: subprocess.Popen[bytes] | None = None
         self.env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")   # an edit in the same second still counts
+        # weighted: each child runs one job, so the listener keeps the rotation and hands each
+        # child the order of its one claim as a strict --queue
+        self.rotation = Rotation(options.queues, options.weights) if options.weights else None
+        self.live: tuple[str, ...] = options.queues
+
+    def next_command(self) -> list[str]:
+        """The child's command; for a weighted listener with the next order of the rotation."""
+        if self.rotation is None or "--queue" not in self.command:
+            return self.command
+        cmd = list(self.command)
+        cmd[cmd.index("--queue") + 1] = ",".join(self.rotation.next_order(self.live))
+        return cmd
 
     def on_signal(self, signum: int, frame: Any) -> None:
         self.stops += 1
@@ -65,13 +78,14 @@ class Listener:
             held = set(paused(self.options.connection))
         except FarmError:
             held = set()                # no store (amqp without `store:`): nothing can be paused
+        self.live = tuple(q for q in self.options.queues if q not in held) or self.options.queues
         return any(counts.get(q, {}).get("ready", 0) > 0 for q in self.options.queues if q not in held)
 
     def run(self) -> int:
         """Run children until a limit; `--once`: one job (or none, after one wait), as `work --once`."""
         o = self.options
         started, runs, status, waited = time.monotonic(), 0, 0, False
-        self.log.info("listener.start", queues=",".join(o.queues), connection=o.connection)
+        self.log.info("listener.start", queues=o.queue_flag, connection=o.connection)
         while not self.stops:
             if ((o.max_jobs and runs >= o.max_jobs) or (o.once and runs)
                     or (o.max_time and time.monotonic() - started >= o.max_time)):
@@ -82,7 +96,7 @@ class Listener:
                 waker.wait(min(o.sleep, 1.0))
                 waited = True
                 continue
-            self.child = subprocess.Popen(self.command, env=self.env)
+            self.child = subprocess.Popen(self.next_command(), env=self.env)
             while True:
                 try:
                     status = self.child.wait()

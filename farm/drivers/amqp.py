@@ -68,6 +68,7 @@ class AmqpQueue:
         self.slots = 1                   # jobs the worker runs at once (--concurrency)
         self.longest_job = 60.0          # the longest a job may run; the worker sets it (timeout, stop window)
         self.every_queue: tuple[str, ...] = ()   # the worker's queues, paused ones included (it sets them)
+        self.window = 0      # a weighted worker's whole batch (it sets it): each claim asks a share of it
         self._publisher: pika.BlockingConnection | None = None
         self._channels: dict[str, Any] = {}
         self._declared: set[str] = set()
@@ -149,15 +150,16 @@ class AmqpQueue:
     def _consumer_for(self, queues: Sequence[str], qos: int) -> Consumer:
         # a worker asking for some of its queues only (others paused: farmctl pause) keeps one
         # consumer for them all and stops consuming the paused ones, handing back what they had
-        # buffered; restarting the consumer would void the deliveries of the jobs running now
+        # buffered; restarting the consumer would void the deliveries of the jobs running now.
+        # Keyed on the set of queues: a weighted worker passes them in a new order each claim
         every = list(self.every_queue) if set(queues) <= set(self.every_queue) else list(queues)
         c = self._consumer
-        if c is None or c.queues != every:
+        if c is None or set(c.queues) != set(every):
             if c is not None:
                 c.stop()
             c = self._consumer = Consumer(self.brokers, every, qos, self.prefetch, self.buffer_wait,
                                           self._hand_back, self.queue_type, self.name)
-        if c.active != list(queues):
+        if set(c.active) != set(queues):
             with c.lock:
                 try:
                     buffered = c.only(queues)
@@ -170,7 +172,9 @@ class AmqpQueue:
     def reserve(self, queues: Sequence[str], limit: int, wait: float) -> list[Reserved]:
         """Up to `limit` jobs. The consumer's basic.qos follows `limit` (the worker's batch: 1
         for slow jobs, up to 100 for no-op ones), at most the connection's `prefetch`."""
-        wanted = max(1, min(limit, self.prefetch), min(self.slots, self.prefetch))   # running jobs are unacked
+        # running jobs are unacked; a weighted worker's claims ask 100, 50, 17... in turn: basic.qos
+        # follows its whole batch, or every turn would hand back the buffers (farm/worker/weights.py)
+        wanted = max(1, min(max(limit, self.window), self.prefetch), min(self.slots, self.prefetch))
         c = self._consumer_for(queues, wanted)
         with c.lock:
             if c.error:                  # say so once (the worker logs it), then reconnect
@@ -180,7 +184,7 @@ class AmqpQueue:
                 c.connected()
                 self._hand_back(c, c.follow(wanted))     # before consuming: the count applies at once
                 c.consuming()
-                got = c.wait_for(limit, self._deadline(c, queues, wait))
+                got = c.wait_for(limit, self._deadline(c, queues, wait), queues)
             except PIKA_ERRORS as e:
                 c.lost()
                 raise DriverUnavailable(f"connection {self.name!r}: {describe_error(e)}") from e

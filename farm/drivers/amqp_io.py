@@ -221,13 +221,18 @@ class Consumer:
         self.connection.process_data_events(time_limit=seconds)
         self.check()
 
-    def wait_for(self, limit: int, deadline: float) -> Buffered:
-        """Up to `limit` deliveries as soon as there are some; none at `deadline` or a signal."""
+    def wait_for(self, limit: int, deadline: float, order: Sequence[str] | None = None) -> Buffered:
+        """Up to `limit` deliveries as soon as there are some, from the queues in `order` (the
+        one the caller passed: a weighted worker's changes every claim; default: as consumed);
+        none at `deadline` or a signal."""
+        order = [q for q in order if q in self.buffers] if order is not None else self.queues
+        if order and not self.buffers[order[0]]:
+            self.pump(0)        # what the broker sent while jobs ran waits in the socket until read
         while True:
             if self.buffered():
-                refill = self._refilling()
+                refill = self._refilling(order)
                 if refill <= 0:
-                    return self.take(limit)
+                    return self.take(limit, order)
                 self.pump(refill)
                 continue
             left = deadline - time.monotonic()
@@ -235,14 +240,14 @@ class Consumer:
                 return []
             self.pump(min(left, 0.1))
 
-    def _refilling(self) -> float:
+    def _refilling(self, order: Sequence[str]) -> float:
         """How long to wait before handing out only deliveries of later-listed queues: an
         earlier queue whose slot an ack just freed may have its next message on the wire
         (with a prefetch of one, a priority list relies on it)."""
-        first = next(i for i, q in enumerate(self.queues) if self.buffers[q])
+        first = next((i for i, q in enumerate(order) if self.buffers[q]), 0)
         now = time.monotonic()
         waits = []
-        for q in self.queues[:first]:
+        for q in order[:first]:
             until = self.freed_at.get(self.channels[q].channel_number, 0.0) + self.REFILL
             owed = self.owed.get(q, 0.0)
             if owed > now:      # it has ready messages (ours, handed back): wait for one longer
@@ -252,14 +257,15 @@ class Consumer:
             waits.append(until - now)
         return max(waits, default=0.0)
 
-    def take(self, limit: int) -> Buffered:
-        """Up to `limit` buffered deliveries, the first-listed queue first."""
-        out: Buffered = []
-        for q in self.queues:
+    def take(self, limit: int, order: Sequence[str] | None = None) -> Buffered:
+        """Up to `limit` buffered deliveries of one queue: the first of `order` (default: as
+        consumed) that has any. Not topped up from later queues: a short buffer is the broker
+        still refilling it, not an empty queue, and a weighted worker's share is per claim."""
+        for q in (self.queues if order is None else order):
             buf = self.buffers[q]
-            while buf and len(out) < limit:
-                out.append((q, buf.popleft()))
-        return out
+            if buf:
+                return [(q, buf.popleft()) for _ in range(min(limit, len(buf)))]
+        return []
 
     def follow(self, wanted: int) -> Buffered:
         """Make basic.qos follow the batch the worker asks for (1 while jobs are slow, so other

@@ -199,7 +199,7 @@ class RedisQueue(RedisBatches):    # batches: drivers/redis_batches.py
         """Wait for a wake message on one of `queues`, a signal, or `remaining` seconds. The
         first wait subscribes and returns at once: the caller claims again, so a push made
         before the subscription is not missed."""
-        channels = tuple(self._wake(q) for q in queues)
+        channels = tuple(sorted(self._wake(q) for q in queues))   # a weighted worker's order changes each claim
         if self._pubsub is None or self._subscribed != channels:
             self._close_pubsub()
             self._pubsub = self.client.pubsub()

@@ -28,7 +28,7 @@ def _environment(m: Manifest, p: Pipeline) -> str:
 def command(m: Manifest, exe: Sequence[str], p: Pipeline) -> str:
     """The shell command of one drain, `%` escaped for cron."""
     lock = m.root / "var" / f"drain-{p.name}.lock"
-    argv = [*exe, "work", "--config", str(m.path), "--pipeline", p.name, "--stop-when-empty"]
+    argv = [*exe, "work", "--config", str(m.path), "--pipeline", p.name, *p.queue_args, "--stop-when-empty"]
     text = (f"cd {sh(str(m.root))} && env {_environment(m, p)} flock -n {sh(str(lock))} "
             f"{' '.join(map(sh, argv))} >> {sh(str(m.logs_dir / f'{p.name}.log'))} 2>&1")
     return text.replace("%", "\\%")

@@ -118,7 +118,7 @@ def memory_limit(mb: int) -> int:
 
 
 def _worker(m: Manifest, k: Kubernetes, p: Pipeline, extra: list[str], grace: int) -> dict[str, Any]:
-    args = ["work", "--config", k.config, "--pipeline", p.name, *extra]
+    args = ["work", "--config", k.config, "--pipeline", p.name, *p.queue_args, *extra]
     container = _container(k, "worker", args, _environment(p) + [("FARM_STOP_WINDOW", str(grace))])
     if p.memory:
         container["resources"] = {"requests": {"memory": f"{p.memory}Mi"},

@@ -18,7 +18,7 @@ _UNSAFE = re.compile(r"[^\w@%+=:,./-]", re.ASCII)      # shlex.quote's own notio
 
 def work_argv(m: Manifest, exe: Sequence[str], p: Pipeline) -> list[str]:
     """The worker's command line, as words (each renderer quotes them its own way)."""
-    return [*exe, "work", "--config", str(m.path), "--pipeline", p.name]
+    return [*exe, "work", "--config", str(m.path), "--pipeline", p.name, *p.queue_args]
 
 
 def command(words: Sequence[str]) -> str:

@@ -125,13 +125,17 @@ class Heart(threading.Thread):
         running = w.attempts()
         attempt = running[0] if running else None
         state = "paused" if self.pausing() else "busy" if attempt else "idle"
-        return {"id": w.worker_id, "host": self.host, "pid": os.getpid(), "pipeline": w.options.pipeline,
-                "connection": w.options.connection, "queues": list(w.options.queues), "state": state,
-                "job": attempt.doc.get("job") if attempt and attempt.doc else None,
-                "job_id": attempt.reserved.id if attempt else None,
-                "job_seconds": round(time.monotonic() - attempt.started, 1) if attempt else None,
-                "job_ids": [a.reserved.id for a in running], "token": getattr(w.queue, "token", None),
-                "jobs": len(running), "done": w.done, "rss_mb": round(self.rss_mb, 1), "started": w.started_wall, "code": w.code}
+        doc: dict[str, Any] = {
+               "id": w.worker_id, "host": self.host, "pid": os.getpid(), "pipeline": w.options.pipeline,
+               "connection": w.options.connection, "queues": list(w.options.queues), "state": state,
+               "job": attempt.doc.get("job") if attempt and attempt.doc else None,
+               "job_id": attempt.reserved.id if attempt else None,
+               "job_seconds": round(time.monotonic() - attempt.started, 1) if attempt else None,
+               "job_ids": [a.reserved.id for a in running], "token": getattr(w.queue, "token", None),
+               "jobs": len(running), "done": w.done, "rss_mb": round(self.rss_mb, 1), "started": w.started_wall, "code": w.code}
+        if w.options.weights:           # beside `queues` (names, a contract): a weighted worker's weights
+            doc["weights"] = dict(zip(w.options.queues, w.options.weights))
+        return doc
 
     def watchdog(self, now: float) -> None:
         w = self.worker

@@ -5,6 +5,7 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
 from typing import Any, Callable
 
 from .. import payload, waker
@@ -17,6 +18,7 @@ from .heart import Heart
 from .lifecycle import Lifecycle, StopReason
 from .options import WorkerOptions
 from .runner import Attempt, Runner
+from .weights import Rotation
 
 GIVE_UP_SECONDS = 71.5      # of backoff before exiting for the process manager: 12 failures (.5, 1, 2, 4, 8, ...)
 BATCH_SECONDS = 0.05        # claim about this much work at once: many no-op jobs, one slow job
@@ -63,6 +65,7 @@ class Worker:
         if hasattr(queue, "every_queue"):            # amqp: one consumer whatever is paused
             queue.every_queue = tuple(options.queues)
         self.paused: frozenset[str] = frozenset()    # queues paused across the farm (the heart reads them)
+        self.rotation = Rotation(options.queues, options.weights) if options.weights else None
         if store is not None and hasattr(store, "add_counts"):
             self.runner.counts = Counts()     # the heart adds them to the store (farm/counts.py)
         self.heart = Heart(self)
@@ -85,7 +88,7 @@ class Worker:
 
     def _work(self, late: signals.LateStops) -> int:
         o = self.options
-        self.log.info("worker.start", connection=o.connection, queues=",".join(o.queues), pipeline=o.pipeline,
+        self.log.info("worker.start", connection=o.connection, queues=o.queue_flag, pipeline=o.pipeline,
                       timeout=o.timeout, tries=o.tries, max_jobs=o.max_jobs or None,
                       max_time=o.max_time or None, memory=o.memory or None,
                       concurrency=o.concurrency if o.concurrency > 1 else None, code=self.code or None)
@@ -145,7 +148,7 @@ class Worker:
             self.runner.ack_again()
         if not self.held:
             wait = 0.0 if self.options.stop_when_empty else min(self.options.sleep, 1.0)
-            self.held = self.queue.reserve(queues, self.batch.size(), wait)
+            self.held = self.claim(queues, self.batch.size(), wait)
             self.failures = 0
             self.taking()               # a queue paused while we waited: its jobs go back now
             if self.lifecycle.stop_signal is not None:
@@ -184,6 +187,19 @@ class Worker:
             self.queue.give_back(back)      # held (and renewed) until it is done
             self.held = [r for r in self.held if r.queue not in paused]
         return tuple(q for q in self.options.queues if q not in paused)
+
+    def claim(self, live: tuple[str, ...], size: int, wait: float) -> list[Any]:
+        """Reserve up to `size` jobs of `live` (the queues `taking` gave), in priority order;
+        a weighted worker's rotation gives the order and the size of each claim, and is
+        told what came of it (farm/worker/weights.py)."""
+        if self.rotation is None:
+            return self.queue.reserve(live, size, wait)
+        order = self.rotation.order(live)
+        if hasattr(self.queue, "window"):       # amqp: basic.qos follows the batch, not this claim's share
+            self.queue.window = size
+        got = self.queue.reserve(order, self.rotation.limit(order[0], size), wait)
+        self.rotation.took(order, Counter(r.queue for r in got))
+        return got
 
     def _run(self, reserved: Any) -> None:
         attempt = self.runner.prepare(reserved)

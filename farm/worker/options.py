@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .. import queuespec
 from ..errors import UsageError
 from ..manifest import Manifest
 
@@ -16,6 +17,7 @@ DEFAULT_TIMEOUT = 60.0
 class WorkerOptions:
     connection: str
     queues: tuple[str, ...] = ("default",)
+    weights: tuple[int, ...] = ()  # one per queue: a weighted worker (farm/worker/weights.py); (): strict order
     pipeline: str | None = None
     max_jobs: int = 0              # 0: no limit
     max_time: float = 0            # seconds; 0: no limit
@@ -37,6 +39,11 @@ class WorkerOptions:
     def prefetch_limit(self) -> int:
         return self.prefetch or 100
 
+    @property
+    def queue_flag(self) -> str:
+        """`--queue` as written: `a,b`, or `a:6,b:3` for a weighted worker."""
+        return queuespec.flag(self.queues, self.weights)
+
 
 def merge(manifest: Manifest, flags: dict[str, Any]) -> WorkerOptions:
     """Built-in defaults < the pipeline's values < the flags given on the command line."""
@@ -44,7 +51,7 @@ def merge(manifest: Manifest, flags: dict[str, Any]) -> WorkerOptions:
     pipeline_name = flags.get("pipeline")
     if pipeline_name:
         p = manifest.pipeline(pipeline_name)
-        values.update(connection=p.connection, queues=p.queues, pipeline=p.name, max_jobs=p.max_jobs,
+        values.update(connection=p.connection, queues=p.queues, weights=p.weights, pipeline=p.name, max_jobs=p.max_jobs,
                       max_time=p.max_time, sleep=p.sleep, memory=p.memory, rest=p.rest, prefetch=p.prefetch,
                       concurrency=p.concurrency)
         if p.retention is not None:
@@ -52,7 +59,9 @@ def merge(manifest: Manifest, flags: dict[str, Any]) -> WorkerOptions:
         for name in ("timeout", "tries", "backoff"):
             if getattr(p, name) is not None:
                 values[name] = getattr(p, name)
-    values.update({k: v for k, v in flags.items() if v is not None and k != "pipeline"})
+    values.update({k: v for k, v in flags.items() if v is not None and k not in ("pipeline", "queues")})
+    if flags.get("queues") is not None:          # --queue: (names, weights), weights () when strict
+        values["queues"], values["weights"] = flags["queues"]
     values.setdefault("connection", manifest.default)
     conn = manifest.connection(values["connection"])
     if conn.driver == "sync":

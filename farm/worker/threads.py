@@ -186,7 +186,7 @@ class ThreadedWorker(Worker):
             else:
                 wait = 0.0 if self.options.stop_when_empty else min(self.options.sleep, 1.0)
             extra = 0 if (self.options.max_jobs or self.options.once) else self.batch.size() - 1
-            self.held = self.queue.reserve(queues, free + extra, wait)
+            self.held = self.claim(queues, free + extra, wait)
             self.failures = 0
             self.taking()                       # a queue paused while we waited: its jobs go back
             if self.lifecycle.stop_signal is not None:
