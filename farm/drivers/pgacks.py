@@ -27,6 +27,12 @@ from collections import deque
 from typing import Any, Callable
 
 _ACK, _ACK_START, _START = b"farm_ack", b"farm_ack_start", b"farm_start"
+# acks on the wire with no reply read: past this the worker waits for replies before it sends
+# more. The heart renews every unanswered ack's row (FOR UPDATE, briefly); a server slower than
+# the worker let them pile up unbounded, each renew grew, and one of many thousands of rows
+# held the acks' row locks for minutes (a drain of 500,000 behind a VACUUM stalled)
+MAX_UNANSWERED = 500
+CATCH_UP_SECONDS = 30.0     # no reply for this long while over the bound: the connection is dead
 
 
 class PipelinedAcks:
@@ -79,6 +85,24 @@ class PipelinedAcks:
             select.select([pg.socket], [pg.socket], [], 1.0)
             pg.consume_input()
         self._read()
+        if len(self._sent) > MAX_UNANSWERED:
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Wait until half the unanswered acks have their reply; OperationalError (the driver
+        then acks them again on a new connection) if none comes for CATCH_UP_SECONDS."""
+        deadline = time.monotonic() + CATCH_UP_SECONDS
+        while len(self._sent) > MAX_UNANSWERED // 2:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                from psycopg import OperationalError
+
+                raise OperationalError(f"{len(self._sent)} acks unanswered for {CATCH_UP_SECONDS:.0f} s")
+            before = len(self._sent)
+            select.select([self._pg.socket], [], [], min(left, 0.5))
+            self._read()
+            if len(self._sent) < before:
+                deadline = time.monotonic() + CATCH_UP_SECONDS
 
     def settle(self, seconds: float = 5.0) -> None:
         """Wait for the reply to every ack sent (before closing), for `seconds` at most: a
