@@ -175,6 +175,7 @@ def main() -> int:
 def finish(rows: list[dict], run_id: str, chart: str | None, drawer: str = "chart.py") -> int:
     """Append the run's figures to bench-results/results.jsonl; draw the chart (with `drawer`,
     in .bench-venv, which has matplotlib); 1 if any failed."""
+    RESULTS.mkdir(exist_ok=True)
     with (RESULTS / "results.jsonl").open("a") as f:
         for r in rows:
             f.write(json.dumps({"run": run_id, **r}) + "\n")

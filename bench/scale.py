@@ -83,12 +83,13 @@ def main() -> int:
     ap.add_argument("--long-jobs", type=int, default=None)
     args = ap.parse_args()
     counts = scale_sections.TINY if args.tiny else scale_sections.QUICK if args.quick else scale_sections.Counts()
+    sections = sections_of(args.section, args.long_jobs)         # a bad name: before any temp dir
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     out = tmp / "out"
     out.mkdir()
     ctx = scale_sections.Ctx(args.backend, counts, tmp, out, tmp / "workers.log")
     failed = False
-    for section in sections_of(args.section, args.long_jobs):
+    for section in sections:
         row: dict[str, Any] = {"system": "jobfarm", "figure": "scale", "section": section, "backend": args.backend,
                                "quick": args.quick, "tiny": args.tiny, "time": time.time()}
         started = time.monotonic()
@@ -96,7 +97,7 @@ def main() -> int:
             fig = measure(section, ctx, args.quick or args.tiny, args.long_jobs)
             if fig is None:
                 continue
-            row.update(fig)
+            row.update(fig)          # a section may carry an "error" beside the figures it got
         except harness.Failed as e:
             row.update(error=str(e), log_tail=ctx.log.read_text(errors="replace")[-2000:] if ctx.log.exists() else "")
         except Exception as e:        # a crash of the bench itself (a server gone): this section fails

@@ -110,33 +110,53 @@ def idle_latency(ctx: Ctx, system: Any, procs: list[Any], jobs: int) -> tuple[fl
 
 
 def idle(ctx: Ctx) -> dict[str, Any]:
+    """Each count of idle workers in turn; a count whose workers die (PostgreSQL refusing
+    connections past max_connections) is a failed point, the counts before it keep theirs."""
     c = ctx.counts
     with (own_pg_database() if ctx.backend == "postgresql" else contextlib.nullcontext(None)) as url:
         points, fig = [], {}
         for n in c.idle_workers:
             with ctx.fresh(url) as system:
-                b = ctx.bench(system)
-                procs: list[Any] = []
-                probe = scale_probe.make(ctx.backend, lambda: procs, url or system.url or jobfarm_sys.URLS.get(ctx.backend))
                 try:
-                    procs += b.start(n)
-                    seen = wait_beating(system, n)
-                    time.sleep(min(3.0, c.idle_seconds))             # warm-up: every poll backed off
-                    dead = [p.returncode for p in procs if p.poll() is not None]
-                    if dead:
-                        raise harness.Failed(f"idle: a worker of {n} exited with status {dead[0]}")
-                    point = {**quiet_spell(probe, procs, c.idle_seconds), "beating": seen}
-                    if n == max(c.idle_workers):
-                        point["latency_p50_ms"], point["latency_p99_ms"] = idle_latency(ctx, system, procs, c.idle_jobs)
-                    points.append(point)
-                finally:
-                    b.stop(procs)
-                    fig["note"] = probe.note
-                    fig["unit"] = probe.unit
-                    probe.close()
+                    points.append(idle_point(ctx, system, n, url))
+                except harness.Failed as e:
+                    points.append({"workers": n, "error": f"{e}; the workers' last log line: {last_line(ctx)}"})
+                fig.update(note=ctx.probe_note, unit=ctx.probe_unit)
     goal, words = IDLE_GOAL[ctx.backend]
-    return {**fig, "points": points, "latency_goal_ms": goal, "latency_promise": words,
-            "latency_jobs": c.idle_jobs, "exactly_once": True}
+    fig.update(points=points, latency_goal_ms=goal, latency_promise=words, latency_jobs=c.idle_jobs,
+               exactly_once=True)
+    failed = [p for p in points if "error" in p]
+    if failed:
+        fig["error"] = f"idle with {failed[0]['workers']} workers: {failed[0]['error']}"
+    return fig
+
+
+def idle_point(ctx: Ctx, system: Any, n: int, url: str | None) -> dict[str, Any]:
+    """n idle workers: warm-up, the quiet spell; with the most workers, the start latency too."""
+    c = ctx.counts
+    b = ctx.bench(system)
+    procs: list[Any] = []
+    probe = scale_probe.make(ctx.backend, lambda: procs, url or system.url or jobfarm_sys.URLS.get(ctx.backend))
+    ctx.probe_note, ctx.probe_unit = probe.note, probe.unit
+    try:
+        procs += b.start(n)
+        seen = wait_beating(system, n)
+        time.sleep(min(3.0, c.idle_seconds))             # warm-up: every poll backed off
+        dead = [p.returncode for p in procs if p.poll() is not None]
+        if dead:
+            raise harness.Failed(f"{len(dead)} of {n} idle workers exited (status {dead[0]})")
+        point = {**quiet_spell(probe, procs, c.idle_seconds), "beating": seen}
+        if n == max(c.idle_workers):
+            point["latency_p50_ms"], point["latency_p99_ms"] = idle_latency(ctx, system, procs, c.idle_jobs)
+        return point
+    finally:
+        b.stop(procs)
+        probe.close()
+
+
+def last_line(ctx: Ctx) -> str:
+    lines = ctx.log.read_text(errors="replace").splitlines() if ctx.log.exists() else []
+    return lines[-1][-300:] if lines else "-"
 
 
 LONG_SQL = """SELECT pg_relation_size(c.oid), pg_indexes_size(c.oid), pg_total_relation_size(c.oid),

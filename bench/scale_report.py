@@ -69,6 +69,9 @@ def idle(rows: list[dict], label: Callable[[str], str]) -> None:
     for r in rows:
         first = r["points"][0].get("ops_per_worker_s")
         for p in r["points"]:
+            if "error" in p:
+                print(f"{label(r['backend']):12}{p['workers']:>8}  FAILED: {p['error'][:160]}")
+                continue
             per = p.get("ops_per_worker_s")
             ok = per is None or first is None or per <= max(1.5 * first, 1.0)
             print(f"{label(r['backend']):12}{p['workers']:>8}{fmt(p.get('ops_per_s'), 2):>9}{fmt(per, 2):>11}"
@@ -76,6 +79,8 @@ def idle(rows: list[dict], label: Callable[[str], str]) -> None:
                   f"{fmt(p.get('worker_cpu_pct'), 2):>13}  {verdict(ok) if per is not None else '-'}")
     for r in rows:
         last = r["points"][-1]
+        if "latency_p99_ms" not in last:
+            continue
         ok = last["latency_p99_ms"] <= r["latency_goal_ms"]
         seen = "" if last.get("beating", last["workers"]) >= last["workers"] else \
             f" (only {last['beating']} heartbeats seen)"
@@ -134,8 +139,9 @@ def print_table(rows: list[dict], labels: dict[str, str]) -> None:
     for r in rows:
         if "error" in r:
             print(f"\n{label(r['backend'])} {r.get('section', '?')}: FAILED: {r['error']}")
-    for section, table in TABLES.items():
-        ok: list[dict[str, Any]] = [r for r in rows if r.get("section") == section and "error" not in r]
+    for section, table in TABLES.items():      # idle keeps the points it got before one failed
+        ok: list[dict[str, Any]] = [r for r in rows if r.get("section") == section
+                                    and ("error" not in r or section == "idle" and "points" in r)]
         if ok:
             print(f"\n{section}: goal: {GOALS[section]}")
             table(ok, label)

@@ -55,6 +55,8 @@ class Ctx:
     url: str | None = None                       # a database of the bench's own (idle, PostgreSQL)
     rss: dict[str, Any] = field(default_factory=dict)   # the backlog's RSS samples, for section rss
     made: int = 0
+    probe_note: str = ""                          # section idle: what its server counter counts
+    probe_unit: str = "-"
 
     @contextlib.contextmanager
     def fresh(self, url: str | None = None) -> Iterator[jobfarm_sys.Jobfarm]:
