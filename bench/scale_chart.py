@@ -30,16 +30,21 @@ def load(run: str) -> dict[str, list[dict]]:
     return out
 
 
-def lines(ax, rows: list[dict], x: str, series: list[tuple[str, str, str]], title: str) -> None:
-    """One line per backend and series (key, value, style) of each row's points."""
+def lines(ax, rows: list[dict], x: str, series: list[tuple[str, object, str, str]], title: str) -> None:
+    """One line per backend and series (key, value, style, name) of each row's points; a point
+    at x = 1 belongs to every series (one queue: spread and last are the same drain)."""
+    xs = set()
     for r in rows:
-        for key, value, style in series:
-            pts = sorted((p[x], p["per_s"]) for p in r["points"] if p.get(key, value) == value)
+        for key, value, style, name in series:
+            pts = sorted((p[x], p["per_s"]) for p in r["points"] if p.get(key) == value or p[x] == 1 and x == "queues")
+            xs |= {px for px, _ in pts}
             if pts:
                 ax.plot(*zip(*pts), style, color=COLORS.get(r["backend"]), marker="o",
-                        label=f"{LABELS.get(r['backend'], r['backend'])} {value}".strip())
+                        label=f"{LABELS.get(r['backend'], r['backend'])} {name}")
     ax.set_title(title, loc="left", fontsize=10)
     ax.set_xscale("log")
+    ax.set_xticks(sorted(xs), [f"{v:,}" for v in sorted(xs)])
+    ax.minorticks_off()
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
 
@@ -63,15 +68,19 @@ def idle(ax, rows: list[dict]) -> None:
             ax.plot(*zip(*pts), color=COLORS.get(r["backend"]), marker="o", label=LABELS.get(r["backend"]))
     ax.set_title("idle: CPU % per idle worker (lower is better)", loc="left", fontsize=10)
     ax.set_xscale("log")
+    ticks = sorted({p["workers"] for r in rows for p in r["points"]})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
     ax.legend(fontsize=7)
 
 
 def draw(sections: dict[str, list[dict]], out: Path) -> None:
     fig, axes = plt.subplots(3, 2, figsize=(14, 13))
     ax = iter(axes.flat)
-    lines(next(ax), sections.get("backlog", []), "jobs", [("workers", 1, "-"), ("workers", 2, "--")],
+    lines(next(ax), sections.get("backlog", []), "jobs", [("workers", 1, "-", "1w"), ("workers", 2, "--", "2w")],
           "backlog: drain rate (jobs/s) by jobs queued; solid 1 worker, dashed 2")
-    lines(next(ax), sections.get("queues", []), "queues", [("where", "spread", "-"), ("where", "last", "--")],
+    lines(next(ax), sections.get("queues", []), "queues",
+          [("where", "spread", "-", "spread"), ("where", "last", "--", "all on last")],
           "queues: 1-worker drain rate (jobs/s) by queues listened to")
     bars(next(ax), sections.get("delayed", []), [("none_per_s", "alone"), ("behind_per_s", "behind delayed")],
          "delayed: drain rate (jobs/s) of ready jobs, alone and behind delayed ones")
