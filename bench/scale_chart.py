@@ -46,7 +46,8 @@ def lines(ax, rows: list[dict], x: str, series: list[tuple[str, object, str, str
     ax.set_xticks(sorted(xs), [f"{v:,}" for v in sorted(xs)])
     ax.minorticks_off()
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
 
 
 def bars(ax, rows: list[dict], keys: list[tuple[str, str]], title: str) -> None:
@@ -58,7 +59,8 @@ def bars(ax, rows: list[dict], keys: list[tuple[str, str]], title: str) -> None:
     ax.set_xticks([i + width * (len(keys) - 1) / 2 for i in range(len(rows))],
                   [LABELS.get(r["backend"], r["backend"]) for r in rows], fontsize=8)
     ax.set_title(title, loc="left", fontsize=10)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
 
 
 def idle(ax, rows: list[dict]) -> None:
@@ -71,7 +73,8 @@ def idle(ax, rows: list[dict]) -> None:
     ticks = sorted({p["workers"] for r in rows for p in r["points"]})
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
 
 
 def draw(sections: dict[str, list[dict]], out: Path) -> None:
