@@ -22,7 +22,8 @@ COLORS = {"sqlite": "#2b6cb0", "postgresql": "#2f855a", "mysql": "#c05621", "amq
 def load(run: str) -> dict[str, list[dict]]:
     """The run's rows that did not fail, by section, backends in a fixed order."""
     rows = [json.loads(ln) for ln in (ROOT / "bench-results" / "results.jsonl").read_text().splitlines() if ln]
-    rows = sorted((r for r in rows if r.get("run") == run and r.get("figure") == "scale" and "error" not in r),
+    rows = sorted((r for r in rows if r.get("run") == run and r.get("figure") == "scale"     # idle keeps the
+                   and ("error" not in r or r.get("section") == "idle" and "points" in r)),  # counts it got
                   key=lambda r: ORDER.index(r["backend"]) if r["backend"] in ORDER else 99)
     out: dict[str, list[dict]] = {}
     for r in rows:
@@ -70,6 +71,7 @@ def idle(ax, rows: list[dict]) -> None:
             ax.plot(*zip(*pts), color=COLORS.get(r["backend"]), marker="o", label=LABELS.get(r["backend"]))
     ax.set_title("idle: CPU % per idle worker (lower is better)", loc="left", fontsize=10)
     ax.set_xscale("log")
+    ax.set_ylim(bottom=0)
     ticks = sorted({p["workers"] for r in rows for p in r["points"]})
     ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.minorticks_off()

@@ -78,13 +78,13 @@ def idle(rows: list[dict], label: Callable[[str], str]) -> None:
                   f"{fmt(p.get('server_cpu_pct'), 2):>13}{fmt(p.get('workers_cpu_pct'), 2):>14}"
                   f"{fmt(p.get('worker_cpu_pct'), 2):>13}  {verdict(ok) if per is not None else '-'}")
     for r in rows:
+        print(f"  {label(r['backend'])}: {r['unit']} = {r['note']}")
         last = r["points"][-1]
         if "latency_p99_ms" not in last:
             continue
         ok = last["latency_p99_ms"] <= r["latency_goal_ms"]
         seen = "" if last.get("beating", last["workers"]) >= last["workers"] else \
             f" (only {last['beating']} heartbeats seen)"
-        print(f"  {label(r['backend'])}: {r['unit']} = {r['note']}")
         print(f"  {label(r['backend'])}: with {last['workers']} idle workers{seen}, {r['latency_jobs']} single jobs: "
               f"p50 {fmt(last['latency_p50_ms'])} ms, p99 {fmt(last['latency_p99_ms'])} ms; goal p99 <= "
               f"{r['latency_goal_ms']:.0f} ms ({r['latency_promise']}): {verdict(ok)}")
