@@ -34,18 +34,7 @@ GOAL_THROUGHPUT = 0.9          # threads' jobs/s at least this share of the proc
 GOAL_RSS = 10.0                # the processes' RSS at least this many times the threads'
 
 
-class Flags:
-    """A system whose worker commands carry extra `farmctl work` flags."""
-
-    def __init__(self, system: Any, *flags: str) -> None:
-        self.system = system
-        self.flags = list(flags)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.system, name)
-
-    def worker_commands(self, workers: int) -> list[list[str]]:
-        return [argv + self.flags for argv in self.system.worker_commands(workers)]
+Flags = harness.Flags          # a system whose worker commands carry extra flags
 
 
 def nap_drain(system: Any, n: int, workers: int, flags: list[str], out: Path, log: Path) -> dict[str, Any]:

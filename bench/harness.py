@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import psutil
 
@@ -43,6 +43,20 @@ def worker_env(out: Path, *paths: str, **values: str) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), str(HERE / "systems"), *paths]))
 
 
+class Flags:
+    """A system whose worker commands carry extra `farmctl work` flags."""
+
+    def __init__(self, system: Any, *flags: str) -> None:
+        self.system = system
+        self.flags = list(flags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.system, name)
+
+    def worker_commands(self, workers: int) -> list[list[str]]:
+        return [argv + self.flags for argv in self.system.worker_commands(workers)]
+
+
 class Failed(Exception):
     """A run that lost or repeated a job, or whose workers died: its figures are not printed."""
 
@@ -60,17 +74,33 @@ QUICK = Counts(dispatch=300, dispatch_many=2000, drain=2000, latency=60, soak=0)
 
 
 class Records:
-    """The lines jobs wrote under one directory."""
+    """The lines jobs wrote under one directory.
+
+    `count` reads only what was appended since its last call, so waiting on a million jobs
+    does not read every line again twenty times a second (that CPU would slow the drain).
+    """
 
     def __init__(self, out: Path) -> None:
         self.out = out
+        self._seen: dict[Path, tuple[int, int]] = {}      # file -> (bytes read, lines in them)
 
     def clear(self) -> None:
         for f in self.out.glob("*.txt"):
             f.unlink()
+        self._seen.clear()
 
     def count(self) -> int:
-        return sum(f.read_bytes().count(b"\n") for f in self.out.glob("*.txt"))
+        total = 0
+        for f in self.out.glob("*.txt"):
+            offset, lines = self._seen.get(f, (0, 0))
+            with f.open("rb") as fh:
+                fh.seek(offset)
+                chunk = fh.read()
+            end = chunk.rfind(b"\n") + 1           # a line half written is counted next time
+            offset, lines = offset + end, lines + chunk.count(b"\n", 0, end)
+            self._seen[f] = (offset, lines)
+            total += lines
+        return total
 
     def read(self) -> list[tuple[int, float]]:
         rows = []
@@ -80,14 +110,18 @@ class Records:
                 rows.append((int(n), float(t)))
         return rows
 
-    def wait(self, n: int, seconds: float, workers: Sequence[subprocess.Popen[bytes]] = ()) -> None:
+    def wait(self, n: int, seconds: float, workers: Sequence[subprocess.Popen[bytes]] = (),
+             watch: Callable[[int], None] | None = None) -> None:
+        """Until n lines are written; `watch(done)` is called on each look (an RSS sampler)."""
         deadline = time.monotonic() + seconds
-        while self.count() < n:
+        while (done := self.count()) < n:
             dead = [w for w in workers if w.poll() is not None]
             if dead:
                 raise Failed(f"a worker exited with status {dead[0].returncode} before the jobs ran")
             if time.monotonic() > deadline:
-                raise Failed(f"only {self.count()} of {n} jobs ran within {seconds:.0f} s")
+                raise Failed(f"only {done} of {n} jobs ran within {seconds:.0f} s")
+            if watch:
+                watch(done)
             time.sleep(0.05)
 
 
@@ -169,6 +203,11 @@ class Bench:
         self._drain(list(range(-1, n)), workers=2)
         return rate
 
+    def fill(self, n: int, chunk: int = 1000, **how: Any) -> None:
+        """n jobs numbered 0..n-1 through the bulk API in chunks (`how`: jobfarm's queue, delay)."""
+        for i in range(0, n, chunk):
+            self.system.dispatch_many("tick", range(i, min(n, i + chunk)), **how)
+
     def drain_rate(self, n: int, workers: int) -> float:
         """n queued no-op jobs, `workers` processes: jobs per second from the first start to the last.
 
@@ -183,11 +222,16 @@ class Bench:
         times = sorted(t for _, t in rows)
         return (n - 1) / max(times[-1] - times[0], 1e-9)
 
-    def _drain(self, expect: list[int], workers: int) -> list[tuple[int, float]]:
+    def _drain(self, expect: list[int], workers: int,
+               watch: Callable[[Sequence[subprocess.Popen[bytes]], int], None] | None = None
+               ) -> list[tuple[int, float]]:
+        """Start `workers`, wait for every job of `expect`, stop them, check exactly-once.
+        `watch(procs, done)` is called while they run (at least 500 jobs/s are waited for)."""
         self.records.clear()
         procs = self.start(workers)
         try:
-            self.records.wait(len(expect), 900, procs)
+            self.records.wait(len(expect), max(900, len(expect) / 500), procs,
+                              (lambda done: watch(procs, done)) if watch else None)
             time.sleep(0.3)                      # a job run twice would show up now
         finally:
             self.stop(procs)

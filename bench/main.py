@@ -119,7 +119,24 @@ def main() -> int:
                     help="only `farmctl work --concurrency N` against processes (bench/concurrency.py)")
     ap.add_argument("--workflows", action="store_true",
                     help="only what each workflow feature costs a job (bench/workflows.py)")
+    ap.add_argument("--scale", action="store_true",
+                    help="only how the cost grows with the work: backlogs, delayed jobs, many queues, "
+                         "idle workers, RSS (bench/scale.py, issue 19)")
+    ap.add_argument("--section", default=None, help="with --scale: sections, comma-separated "
+                    "(backlog,delayed,queues,idle,rss,long,weights; default: all but long)")
+    ap.add_argument("--long-jobs", type=int, default=None,
+                    help="with --scale: jobs through one PostgreSQL table (section long; default 10,000,000)")
     args = ap.parse_args()
+    if (args.section or args.long_jobs) and not args.scale:
+        ap.error("--section and --long-jobs go with --scale")
+    if args.scale:
+        import scale                # bench/scale.py, bench/scale_report.py
+        import scale_report
+
+        rows = scale.run_all(JOBFARM_PY, (args.only or ",".join(BACKENDS)).split(","), args.quick,
+                             args.section, args.long_jobs)
+        scale_report.print_table(rows, LABELS)
+        return finish(rows, uuid.uuid4().hex[:12], args.chart, "scale_chart.py")
     narrow = args.concurrency or args.workflows
     backends = (args.only or ",".join(["sqlite", "postgresql"] if narrow else BACKENDS)).split(",")
     run_id = uuid.uuid4().hex[:12]
@@ -155,14 +172,16 @@ def main() -> int:
     return finish(rows, run_id, args.chart)
 
 
-def finish(rows: list[dict], run_id: str, chart: str | None) -> int:
-    """Append the run's figures to bench-results/results.jsonl; draw the chart; 1 if any failed."""
+def finish(rows: list[dict], run_id: str, chart: str | None, drawer: str = "chart.py") -> int:
+    """Append the run's figures to bench-results/results.jsonl; draw the chart (with `drawer`,
+    in .bench-venv, which has matplotlib); 1 if any failed."""
+    RESULTS.mkdir(exist_ok=True)
     with (RESULTS / "results.jsonl").open("a") as f:
         for r in rows:
             f.write(json.dumps({"run": run_id, **r}) + "\n")
     print(f"\nraw figures: bench-results/results.jsonl (run {run_id})")
     if chart:
-        subprocess.run([str(PEERS_PY), str(HERE / "chart.py"), "--run", run_id, "--out", chart], check=True)
+        subprocess.run([str(PEERS_PY), str(HERE / drawer), "--run", run_id, "--out", chart], check=True)
         print(f"chart: {chart}")
     failed = [r for r in rows if "error" in r]
     return 1 if failed else 0
