@@ -4,7 +4,7 @@ Sections (scale_sections.py, scale_idle.py): backlog (drain rate with 10k/100k/1
 1 and 2 workers), delayed (10k ready behind 1M delayed), queues (1/10/50 queues in priority
 order), idle (1/4/16/32 idle workers: server queries and CPU; latency with 32 idle), rss (one
 worker over 1M jobs), long (PostgreSQL only, asked for: 10M jobs through one table), weights
-(bench/weights.py when it exists). Never asserts: figures, and a verdict (ok / MISS) against
+(bench/weights.py). Never asserts: figures, and a verdict (ok / MISS) against
 the issue's goal per row; a run that lost or repeated a job, or crashed, is a failure.
 
 One backend per process, in .venv, one JSON line per section (main.py prints the tables):
@@ -44,13 +44,10 @@ def sections_of(text: str | None, long_jobs: int | None) -> list[str]:
     return [s for s in SECTIONS if s in asked]
 
 
-def weights_row(backend: str, quick: bool) -> dict[str, Any] | None:
-    """bench/weights.py's line (helper W's), or None when that file does not exist yet."""
-    script = HERE / "weights.py"
-    if not script.exists():
-        return None
-    done = subprocess.run([sys.executable, str(script), "--backend", backend] + ["--quick"] * quick,
-                          capture_output=True, text=True, timeout=3600)
+def weights_row(backend: str, jobs: int, runs: int) -> dict[str, Any] | None:
+    """bench/weights.py's line: strict order against weights 6/3/1, shares and rates."""
+    done = subprocess.run([sys.executable, str(HERE / "weights.py"), "--backend", backend, "--jobs", str(jobs),
+                           "--runs", str(runs)], capture_output=True, text=True, timeout=3600)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         return {"error": "bench/weights.py: " + (done.stderr or done.stdout).strip()[-1500:]}
@@ -66,7 +63,7 @@ def measure(section: str, ctx: Any, quick: bool, long_jobs: int | None) -> dict[
             return None
         return scale_idle.long(ctx, long_jobs or ctx.counts.long_jobs)
     if section == "weights":
-        return weights_row(ctx.backend, quick)
+        return weights_row(ctx.backend, ctx.counts.weight_jobs, ctx.counts.weight_runs)
     run: Callable[[Any], dict[str, Any]] = {"backlog": s.backlog, "delayed": s.delayed, "queues": s.queues,
                                             "idle": scale_idle.idle, "rss": s.rss}[section]
     return run(ctx)

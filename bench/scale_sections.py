@@ -36,13 +36,15 @@ class Counts:
     rss: int = 1_000_000
     long_jobs: int = 10_000_000
     rss_every: float = 1.0       # seconds between RSS samples
+    weight_jobs: int = 10_000    # bench/weights.py: jobs per drain (critical 6, default 3, low 1)
+    weight_runs: int = 3         # drains of each kind, strict and weighted in turn (the median)
 
 
 QUICK = Counts(backlog=(1_000, 10_000, 50_000), delayed=50_000, ready=2_000, latency=60, queue_jobs=2_000,
-               idle_seconds=10.0, idle_jobs=20, rss=50_000, long_jobs=200_000)
+               idle_seconds=10.0, idle_jobs=20, rss=50_000, long_jobs=200_000, weight_jobs=2_000, weight_runs=1)
 TINY = Counts(backlog=(200, 2_000), backlog_workers=(1,), delayed=1_000, ready=200, latency=5, queues=(1, 3),
               queue_jobs=200, idle_workers=(2,), idle_seconds=1.0, idle_jobs=3, idle_gap=0.2, rss=2_000, long_jobs=2_000,
-              rss_every=0.02)
+              rss_every=0.02, weight_jobs=300, weight_runs=1)
 
 
 @dataclass
