@@ -156,11 +156,15 @@ class Queries:
         # sqlite (3.35+) and postgres claim in one atomic statement; RETURNING order is unspecified.
         # sqlite hands the payload over as bytes: a row another program wrote with bytes that are
         # not UTF-8 must reach the worker (which fails it), not break the claim of its batch
+        pick = f"SELECT id FROM {j} WHERE queue = %s AND available_at <= %s ORDER BY available_at, id LIMIT %s"
+        # PostgreSQL: the ids are picked once (an InitPlan), whatever the statistics say. As
+        # `id IN (SELECT ...)`, a table whose reltuples a VACUUM left at 0 was planned as a
+        # semi join re-running the locking sub-select for every row of the table (minutes)
         self.claim_returning = q(
             f"UPDATE {j} SET available_at = %s, reserved_by = %s "
-            f"WHERE id IN (SELECT id FROM {j} WHERE queue = %s AND available_at <= %s "
-            f"ORDER BY available_at, id LIMIT %s{' FOR UPDATE SKIP LOCKED' if dialect == 'postgresql' else ''}) "
-            f"RETURNING id, uuid, {'CAST(payload AS BLOB)' if dialect == 'sqlite' else 'payload'}, attempts")
+            + (f"WHERE id = ANY(ARRAY({pick} FOR UPDATE SKIP LOCKED)) " if dialect == "postgresql" else
+               f"WHERE id IN ({pick}) ")
+            + f"RETURNING id, uuid, {'CAST(payload AS BLOB)' if dialect == 'sqlite' else 'payload'}, attempts")
         # a claimed job's trace (drivers/dbretry.py: a dispatch whose reply was lost looks for it
         # once the job may have run and gone), written with the claim when the job was created
         # less than T seconds ago: `claimed:<uuid>` in the locks table, expiring T seconds on.
@@ -188,8 +192,8 @@ class Queries:
             # transaction deleting several of the same rows) locked them in another order, and
             # the two deadlocked; PostgreSQL then aborted the acks and those jobs ran again. A
             # row skipped here is being acked (or renewed next time, well inside retry_after).
-            self.renew = (f"UPDATE {j} SET available_at = %s WHERE id IN (SELECT id FROM {j} "
-                          f"WHERE id IN ({{ids}}) AND reserved_by = %s FOR UPDATE SKIP LOCKED)")
+            self.renew = (f"UPDATE {j} SET available_at = %s WHERE id = ANY(ARRAY(SELECT id FROM {j} "
+                          f"WHERE id IN ({{ids}}) AND reserved_by = %s FOR UPDATE SKIP LOCKED))")
         self.ack = q(f"DELETE FROM {j} WHERE id = %s AND reserved_by = %s")
         self.ack_and_start = f"START TRANSACTION; {self.ack}; {self.start}; COMMIT"   # mysql only
         self.release = q(f"UPDATE {j} SET available_at = %s, reserved_by = NULL, payload = %s "

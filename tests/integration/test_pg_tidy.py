@@ -87,7 +87,13 @@ def test_worker_statements_walk_indexes_even_when_the_statistics_say_the_table_i
     with q._cursor("renew") as cur:
         cur.execute("EXPLAIN " + q.sql.renew_ids([j.handle for j in held]), (now + 60, q.token))
         renew = "\n".join(r[0] for r in cur.fetchall())
-    # Then both walk an index: no scan of the table, no bitmap of the whole queue, no sort
+    # Then both pick their rows once and walk an index: no scan of the table, no bitmap of the
+    # whole queue, no sort, and no semi join re-running the locking sub-select for every row
     for plan in (claim, renew):
         assert "Seq Scan" not in plan and "Bitmap" not in plan and "Sort" not in plan, plan
+        assert "Semi Join" not in plan and "InitPlan" in plan, plan
     assert "queue_available_id" in claim, claim
+    # and a claim of the next 100 takes milliseconds
+    started = time.monotonic()
+    assert len(q.reserve(["default"], 100, 0)) == 100
+    assert time.monotonic() - started < 0.5
