@@ -3,9 +3,10 @@
 The drivers keep one rule, strict priority over the order given. A weighted worker turns
 its weights into an order per claim: the head is the queue furthest behind its share, by
 smooth weighted round-robin (nginx's SWRR: each pick adds every queue's weight to its
-current value, takes the largest and subtracts the total from it), the rest follow by
-weight, heaviest first. The driver takes from the first non-empty queue of that order, so
-an empty head costs nothing: its turn falls to the next queue in the same round trip.
+current value, takes the largest and subtracts the total from it), the rest follow by the
+same measure. The driver takes from the first non-empty queue of that order, so an empty
+head costs nothing: its turn falls to the next queue in the same round trip, and the
+queues behind it share its turns in proportion to their own weights.
 
 Two refinements keep the shares per JOB, not per claim, without small claims everywhere
 (each claim is a round trip: PostgreSQL drains 10k no-op jobs 17% slower in claims of 20
@@ -35,18 +36,18 @@ class Rotation:
         self.weights = dict(zip(names, weights))
         self.heaviest = max(weights)
         self.current = {n: 0 for n in names}
-        # ties by weight are broken by the order written, so the tail is stable too
-        self.by_weight = tuple(sorted(self.names, key=lambda n: -self.weights[n]))
 
     def order(self, among: Collection[str] | None = None) -> tuple[str, ...]:
-        """The queues to claim from, in the order to try them: the one furthest behind its
-        share, then the others (of `among`: those not paused) by weight, heaviest first."""
+        """The queues to claim from (of `among`: those not paused), in the order to try them:
+        furthest behind its share first."""
         live = [n for n in self.names if among is None or n in among]
         if not live:
             raise ValueError("no queue to pick from")
-        # the next pick's values, without taking it: current + weight, first written wins a tie
-        head = max(live, key=lambda n: self.current[n] + self.weights[n])
-        return (head,) + tuple(n for n in self.by_weight if n != head and n in live)
+        # every queue by the next pick's value, without taking it: current + weight, the first
+        # written winning a tie. The tail too: ordered by weight alone, the turns of an empty
+        # heavy queue all fell to the next heaviest (critical empty: default 9 : low 1, not 3 : 1)
+        rank = {n: i for i, n in enumerate(self.names)}
+        return tuple(sorted(live, key=lambda n: (-(self.current[n] + self.weights[n]), rank[n])))
 
     def limit(self, head: str, size: int) -> int:
         """How many jobs to claim with `head` first, of a batch of `size`: in proportion to

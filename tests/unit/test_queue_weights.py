@@ -138,14 +138,28 @@ def test_the_rotation_is_smooth_and_deterministic():
                      "critical", "default", "critical"]
 
 
-def test_the_order_is_the_head_then_the_rest_by_weight():
+def test_the_order_is_every_queue_by_how_far_behind_its_share_it_is():
     r = Rotation(["low", "critical", "default"], [1, 6, 3])
     assert r.order() == r.order() == ("critical", "default", "low")      # looking takes no turn
     orders = [r.next_order() for _ in range(10)]
     assert orders[0] == ("critical", "default", "low")
-    assert orders[1] == ("default", "critical", "low")
+    assert orders[1] == ("default", "low", "critical")      # critical just served: last
     assert ("low", "critical", "default") in orders
     assert all(sorted(o) == ["critical", "default", "low"] for o in orders)
+
+
+def test_an_empty_heavy_queue_leaves_the_others_their_ratio_to_each_other():
+    # Given critical empty (never paused: the worker finds it empty at each claim) while
+    # default and low have a backlog
+    r = Rotation(list(WEIGHTS), list(WEIGHTS.values()))
+    seen: Counter[str] = Counter()
+    for _ in range(2000):
+        order = r.order()
+        served = next(n for n in order if n != "critical")
+        r.took(order, {served: 1})
+        seen[served] += 1
+    # Then default and low share its turns 3 : 1, not all to the next heaviest
+    assert abs(seen["low"] / sum(seen.values()) - 0.25) <= 0.01, seen
 
 
 def test_a_paused_queue_is_left_out_and_the_others_keep_their_ratio():
