@@ -409,14 +409,22 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         if self._vacuum is None:
             def connect() -> Any:
                 conn = dbapi.connect(self.target)
-                conn.execute(f"SET application_name = 'farm {os.getpid()} vacuum {self.token[-12:]}'")
+                try:
+                    conn.execute(f"SET application_name = 'farm {os.getpid()} vacuum {self.token[-12:]}'")
+                except BaseException:
+                    _close_quietly(conn)
+                    raise
                 return conn
             self._vacuum = pgtidy.Vacuum(connect, f"farm vacuum {self.config.table}")
         error, self._vacuum.error = self._vacuum.error, None
         with self._cursor("renew") as cur:
-            tables = pgtidy.overgrown(cur, [self.config.table, f"{self.config.table}_locks"])
+            tables, not_ours = pgtidy.overgrown(cur, [self.config.table, f"{self.config.table}_locks"])
         if tables:
             self._vacuum.start(tables)
+        if not_ours and not self._vacuum.told:
+            self._vacuum.told = True
+            error = (f"{', '.join(not_ours)}: many dead rows, and this user does not own the table to "
+                     "VACUUM it (autovacuum or the owner must)")
         return error
 
     def renew(self, jobs: Sequence[Reserved]) -> None:

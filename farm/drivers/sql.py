@@ -120,7 +120,9 @@ def claim_index(jobs: str, dialect: str) -> Any:
 
 
 def pg_claim_index(jobs: str) -> str:
-    return f"{jobs}_queue_available_id"
+    """Cut to PostgreSQL's 63 bytes as the server would (table names are ASCII identifiers),
+    so the probe finds it under the name it has."""
+    return f"{jobs}_queue_available_id"[:63]
 
 
 # PostgreSQL: a jobs table made by an earlier version gets the claim index (a one-time build that

@@ -97,3 +97,29 @@ def test_worker_statements_walk_indexes_even_when_the_statistics_say_the_table_i
     started = time.monotonic()
     assert len(q.reserve(["default"], 100, 0)) == 100
     assert time.monotonic() - started < 0.5
+
+
+def test_a_vacuum_held_back_by_an_open_snapshot_is_not_repeated_every_half_minute(make_farm):
+    # Given a jobs table full of dead rows that an open REPEATABLE READ snapshot still sees
+    f = make_farm("postgresql")
+    q = f.queue()
+    table = q.sql.jobs
+    holder = psycopg.connect(pg_conninfo())
+    holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    holder.execute("SELECT 1").fetchall()
+    try:
+        _churn(q, 12000)
+        f.wait_for(lambda: _stats(table)[0] >= pgtidy.DEAD_ROWS, timeout=20, what="the dead rows in the statistics")
+        q = f.queue()
+        # When the heart's check runs, and again
+        assert q.tidy() is None
+        q._vacuum.thread.join(30)
+        said = q.tidy()
+        # Then one VACUUM ran, found it could remove nothing, said why, and waits before the next
+        assert said is not None and "open transaction" in said, said
+        assert q._vacuum.thread is not None and not q._vacuum.thread.is_alive()
+        assert _stats(table)[1] == 1
+        assert q.tidy() is None and _stats(table)[1] == 1
+    finally:
+        holder.rollback()
+        holder.close()
