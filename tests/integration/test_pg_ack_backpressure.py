@@ -16,15 +16,20 @@ from farm.drivers import pgacks
 from farm.drivers.base import Outgoing
 
 
-def test_acks_stop_piling_up_behind_a_blocked_one_and_give_up_on_a_silent_server(make_farm, monkeypatch):
-    # Given a PostgreSQL queue with 800 claimed jobs, the first of them row-locked by another session
-    f = make_farm("postgresql")
+def _claimed(f, n: int) -> tuple:
+    """The farm's queue and n jobs claimed from it."""
     q = f.queue()
     q.push([Outgoing(id=str(uuid.uuid4()), queue="default", body="{}", available_at=time.time() - 1)
-            for _ in range(800)])
+            for _ in range(n)])
     held = []
-    while len(held) < 800:
+    while len(held) < n:
         held += q.reserve(["default"], 100, 0)
+    return q, held
+
+
+def test_acks_stop_piling_up_behind_a_blocked_one_and_give_up_on_a_silent_server(make_farm, monkeypatch):
+    # Given a PostgreSQL queue with 800 claimed jobs, the first of them row-locked by another session
+    q, held = _claimed(make_farm("postgresql"), 800)
     monkeypatch.setattr(pgacks, "CATCH_UP_SECONDS", 1.5)
     blocker = psycopg.connect(pg_conninfo())
     blocker.execute(f"SELECT 1 FROM {q.sql.jobs} WHERE id = %s FOR UPDATE", (held[0].handle,))
@@ -47,13 +52,7 @@ def test_acks_stop_piling_up_behind_a_blocked_one_and_give_up_on_a_silent_server
 
 def test_acks_wait_out_a_slow_server_and_go_on(make_farm):
     # Given 800 claimed jobs, the first row-locked by another session for one second
-    f = make_farm("postgresql")
-    q = f.queue()
-    q.push([Outgoing(id=str(uuid.uuid4()), queue="default", body="{}", available_at=time.time() - 1)
-            for _ in range(800)])
-    held = []
-    while len(held) < 800:
-        held += q.reserve(["default"], 100, 0)
+    q, held = _claimed(make_farm("postgresql"), 800)
     blocker = psycopg.connect(pg_conninfo())
     blocker.execute(f"SELECT 1 FROM {q.sql.jobs} WHERE id = %s FOR UPDATE", (held[0].handle,))
     import threading
