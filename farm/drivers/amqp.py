@@ -184,7 +184,7 @@ class AmqpQueue:
                 c.connected()
                 self._hand_back(c, c.follow(wanted))     # before consuming: the count applies at once
                 c.consuming()
-                got = c.wait_for(limit, self._deadline(c, queues, wait), queues)
+                got = c.wait_for(limit, self._deadline(c, queues, wait), queues, one_queue=self.window > 0)
             except PIKA_ERRORS as e:
                 c.lost()
                 raise DriverUnavailable(f"connection {self.name!r}: {describe_error(e)}") from e
