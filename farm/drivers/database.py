@@ -25,6 +25,9 @@ from .batchstore import DatabaseBatches
 DEFAULT_URL = "sqlite:///var/farm.db"
 
 
+HEART_STATEMENT_TIMEOUT_MS = 10_000    # PostgreSQL: the heart's connection (role "renew")
+
+
 class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
     supports_notify = False
     settles_again = True        # release and fail match the worker's token: harmless twice
@@ -47,6 +50,9 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         self._lock = threading.Lock()
         self._lost_acks: list[int] = []      # rows whose ack may not have landed (pgacks): acked again
         self._pipelines: list[pgacks.PipelinedAcks] = []     # every thread's, for renew()
+        # renew() covers an unanswered ack only once it is this old (pgacks.STALLED_AFTER): well
+        # before its reservation lapses, as renewals come every retry_after / 3
+        self._stalled_after = min(pgacks.STALLED_AFTER, self.retry_after / 10)
         self._poll = 0.01
         # a job's start is written before it runs (see sql.Queries.start): these jobs' starts
         # are, and a claimed job's successor in its batch gets its start written with its ack
@@ -105,6 +111,11 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
                 # under FOR UPDATE for each renew, which held the acks' rows for minutes
                 conn.execute("SET enable_seqscan = off")
                 conn.execute("SET enable_bitmapscan = off")
+            if role == "renew":
+                # the heart's statements are small; one that is not (a renew stuck for whatever
+                # reason holds the rows of the jobs it renews, and their acks wait) is cut short
+                # and tried again a second later (worker/heart.py)
+                conn.execute(f"SET statement_timeout = {HEART_STATEMENT_TIMEOUT_MS}")
         else:
             with conn.cursor() as cur:
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -432,7 +443,7 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         the finished ones whose ack is not known to have landed: lost in a cut, or sent on a
         pipeline whose reply has not come (a stalled connection must not let them lapse)."""
         with self._lock:
-            rows = [j.handle for j in jobs] + self._lost_acks + self._unanswered()
+            rows = [j.handle for j in jobs] + self._lost_acks + self._unanswered(self._stalled_after)
         if not rows:
             return
         with self._cursor("renew") as cur:
@@ -443,14 +454,14 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         with self._lock:
             return bool(self._lost_acks) or bool(self._unanswered())
 
-    def _unanswered(self) -> list[int]:
-        """Rows acked on any thread's pipeline with no reply yet (read from the heart's thread:
-        a deque mutated meanwhile is read again)."""
+    def _unanswered(self, older_than: float = 0.0) -> list[int]:
+        """Rows acked on any thread's pipeline with no reply yet, for `older_than` seconds
+        (read from the heart's thread: a deque mutated meanwhile is read again)."""
         rows: list[int] = []
         for acks in self._pipelines:
             for _ in range(3):
                 try:
-                    rows += acks.unconfirmed()
+                    rows += acks.unconfirmed(older_than)
                     break
                 except RuntimeError:        # deque mutated during iteration
                     continue

@@ -33,6 +33,11 @@ _ACK, _ACK_START, _START = b"farm_ack", b"farm_ack_start", b"farm_start"
 # held the acks' row locks for minutes (a drain of 500,000 behind a VACUUM stalled)
 MAX_UNANSWERED = 500
 CATCH_UP_SECONDS = 30.0     # no reply for this long while over the bound: the connection is dead
+# an ack unanswered for less than this is left out of the heart's renew. Renewing it locked a
+# row whose DELETE was queued right behind: every ack then waited for the renew's commit, and a
+# renew slow for any reason held the worker's acks with it. An ack the server has not answered
+# in this long is one a stalled connection may be sitting on: that one is renewed
+STALLED_AFTER = 2.0
 
 
 class PipelinedAcks:
@@ -47,16 +52,21 @@ class PipelinedAcks:
             _START: start("$1"),
         }
         self._pg: Any = None
-        self._sent: deque[int | None] = deque()     # per statement sent, unanswered: its acked row (None: a start)
+        # per statement sent, unanswered: its acked row (None: a start) and when it was sent
+        self._sent: deque[tuple[int | None, float]] = deque()
 
     @property
     def pending(self) -> int:
         """Statements sent whose reply is not read yet."""
         return len(self._sent)
 
-    def unconfirmed(self) -> list[int]:
-        """The rows whose ack has been sent and not confirmed by the server."""
-        return [row for row in self._sent if row is not None]
+    def unconfirmed(self, older_than: float = 0.0) -> list[int]:
+        """The rows whose ack has been sent and not confirmed by the server (for at least
+        `older_than` seconds)."""
+        if older_than <= 0:
+            return [row for row, _ in self._sent if row is not None]
+        sent_before = time.monotonic() - older_than
+        return [row for row, at in self._sent if row is not None and at <= sent_before]
 
     def send(self, row_id: int, token: str, start: int | None = None) -> None:
         """Put the ack (and the next job's start) on the socket; read whatever replies have
@@ -78,7 +88,7 @@ class PipelinedAcks:
 
     def _send(self, name: bytes, args: list[bytes], acked: int | None) -> None:
         pg = self._pg or self._open()
-        self._sent.append(acked)        # first: if sending fails, it may have gone all the same
+        self._sent.append((acked, time.monotonic()))   # first: if sending fails, it may have gone all the same
         pg.send_query_prepared(name, args)
         pg.pipeline_sync()
         while pg.flush() == 1:           # the kernel's buffer is full: let the server catch up

@@ -26,6 +26,8 @@ COUNTS_EVERY = 5.0   # seconds between adds of the job counts to the store (farm
 PAUSE_EVERY = 0.5    # seconds between reads of the paused queues (farmctl pause): taken within a second
 DONE_EVERY = 60.0    # seconds between prunes of expired done jobs, once this worker has kept one
 TIDY_EVERY = 30.0    # seconds between looks at the jobs table's dead rows (PostgreSQL: drivers/pgtidy.py)
+RENEW_AGAIN = 1.0    # a renew that failed is tried again this soon, not a third of retry_after later
+SLOW_RENEW = 1.0     # a renew slower than this is logged (it holds the rows of the jobs it renews)
 
 
 def rss_mb(proc: psutil.Process) -> float:
@@ -79,7 +81,7 @@ class Heart(threading.Thread):
         held = w.holding()
         unsettled = getattr(w.queue, "has_unsettled", None)      # database: acks not known to have landed
         if (held or (unsettled is not None and unsettled())) and self.due("renew", self.renew_every, now):
-            w.queue.renew(held)
+            self.renew(held, now)
         if self.due("rss", RSS_EVERY, now):
             self.rss_mb = rss_mb(self.proc)
         if w.store is not None and self.due("stamp", STAMP_EVERY, now):
@@ -106,6 +108,17 @@ class Heart(threading.Thread):
             counts.collect()            # summed here, off the worker's thread
             if self.due("counts", COUNTS_EVERY, now):
                 counts.flush(w.store)
+
+    def renew(self, held: list[Any], now: float) -> None:
+        started = time.monotonic()
+        try:
+            self.worker.queue.renew(held)
+        except Exception:
+            self.last["renew"] = now - self.renew_every + min(RENEW_AGAIN, self.renew_every)
+            raise
+        took = time.monotonic() - started
+        if took >= SLOW_RENEW:
+            self.worker.log.warning("worker.renew", seconds=round(took, 2), jobs=len(held))
 
     def read_paused(self, role: str | None = None) -> None:
         """The queues paused across the farm (`farmctl pause`), which the worker claims none from.

@@ -9,8 +9,10 @@ such a cycle: a row someone has locked is being acked, or is renewed on the next
 from __future__ import annotations
 
 import threading
+import time
 
 import psycopg
+import pytest
 
 import farm
 from conftest import pg_conninfo
@@ -41,3 +43,67 @@ def test_renew_skips_a_row_another_transaction_has_locked_instead_of_waiting_for
         assert after[held[0].handle] == before[held[0].handle]     # skipped: renewed next beat
     finally:
         locker.close()
+
+
+def _available_at(table: str, row: int) -> float:
+    with psycopg.connect(pg_conninfo(), autocommit=True) as db:
+        return db.execute(f"SELECT available_at FROM {table} WHERE id = %s", (row,)).fetchone()[0]
+
+
+def test_renew_leaves_a_fresh_unanswered_ack_alone_and_takes_it_once_it_stalls(make_farm, monkeypatch):
+    from farm.drivers import pgacks
+
+    # Given a worker that acked two jobs on its pipeline, the first ack stuck behind another
+    # session's row lock, so the second's DELETE is queued behind it, unanswered
+    monkeypatch.setattr(pgacks, "STALLED_AFTER", 1.0)
+    f = make_farm("postgresql", retry_after=30)
+    farm.dispatch_many([Record(str(f.out), "a"), Record(str(f.out), "b")])
+    q = f.queue()
+    (first,), (second,) = q.reserve(["default"], 1, 0), q.reserve(["default"], 1, 0)   # no start rides on an ack
+    table = farm.app.manifest().connections["main"].table
+    locker = psycopg.connect(pg_conninfo())
+    try:
+        locker.execute(f"SELECT id FROM {table} WHERE id = %s FOR UPDATE", (first.handle,))
+        q.ack(first)
+        q.ack(second)
+        was = _available_at(table, second.handle)
+        assert q.has_unsettled()
+        # When the heart renews at once
+        q.renew([])
+        # Then it left the second's row alone: renewing it would lock the row its own DELETE
+        # is about to take, and every ack would wait for the renew
+        assert _available_at(table, second.handle) == was
+        # and once the ack has gone unanswered for STALLED_AFTER, a renew covers it (the
+        # connection may be stalled: its reservation must not lapse meanwhile)
+        time.sleep(1.2)
+        q.renew([])
+        assert _available_at(table, second.handle) > was
+    finally:
+        locker.rollback()
+        locker.close()
+    # and when the lock goes, both acks land
+    deadline = time.monotonic() + 10
+    while q.has_unsettled() and time.monotonic() < deadline:
+        q._pipelined(lambda acks: acks.poll())
+        time.sleep(0.05)
+    with psycopg.connect(pg_conninfo(), autocommit=True) as db:
+        assert db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0
+
+
+def test_a_heart_statement_that_runs_long_is_cut_short(make_farm, monkeypatch):
+    from farm.drivers import database
+    from farm.errors import FarmError
+
+    # Given the heart's connection, with its statement timeout made short
+    monkeypatch.setattr(database, "HEART_STATEMENT_TIMEOUT_MS", 300)
+    q = make_farm("postgresql").queue()
+    started = time.monotonic()
+    # When one of its statements runs long
+    with pytest.raises(FarmError, match="statement timeout"):
+        with q._cursor("renew") as cur:
+            cur.execute("SELECT pg_sleep(5)")
+    # Then it was cancelled at the timeout and the connection goes on
+    assert time.monotonic() - started < 3
+    with q._cursor("renew") as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchone()[0] == 1

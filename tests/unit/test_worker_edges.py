@@ -200,3 +200,34 @@ def test_issue_12_a_finished_job_whose_ack_fails_is_kept_and_acked_again_never_f
     assert q.calls == [] and [r.id for r in runner.unacked] == ["j1"]
     runner.ack_again()
     assert q.calls == [("ack", "j1")] and runner.unacked == []
+
+
+def test_a_failed_renew_is_tried_again_within_a_second_not_a_third_of_retry_after():
+    from farm.errors import DriverUnavailable
+
+    class Flaky:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def renew(self, held: list[Reserved]) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                raise DriverUnavailable("connection 'main': statement timeout")
+
+    lifecycle = Lifecycle(WorkerOptions(connection="x"), time.monotonic())
+    runner, _ = _runner(lifecycle)
+    q = Flaky()
+    heart = Heart(_FakeWorker(runner, q, lifecycle))   # type: ignore[arg-type]
+    job = Reserved("j1", "default", "{}", 1)
+    now = 1000.0
+    # Given a renew that failed (retry_after 90: renewals every 30 s)
+    assert heart.due("renew", heart.renew_every, now)
+    with pytest.raises(DriverUnavailable):
+        heart.renew([job], now)
+    # Then it is due again a second later, not 30 s later
+    assert not heart.due("renew", heart.renew_every, now + 0.5)
+    assert heart.due("renew", heart.renew_every, now + 1.01)
+    heart.renew([job], now + 1.01)
+    # and once it went through, the next is a third of retry_after away again
+    assert not heart.due("renew", heart.renew_every, now + 20)
+    assert heart.due("renew", heart.renew_every, now + 31.02) and q.calls == 2
