@@ -12,6 +12,7 @@ workers; per-round rate, then the table's and its indexes' size, dead tuples and
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import uuid
 from typing import Any, Iterator
@@ -177,6 +178,11 @@ def long(ctx: Ctx, total: int) -> dict[str, Any]:
         for r in range(max(1, total // size)):
             b.fill(size, chunk=10_000)
             rounds.append({"round": r + 1, "jobs": size, "per_s": rate(b._drain(list(range(size)), 2))})
+            with psycopg.connect(conninfo, autocommit=True) as conn:     # the table's size as it goes
+                sizes = conn.execute(LONG_SQL, (system.table,)).fetchone() or (None, None)
+            rounds[-1].update(table_bytes=sizes[0], indexes_bytes=sizes[1])
+            print(f"    long: round {r + 1}: {rounds[-1]['per_s']:,.0f} jobs/s, table {(sizes[0] or 0) / 2**20:,.0f} MB, "
+                  f"indexes {(sizes[1] or 0) / 2**20:,.0f} MB", file=sys.stderr, flush=True)
         with psycopg.connect(conninfo, autocommit=True) as conn:
             row = conn.execute(LONG_SQL, (system.table,)).fetchone()
             settings = dict(conn.execute("SELECT name, setting FROM pg_settings WHERE name IN "

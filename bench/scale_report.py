@@ -107,7 +107,12 @@ def long(rows: list[dict], label: Callable[[str], str]) -> None:
         print(f"{label(r['backend']):12}{r['jobs']:,} jobs in rounds of {r['round_jobs']:,}, 2 workers, jobs/s: {rates}")
         print(f"{'':12}last/first {r['ratio']:.2f}x  {verdict(r['ratio'] >= 0.8)}; table {mb(r.get('table_bytes'))}, "
               f"indexes {mb(r.get('indexes_bytes'))}, total {mb(r.get('total_bytes'))}; dead tuples "
-              f"{r.get('n_dead_tup')}, autovacuums {r.get('autovacuum_count')}; settings {r.get('settings')}")
+              f"{r.get('n_dead_tup')}, VACUUMs by the workers {r.get('vacuum_count')}, autovacuums "
+              f"{r.get('autovacuum_count')}; settings {r.get('settings')}")
+        sizes = [(x.get("table_bytes"), x.get("indexes_bytes")) for x in r["rounds"]]
+        if any(t is not None for t, _ in sizes):
+            print(f"{'':12}after each round, table + indexes (MB): "
+                  + " ".join(f"{(t or 0) / 1048576:.0f}+{(i or 0) / 1048576:.0f}" for t, i in sizes))
 
 
 def mb(n: int | None) -> str:
