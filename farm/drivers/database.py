@@ -25,9 +25,6 @@ from .batchstore import DatabaseBatches
 DEFAULT_URL = "sqlite:///var/farm.db"
 
 
-HEART_STATEMENT_TIMEOUT_MS = 10_000    # PostgreSQL: the heart's connection (role "renew")
-
-
 class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
     supports_notify = False
     settles_again = True        # release and fail match the worker's token: harmless twice
@@ -111,11 +108,6 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
                 # under FOR UPDATE for each renew, which held the acks' rows for minutes
                 conn.execute("SET enable_seqscan = off")
                 conn.execute("SET enable_bitmapscan = off")
-            if role == "renew":
-                # the heart's statements are small; one that is not (a renew stuck for whatever
-                # reason holds the rows of the jobs it renews, and their acks wait) is cut short
-                # and tried again a second later (worker/heart.py)
-                conn.execute(f"SET statement_timeout = {HEART_STATEMENT_TIMEOUT_MS}")
         else:
             with conn.cursor() as cur:
                 cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -454,17 +446,19 @@ class DatabaseQueue(DatabaseBatches):    # batches: drivers/batchstore.py
         with self._lock:
             return bool(self._lost_acks) or bool(self._unanswered())
 
+    def renew_due_in(self) -> float | None:
+        """Seconds until an ack that renew() left out (unanswered, younger than
+        `_stalled_after`) needs renewing, if that is sooner than the heart's next turn."""
+        with self._lock:
+            due = [d for d in (acks.old_in(self._stalled_after) for acks in self._pipelines) if d is not None]
+        return min(due) if due else None
+
     def _unanswered(self, older_than: float = 0.0) -> list[int]:
         """Rows acked on any thread's pipeline with no reply yet, for `older_than` seconds
-        (read from the heart's thread: a deque mutated meanwhile is read again)."""
+        (read from the heart's thread)."""
         rows: list[int] = []
         for acks in self._pipelines:
-            for _ in range(3):
-                try:
-                    rows += acks.unconfirmed(older_than)
-                    break
-                except RuntimeError:        # deque mutated during iteration
-                    continue
+            rows += acks.unconfirmed(older_than)
         return rows
 
     def starting(self, job: Reserved) -> bool:

@@ -62,11 +62,20 @@ class PipelinedAcks:
 
     def unconfirmed(self, older_than: float = 0.0) -> list[int]:
         """The rows whose ack has been sent and not confirmed by the server (for at least
-        `older_than` seconds)."""
+        `older_than` seconds). Safe from another thread: tuple() copies the deque in one step."""
+        sent = tuple(self._sent)
         if older_than <= 0:
-            return [row for row, _ in self._sent if row is not None]
+            return [row for row, _ in sent if row is not None]
         sent_before = time.monotonic() - older_than
-        return [row for row, at in self._sent if row is not None and at <= sent_before]
+        return [row for row, at in sent if row is not None and at <= sent_before]
+
+    def old_in(self, age: float) -> float | None:
+        """Seconds until the oldest unanswered ack younger than `age` is that old (None: none is)."""
+        now = time.monotonic()
+        for row, at in tuple(self._sent):       # oldest first
+            if row is not None and now - at < age:
+                return at + age - now
+        return None
 
     def send(self, row_id: int, token: str, start: int | None = None) -> None:
         """Put the ack (and the next job's start) on the socket; read whatever replies have

@@ -110,15 +110,29 @@ class Heart(threading.Thread):
                 counts.flush(w.store)
 
     def renew(self, held: list[Any], now: float) -> None:
+        """Renew, and say when next: a second after a failure (the rest of the tick runs all
+        the same), or as soon as an ack left out of this one needs it (database)."""
+        q = self.worker.queue
         started = time.monotonic()
         try:
-            self.worker.queue.renew(held)
-        except Exception:
-            self.last["renew"] = now - self.renew_every + min(RENEW_AGAIN, self.renew_every)
-            raise
+            q.renew(held)
+        except Exception as e:
+            self.due_in("renew", RENEW_AGAIN)
+            level = "warning" if isinstance(e, DriverUnavailable) else "error"
+            getattr(self.worker.log, level)("worker.renew", error=f"{type(e).__name__}: {e}")
+            return
         took = time.monotonic() - started
         if took >= SLOW_RENEW:
-            self.worker.log.warning("worker.renew", seconds=round(took, 2), jobs=len(held))
+            self.worker.log.warning("worker.renew", seconds=round(took, 2), held=len(held))
+        sooner = getattr(q, "renew_due_in", None)
+        left_out = sooner() if sooner is not None else None
+        if left_out is not None:
+            self.due_in("renew", left_out)
+
+    def due_in(self, what: str, seconds: float) -> None:
+        """Make `what` due `seconds` from now, if that is sooner than its turn."""
+        every = {"renew": self.renew_every}[what]
+        self.last[what] = min(self.last[what], time.monotonic() + seconds - every)
 
     def read_paused(self, role: str | None = None) -> None:
         """The queues paused across the farm (`farmctl pause`), which the worker claims none from.

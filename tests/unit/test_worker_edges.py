@@ -202,32 +202,60 @@ def test_issue_12_a_finished_job_whose_ack_fails_is_kept_and_acked_again_never_f
     assert q.calls == [("ack", "j1")] and runner.unacked == []
 
 
-def test_a_failed_renew_is_tried_again_within_a_second_not_a_third_of_retry_after():
+def test_a_failed_renew_is_tried_again_a_second_after_it_failed_and_the_tick_goes_on(monkeypatch):
     from farm.errors import DriverUnavailable
 
-    class Flaky:
+    clock = [1000.0]
+    monkeypatch.setattr("farm.worker.heart.time.monotonic", lambda: clock[0])
+
+    class Slow:
+        """A renew that fails after 10 s (a statement cut short), then one that works."""
         def __init__(self) -> None:
             self.calls = 0
 
         def renew(self, held: list[Reserved]) -> None:
             self.calls += 1
+            clock[0] += 10.0
             if self.calls == 1:
-                raise DriverUnavailable("connection 'main': statement timeout")
+                raise DriverUnavailable("connection 'main': canceling statement due to statement timeout")
 
     lifecycle = Lifecycle(WorkerOptions(connection="x"), time.monotonic())
     runner, _ = _runner(lifecycle)
-    q = Flaky()
+    q = Slow()
     heart = Heart(_FakeWorker(runner, q, lifecycle))   # type: ignore[arg-type]
     job = Reserved("j1", "default", "{}", 1)
-    now = 1000.0
-    # Given a renew that failed (retry_after 90: renewals every 30 s)
+    # Given a renew (retry_after 90: every 30 s) that failed after 10 s: it does not raise,
+    # so the rest of the heart's tick (beat, pause, restart) still runs
+    now = clock[0]
     assert heart.due("renew", heart.renew_every, now)
-    with pytest.raises(DriverUnavailable):
-        heart.renew([job], now)
-    # Then it is due again a second later, not 30 s later
-    assert not heart.due("renew", heart.renew_every, now + 0.5)
-    assert heart.due("renew", heart.renew_every, now + 1.01)
-    heart.renew([job], now + 1.01)
+    heart.renew([job], now)
+    # Then it is due again a second after it failed, not at once and not 30 s later
+    assert not heart.due("renew", heart.renew_every, clock[0] + 0.5)
+    assert heart.due("renew", heart.renew_every, clock[0] + 1.01)
+    clock[0] += 1.01
+    heart.renew([job], clock[0])
     # and once it went through, the next is a third of retry_after away again
-    assert not heart.due("renew", heart.renew_every, now + 20)
-    assert heart.due("renew", heart.renew_every, now + 31.02) and q.calls == 2
+    assert not heart.due("renew", heart.renew_every, clock[0] + 10)
+    assert heart.due("renew", heart.renew_every, clock[0] + 30) and q.calls == 2
+
+
+def test_an_ack_left_out_of_a_renew_brings_the_next_renew_forward(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("farm.worker.heart.time.monotonic", lambda: clock[0])
+
+    class Fresh:
+        """A database queue whose renew left out an ack 0.4 s short of being renewed."""
+        def renew(self, held: list[Reserved]) -> None: ...
+
+        def renew_due_in(self) -> float | None:
+            return 0.4
+
+    lifecycle = Lifecycle(WorkerOptions(connection="x"), time.monotonic())
+    runner, _ = _runner(lifecycle)
+    heart = Heart(_FakeWorker(runner, Fresh(), lifecycle))   # type: ignore[arg-type]
+    now = clock[0]
+    assert heart.due("renew", heart.renew_every, now)
+    heart.renew([], now)
+    # Then the next renew comes when that ack is old enough, not a third of retry_after later
+    assert not heart.due("renew", heart.renew_every, now + 0.3)
+    assert heart.due("renew", heart.renew_every, now + 0.41)
