@@ -81,6 +81,7 @@ class Consumer:
         self.generation = next(_GENERATIONS)
         self.connection: pika.BlockingConnection | None = None
         self.channels: dict[str, Any] = {}   # queue -> the channel it is consumed on
+        self.by_number: dict[int, Any] = {}  # channel number -> channel, for is_stale
         self.tags: dict[str, str] = {}       # queue -> our consumer; none while suspended
         self.active = list(queues)           # the queues consumed: all but the paused ones
         self.freed_at: dict[int, float] = {}  # channel number -> when an ack last freed a slot
@@ -104,6 +105,7 @@ class Consumer:
             close_quietly(connection)
             raise
         self.connection, self.channels = connection, channels
+        self.by_number = {ch.channel_number: ch for ch in channels.values()}
         if not self.keeper.is_alive():
             self.keeper.start()
 
@@ -166,8 +168,13 @@ class Consumer:
                     and all(ch.is_open for ch in list(channels.values())))
 
     def is_stale(self, d: Delivery) -> bool:
-        """The delivery came on a channel that is gone; the broker has requeued its message."""
-        return d.generation != self.generation or not self.open()
+        """The delivery came on a channel that is gone; the broker has requeued its message.
+        Its own channel only, asked twice per job: checking all of a 50-queue worker's channels
+        each time took a quarter of its time (50 queues drained at 0.46 of one queue's rate)."""
+        if d.generation != self.generation:
+            return True
+        connection, channel = self.connection, self.by_number.get(d.channel)
+        return connection is None or not connection.is_open or channel is None or not channel.is_open
 
     def check(self) -> None:
         """Raise what closed a channel, or cancelled a consumer, while the connection stayed
@@ -184,6 +191,7 @@ class Consumer:
         if error is not None and self.connection is not None:
             self.error = f"consumer lost: {describe_error(error)}"
         conn, self.connection, self.channels, self.tags = self.connection, None, {}, {}
+        self.by_number = {}
         self.freed_at.clear()
         self.cancelled_by_broker = False
         self.generation = next(_GENERATIONS)
@@ -249,14 +257,27 @@ class Consumer:
         now = time.monotonic()
         waits = []
         for q in order[:first]:
-            until = self.freed_at.get(self.channels[q].channel_number, 0.0) + self.REFILL
+            number = self.channels[q].channel_number
+            until = self.freed_at.get(number, 0.0) + self.REFILL
             owed = self.owed.get(q, 0.0)
             if owed > now:      # it has ready messages (ours, handed back): wait for one longer
                 until = max(until, owed)
             else:
                 self.owed.pop(q, None)
+                if until > now and not self._refills(q):
+                    self.freed_at.pop(number, None)     # drained: no wait, and no asking again
+                    continue
             waits.append(until - now)
         return max(waits, default=0.0)
+
+    def _refills(self, q: str) -> bool:
+        """Whether a delivery of `q` is still to come: the broker holds ready messages of it
+        (a passive declare on its channel; what the broker sent on that channel before the
+        reply is in our buffer after it). One round trip instead of waiting REFILL blind: a
+        strict worker on 50 queues waited that at each drained queue, 0.46 of one queue's rate."""
+        ready = self.channels[q].queue_declare(q, passive=True).method.message_count
+        self.connection.process_data_events(time_limit=0)
+        return not self.buffers[q] and ready > 0
 
     def take(self, limit: int, order: Sequence[str] | None = None, one_queue: bool = False) -> Buffered:
         """Up to `limit` buffered deliveries, the first of `order` (default: as consumed) first.

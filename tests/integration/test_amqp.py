@@ -145,3 +145,41 @@ def test_delay_buckets_round_up_by_at_most_five_percent():
         ms = delay_bucket(seconds)
         assert ms >= seconds * 1000 and (ms - seconds * 1000) <= max(100, seconds * 1000 * 0.05)
     assert len({delay_bucket(s / 10) for s in range(10, 1000)}) < 200
+
+
+def test_a_strict_worker_asks_the_broker_instead_of_waiting_blind_for_a_drained_queue(make_farm):
+    from farm.drivers.base import Outgoing
+
+    # Given a worker on queues a and b in that order, prefetch one per queue: a has three jobs, b one
+    f = make_farm("amqp")
+    q = f.queue()
+    q.push([Outgoing(id=f"a{i}", queue="a", body="{}", available_at=0) for i in range(3)]
+           + [Outgoing(id="b0", queue="b", body="{}", available_at=0)])
+    time.sleep(0.5)
+    c = q._consumer_for(["a", "b"], 1)
+    with c.lock:
+        c.connected()
+        c.consuming()
+        deadline = time.monotonic() + 5
+        while not (c.buffers["a"] and c.buffers["b"]) and time.monotonic() < deadline:
+            c.pump(0.1)
+        # When a's one buffered delivery is taken (two more wait on the broker, held back by
+        # the prefetch of one) and acked
+        (queue, first), = c.take(1, ["a", "b"], one_queue=True)
+        assert queue == "a"
+        c.ack(first)
+        # Then the broker still has a's, so one is worth waiting for before b's
+        assert c._refills("a") or c.buffers["a"]
+        got = c.wait_for(1, time.monotonic() + 5, ["a", "b"])
+        assert [qn for qn, _ in got] == ["a"]
+        for _, d in got:
+            c.ack(d)
+        got = c.wait_for(1, time.monotonic() + 5, ["a", "b"])
+        assert [qn for qn, _ in got] == ["a"]
+        c.ack(got[0][1])
+        # and once a is drained the broker says so: b's job is handed out without waiting
+        assert not c._refills("a") and not c.buffers["a"]
+        got = c.wait_for(1, time.monotonic() + 5, ["a", "b"])
+        assert [qn for qn, _ in got] == ["b"]
+        c.ack(got[0][1])
+    q.close()
