@@ -117,7 +117,7 @@ class Heart(threading.Thread):
         try:
             q.renew(held)
         except Exception as e:
-            self.due_in("renew", RENEW_AGAIN)
+            self.renew_in(RENEW_AGAIN)
             level = "warning" if isinstance(e, DriverUnavailable) else "error"
             getattr(self.worker.log, level)("worker.renew", error=f"{type(e).__name__}: {e}")
             return
@@ -127,12 +127,11 @@ class Heart(threading.Thread):
         sooner = getattr(q, "renew_due_in", None)
         left_out = sooner() if sooner is not None else None
         if left_out is not None:
-            self.due_in("renew", left_out)
+            self.renew_in(left_out)
 
-    def due_in(self, what: str, seconds: float) -> None:
-        """Make `what` due `seconds` from now, if that is sooner than its turn."""
-        every = {"renew": self.renew_every}[what]
-        self.last[what] = min(self.last[what], time.monotonic() + seconds - every)
+    def renew_in(self, seconds: float) -> None:
+        """Make the next renew due `seconds` from now, if that is sooner than its turn."""
+        self.last["renew"] = min(self.last["renew"], time.monotonic() + seconds - self.renew_every)
 
     def read_paused(self, role: str | None = None) -> None:
         """The queues paused across the farm (`farmctl pause`), which the worker claims none from.

@@ -155,7 +155,6 @@ def test_a_strict_worker_asks_the_broker_instead_of_waiting_blind_for_a_drained_
     q = f.queue()
     q.push([Outgoing(id=f"a{i}", queue="a", body="{}", available_at=0) for i in range(3)]
            + [Outgoing(id="b0", queue="b", body="{}", available_at=0)])
-    time.sleep(0.5)
     c = q._consumer_for(["a", "b"], 1)
     with c.lock:
         c.connected()
